@@ -1,0 +1,298 @@
+"""Hazy/clear image pairs in the DehazeFormer layout, `<root>/<split>/{GT,hazy}`.
+
+Pairs are matched by identical file names (stem and extension), as upstream does: `a.png` and
+`a.jpg` do not pair, and the error message points such near-misses out.
+
+Randomness: `train` mode draws crops, flips and rotations from Python's `random` module, which
+torch's DataLoader seeds differently in every worker (base seed + worker id, the base seed
+drawn from the main process's torch RNG each epoch). Seed `random` and torch in the main
+process for reproducible runs; `valid` and `test` modes are deterministic.
+"""
+
+import random
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from utils.image import (
+    IMAGE_EXTENSIONS,
+    PathLike,
+    image_size,
+    is_image_file,
+    list_images,
+    read_rgb,
+    to_model_range,
+)
+
+MODES = ("train", "valid", "test")
+
+# At most this many file names are listed per kind of problem in an error message.
+_MAX_NAMES = 20
+
+
+def _name_list(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:_MAX_NAMES])
+    more = len(names) - _MAX_NAMES
+    return shown + (f" ... and {more} more" if more > 0 else "")
+
+
+def _to_model_tensor(img: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float32 (3, H, W) in [-1, 1]."""
+    chw = np.ascontiguousarray(img.transpose(2, 0, 1))
+    return to_model_range(torch.from_numpy(chw).float() / 255.0)
+
+
+def _pad_to(imgs: list[np.ndarray], size: int) -> list[np.ndarray]:
+    """Reflect-pad (centred) so that both sides are at least `size`."""
+    h, w = imgs[0].shape[:2]
+    ph, pw = max(0, size - h), max(0, size - w)
+    if ph == 0 and pw == 0:
+        return imgs
+    pad = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0))
+    return [np.pad(im, pad, mode="reflect") for im in imgs]
+
+
+def random_crop_flip_rotate(
+    imgs: list[np.ndarray], size: int, edge_decay: float = 0.0, only_h_flip: bool = False
+) -> list[np.ndarray]:
+    """The protocol's training augmentation, applied identically to every image in `imgs`.
+
+    One size x size crop; on each axis, with probability size/side * edge_decay the crop snaps
+    to a random border. Then a horizontal flip with probability 0.5 and, unless only_h_flip,
+    a rotation by a random multiple of 90 degrees.
+    """
+    h, w = imgs[0].shape[:2]
+    if random.random() < size / h * edge_decay:
+        top = 0 if random.randint(0, 1) == 0 else h - size
+    else:
+        top = random.randint(0, h - size)
+    if random.random() < size / w * edge_decay:
+        left = 0 if random.randint(0, 1) == 0 else w - size
+    else:
+        left = random.randint(0, w - size)
+    imgs = [im[top : top + size, left : left + size] for im in imgs]
+    if random.randint(0, 1) == 1:
+        imgs = [np.flip(im, axis=1) for im in imgs]
+    if not only_h_flip:
+        k = random.randint(0, 3)
+        imgs = [np.rot90(im, k, axes=(0, 1)) for im in imgs]
+    return imgs
+
+
+def center_crop(imgs: list[np.ndarray], size: int) -> list[np.ndarray]:
+    """The central size x size crop of every image in `imgs`."""
+    h, w = imgs[0].shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
+    return [im[top : top + size, left : left + size] for im in imgs]
+
+
+def _text_lookup(
+    text_features: Mapping[str, torch.Tensor] | None, names: Iterable[str]
+) -> tuple[dict[str, torch.Tensor] | None, list[str]]:
+    """Features reshaped to (1, D) float32 for `names`, and the names that have none."""
+    if text_features is None:
+        return None, []
+    found, missing = {}, []
+    for name in names:
+        if name in text_features:
+            found[name] = torch.as_tensor(text_features[name]).detach().float().reshape(1, -1)
+        else:
+            missing.append(name)
+    return found, missing
+
+
+class PairedDataset(Dataset):
+    """Hazy/GT pairs of one split; samples are dicts of (3, H, W) float32 tensors in [-1, 1].
+
+    Args:
+        root: dataset folder containing `<split>/GT` and `<split>/hazy`.
+        split: sub-folder name, e.g. "train" or "test".
+        mode: "train" (random aligned crop + flips/rotations), "valid" (centre crop) or
+            "test" (whole image).
+        patch_size: crop size for train/valid; smaller images are reflect-padded first.
+        edge_decay: train only, bias towards crops touching the image border.
+        only_h_flip: train only, disable the 90-degree rotations.
+        text_features: optional map file name -> (1, D) or (D,) CLIP text feature; when given,
+            samples carry it under "text".
+
+    Sample keys: hazy, gt, name (file name) and, with text_features, text (1, D).
+    Every problem with the split (missing folders, unmatched or unreadable files, size
+    mismatches, missing text features) is reported together in one ValueError. Only file
+    headers are read here, so opening a large split is cheap; a file whose pixels are
+    corrupt is reported by name when it is loaded.
+    """
+
+    def __init__(
+        self,
+        root: PathLike,
+        split: str,
+        mode: str,
+        patch_size: int = 256,
+        edge_decay: float = 0.0,
+        only_h_flip: bool = False,
+        text_features: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if patch_size < 1:
+            raise ValueError(f"patch_size must be positive, got {patch_size}")
+        self.mode = mode
+        self.patch_size = patch_size
+        self.edge_decay = edge_decay
+        self.only_h_flip = only_h_flip
+        self.split_dir = Path(root) / split
+
+        names, problems = self._scan()
+        self.text, missing_text = _text_lookup(text_features, names)
+        if missing_text:
+            problems.append(
+                f"no text feature for {len(missing_text)} image(s): {_name_list(missing_text)}"
+            )
+        if problems:
+            details = "\n".join(f"  - {p}" for p in problems)
+            raise ValueError(f"invalid dataset split {self.split_dir}:\n{details}")
+        self.names = names
+        self.hazy_paths = [self.split_dir / "hazy" / n for n in names]
+        self.gt_paths = [self.split_dir / "GT" / n for n in names]
+
+    def _scan(self) -> tuple[list[str], list[str]]:
+        """Matched file names and a list of every problem found."""
+        problems = []
+        if not self.split_dir.is_dir():
+            return [], [f"split folder not found: {self.split_dir}"]
+        folders = {sub: self.split_dir / sub for sub in ("GT", "hazy")}
+        for sub, folder in folders.items():
+            if not folder.is_dir():
+                problems.append(f"{sub} folder not found: {folder}")
+        if problems:
+            return [], problems
+
+        gt = {p.name for p in list_images(folders["GT"])}
+        hazy = {p.name for p in list_images(folders["hazy"])}
+        if not gt and not hazy:
+            return [], [f"no images in {folders['GT']} or {folders['hazy']}"]
+        for have, other, lacking in ((hazy, gt, "GT"), (gt, hazy, "hazy")):
+            unmatched = sorted(have - other)
+            if unmatched:
+                hint = ""
+                other_stems = {Path(n).stem for n in other - have}
+                if any(Path(n).stem in other_stems for n in unmatched):
+                    hint = " (names must match including the extension)"
+                problems.append(
+                    f"{len(unmatched)} image(s) without a {lacking} counterpart"
+                    f"{hint}: {_name_list(unmatched)}"
+                )
+
+        names = sorted(gt & hazy)
+        unreadable, mismatched = [], []
+        for name in names:
+            try:
+                sizes = [image_size(folders[sub] / name) for sub in ("hazy", "GT")]
+            except ValueError as e:
+                unreadable.append(str(e))
+                continue
+            if sizes[0] != sizes[1]:
+                mismatched.append(
+                    f"{name} (hazy {sizes[0][1]}x{sizes[0][0]}, GT {sizes[1][1]}x{sizes[1][0]})"
+                )
+        if unreadable:
+            problems.append(f"{len(unreadable)} unreadable file(s): {_name_list(unreadable)}")
+        if mismatched:
+            problems.append(
+                f"{len(mismatched)} pair(s) with different GT/hazy sizes: {_name_list(mismatched)}"
+            )
+        return names, problems
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, idx: int) -> dict:
+        name = self.names[idx]
+        hazy, gt = read_rgb(self.hazy_paths[idx]), read_rgb(self.gt_paths[idx])
+        if hazy.shape != gt.shape:
+            raise ValueError(f"{name}: hazy {hazy.shape} and GT {gt.shape} sizes differ")
+        imgs = [hazy, gt]
+        if self.mode != "test":
+            imgs = _pad_to(imgs, self.patch_size)
+        if self.mode == "train":
+            imgs = random_crop_flip_rotate(imgs, self.patch_size, self.edge_decay, self.only_h_flip)
+        elif self.mode == "valid":
+            imgs = center_crop(imgs, self.patch_size)
+        sample = {"hazy": _to_model_tensor(imgs[0]), "gt": _to_model_tensor(imgs[1]), "name": name}
+        if self.text is not None:
+            sample["text"] = self.text[name]
+        return sample
+
+
+class ImageFolderDataset(Dataset):
+    """Hazy images without ground truth, for prediction on arbitrary files.
+
+    Args:
+        inputs: image files and/or folders (folders are not searched recursively).
+            Non-image files are skipped with a warning; a missing path is an error, and so
+            are two different files with the same name (their outputs would collide).
+        text_features: optional map file name -> CLIP text feature, as for PairedDataset.
+
+    Samples: hazy (3, H, W) in [-1, 1], name (file name), path (str), size (LongTensor
+    [H, W]) and, with text_features, text (1, D).
+    """
+
+    def __init__(
+        self,
+        inputs: PathLike | Sequence[PathLike],
+        text_features: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
+        if isinstance(inputs, str | Path):
+            inputs = [inputs]
+        paths, skipped = [], []
+        for item in map(Path, inputs):
+            if item.is_dir():
+                files = sorted((p for p in item.iterdir() if p.is_file()), key=lambda p: p.name)
+            elif item.is_file():
+                files = [item]
+            else:
+                raise FileNotFoundError(f"input not found: {item}")
+            for p in files:
+                if is_image_file(p):
+                    paths.append(p)
+                elif not p.name.startswith("."):
+                    skipped.append(str(p))
+        if skipped:
+            warnings.warn(
+                f"skipping {len(skipped)} non-image file(s): {_name_list(skipped)}", stacklevel=2
+            )
+
+        unique = list(dict.fromkeys(p.resolve() for p in paths))
+        by_name: dict[str, list[Path]] = {}
+        for p in unique:
+            by_name.setdefault(p.name, []).append(p)
+        clashes = [f"{n}: {', '.join(map(str, ps))}" for n, ps in by_name.items() if len(ps) > 1]
+        if clashes:
+            raise ValueError("different input files share a name: " + "; ".join(clashes))
+        if not unique:
+            raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {inputs}")
+
+        self.paths = unique
+        self.names = [p.name for p in unique]
+        self.text, missing = _text_lookup(text_features, self.names)
+        if missing:
+            raise ValueError(f"no text feature for {len(missing)} image(s): {_name_list(missing)}")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, idx: int) -> dict:
+        img = read_rgb(self.paths[idx])
+        sample = {
+            "hazy": _to_model_tensor(img),
+            "name": self.names[idx],
+            "path": str(self.paths[idx]),
+            "size": torch.tensor(img.shape[:2]),
+        }
+        if self.text is not None:
+            sample["text"] = self.text[self.names[idx]]
+        return sample

@@ -1,0 +1,170 @@
+"""A tiny synthetic hazy dataset in the DehazeFormer layout, for tests and smoke runs.
+
+Clean scenes are drawn procedurally (indoor rooms and outdoor landscapes, each with a depth
+map consistent with its geometry) and hazed with the atmospheric scattering model used to
+build RESIDE: I = J * t + A * (1 - t), t = exp(-beta * d). Each image has its own random
+generator seeded by (seed, split, index), so a file depends only on those three values and
+repeated runs write byte-identical PNGs.
+
+    python -m datasets.synthetic --out data/synthetic --train 64 --test 16
+"""
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from utils.image import PathLike, write_rgb
+
+SPLITS = {"train": 0, "test": 1}
+
+Size = tuple[int | tuple[int, int], int | tuple[int, int]]
+
+
+def _draw_side(rng: np.random.Generator, side: int | tuple[int, int]) -> int:
+    if isinstance(side, int):
+        return side
+    lo, hi = side
+    return int(rng.integers(lo, hi + 1))
+
+
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised row (0 top .. 1 bottom) and column coordinates, shape (h, w)."""
+    y = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None].repeat(w, axis=1)
+    x = np.linspace(0.0, 1.0, w, dtype=np.float32)[None, :].repeat(h, axis=0)
+    return y, x
+
+
+def _outdoor(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sky gradient, a hilly horizon, grass and a few trees; depth grows towards the horizon."""
+    y, x = _grid(h, w)
+    horizon = rng.uniform(0.3, 0.55)
+    zenith, near_sky = rng.uniform([0.15, 0.35, 0.65], [0.3, 0.5, 0.9]), np.array([0.8, 0.87, 0.95])
+    t_sky = np.clip(y / horizon, 0, 1)[..., None]
+    img = zenith * (1 - t_sky) + near_sky * t_sky
+    depth = np.full((h, w), 3.0, np.float32)
+
+    phase, freq = rng.uniform(0, 2 * np.pi, 3), rng.uniform([2, 5, 11], [4, 9, 17])
+    ridge = horizon - 0.1 * np.abs(
+        sum(
+            np.sin(f * np.pi * x[0] + p) / (i + 1)
+            for i, (f, p) in enumerate(zip(freq, phase, strict=True))
+        )
+    )
+    hill = y > ridge[None, :]
+    img[hill] = rng.uniform([0.25, 0.35, 0.3], [0.35, 0.45, 0.4])
+    depth[hill] = 2.2
+
+    ground = y > horizon
+    grass = rng.uniform([0.2, 0.4, 0.1], [0.35, 0.6, 0.2])
+    shade = (0.75 + 0.25 * y)[..., None]
+    img[ground] = (grass * shade)[ground]
+    # Perspective: ground depth falls from the horizon's towards the camera at the bottom.
+    depth[ground] = np.clip(0.25 * (1 - horizon) / np.maximum(y - horizon, 1e-3), 0.2, 2.2)[ground]
+
+    for _ in range(int(rng.integers(2, 6))):
+        base = rng.uniform(horizon + 0.05, 1.0)
+        cx = rng.uniform(0, 1)
+        scale = 0.15 * (base - horizon) / (1 - horizon) + 0.03
+        crown = (x - cx) ** 2 * (h / w) ** -2 + (y - (base - 1.2 * scale)) ** 2 < scale**2
+        trunk = (np.abs(x - cx) < 0.12 * scale * h / w) & (y < base) & (y > base - scale)
+        tree_depth = float(np.clip(0.25 * (1 - horizon) / (base - horizon), 0.2, 2.2))
+        img[trunk] = (0.3, 0.2, 0.1)
+        img[crown] = rng.uniform([0.05, 0.2, 0.05], [0.15, 0.35, 0.12])
+        depth[trunk | crown] = tree_depth
+    return img, depth
+
+
+def _indoor(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """A room seen from its open side: back wall, side walls, floor, furniture, warm light."""
+    y, x = _grid(h, w)
+    left, right = rng.uniform(0.15, 0.3), rng.uniform(0.7, 0.85)
+    top, floor = rng.uniform(0.1, 0.25), rng.uniform(0.6, 0.75)
+    wall = rng.uniform([0.6, 0.55, 0.45], [0.9, 0.85, 0.75])
+    img = np.empty((h, w, 3), np.float32)
+    img[:] = wall
+    depth = np.full((h, w), 1.0, np.float32)
+
+    # Side walls, floor and ceiling come closer (shallower) with distance from the back wall.
+    side = np.maximum(np.maximum(left - x, x - right) / np.maximum(left, 1 - right), 0)
+    vert = np.maximum(np.maximum((top - y) / top, (y - floor) / (1 - floor)), 0)
+    closeness = np.maximum(side, vert)
+    depth = depth - 0.8 * closeness
+    img = img * (1 - 0.25 * (side > 0)[..., None])
+    on_floor = (y > floor) & (vert >= side)
+    img[on_floor] = rng.uniform([0.35, 0.22, 0.12], [0.55, 0.38, 0.25])
+    img[on_floor] *= (0.8 + 0.2 * y[on_floor])[:, None]
+
+    for _ in range(int(rng.integers(2, 5))):
+        base = rng.uniform(floor, 0.98)
+        fh, fw = rng.uniform(0.12, 0.35), rng.uniform(0.12, 0.35)
+        cx = rng.uniform(0.1, 0.9)
+        box = (np.abs(x - cx) < fw / 2) & (y < base) & (y > base - fh)
+        img[box] = rng.uniform(0.1, 0.7, 3)
+        depth[box] = 1.0 - 0.8 * (base - floor) / (1 - floor)
+
+    lx, ly = rng.uniform(0.3, 0.7), rng.uniform(0.05, 0.3)
+    light = 0.65 + 0.5 * np.exp(-((x - lx) ** 2 + (y - ly) ** 2) / 0.15)
+    img = img * light[..., None] * np.array([1.05, 0.97, 0.85], np.float32)
+    return img, np.clip(depth, 0.15, 1.0) * rng.uniform(0.8, 1.5)
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def synthetic_pair(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """One (clear, hazy) pair of uint8 (h, w, 3) RGB images."""
+    scene = _indoor if rng.random() < 0.5 else _outdoor
+    clear, depth = scene(rng, h, w)
+    clear = np.clip(clear + rng.normal(0, 0.02, clear.shape), 0, 1)
+    beta = rng.uniform(0.5, 1.5)
+    airlight = rng.uniform(0.75, 1.0) * rng.uniform(0.95, 1.0, 3)
+    t = np.exp(-beta * depth)[..., None]
+    hazy = clear * t + airlight * (1 - t)
+    return _to_uint8(clear), _to_uint8(hazy)
+
+
+def make_synthetic_dataset(
+    root: PathLike,
+    n_train: int,
+    n_test: int,
+    size: Size = ((40, 72), (40, 72)),
+    seed: int = 0,
+) -> Path:
+    """Write `<root>/{train,test}/{GT,hazy}/NNNN.png` and return `root` as a Path.
+
+    `size` is (height, width); each side is a fixed int or an inclusive (lo, hi) range drawn
+    per image, so the default gives varied sizes, odd ones included.
+    """
+    root = Path(root)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for i in range(n):
+            rng = np.random.default_rng([seed, SPLITS[split], i])
+            h, w = _draw_side(rng, size[0]), _draw_side(rng, size[1])
+            clear, hazy = synthetic_pair(rng, h, w)
+            write_rgb(root / split / "GT" / f"{i:04d}.png", clear)
+            write_rgb(root / split / "hazy" / f"{i:04d}.png", hazy)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="dataset folder to write")
+    parser.add_argument("--train", type=int, default=64, help="number of training pairs")
+    parser.add_argument("--test", type=int, default=16, help="number of test pairs")
+    parser.add_argument("--min-size", type=int, default=40, help="smallest image side")
+    parser.add_argument("--max-size", type=int, default=72, help="largest image side")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if not 1 <= args.min_size <= args.max_size:
+        parser.error("need 1 <= --min-size <= --max-size")
+    side = (args.min_size, args.max_size)
+    root = make_synthetic_dataset(args.out, args.train, args.test, (side, side), args.seed)
+    print(f"wrote {args.train} train and {args.test} test pairs to {root}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
