@@ -1,6 +1,8 @@
-"""Datasets: hazy/clear pairs for training and testing, plain image folders for prediction."""
+"""Datasets: hazy/clear pairs for training and testing, plain image folders for prediction.
+
+The synthetic data generator lives in `datasets.synthetic` (also a command-line tool).
+"""
 
 from datasets.paired import ImageFolderDataset, PairedDataset
-from datasets.synthetic import make_synthetic_dataset
 
-__all__ = ["ImageFolderDataset", "PairedDataset", "make_synthetic_dataset"]
+__all__ = ["ImageFolderDataset", "PairedDataset"]
