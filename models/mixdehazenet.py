@@ -1,0 +1,289 @@
+"""MixDehazeNet encoder-decoder, optionally guided by a CLIP text feature (MixCLDehazeNet).
+
+Module and parameter names, Sequential indices, padding modes and the order of operations follow
+the authors' code, so their released checkpoints load unchanged (see `models.load_pretrained`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.text_fusion import FUSION_MODES, TextImageFusion
+
+EMBED_DIMS = (24, 48, 96, 48, 24)
+# Side of the padded input that every stage can reflect-pad: the 1/4-scale stage pads by 9.
+MIN_SIDE = 40
+PATCH_MULTIPLE = 4
+
+
+def _conv_mlp(dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(dim * 3, dim * 4, 1), nn.GELU(), nn.Conv2d(dim * 4, dim, 1))
+
+
+class MixStructureBlock(nn.Module):
+    """Multi-scale parallel large kernels, then enhanced parallel attention; both residual.
+
+    Args:
+        dim: channels.
+        fused_dwconv: run the three dilated depthwise convs as one grouped conv (same numbers,
+            one pass over memory); the parameters stay the three upstream tensors.
+    """
+
+    def __init__(self, dim: int, fused_dwconv: bool = True) -> None:
+        super().__init__()
+        self.fused_dwconv = fused_dwconv
+        self.norm1 = nn.BatchNorm2d(dim)
+        self.norm2 = nn.BatchNorm2d(dim)
+
+        self.conv1 = nn.Conv2d(dim, dim, 1)
+        self.conv2 = nn.Conv2d(dim, dim, 5, padding=2, padding_mode="reflect")
+        self.conv3_19 = nn.Conv2d(
+            dim, dim, 7, padding=9, groups=dim, dilation=3, padding_mode="reflect"
+        )
+        self.conv3_13 = nn.Conv2d(
+            dim, dim, 5, padding=6, groups=dim, dilation=3, padding_mode="reflect"
+        )
+        self.conv3_7 = nn.Conv2d(
+            dim, dim, 3, padding=3, groups=dim, dilation=3, padding_mode="reflect"
+        )
+
+        self.Wv = nn.Sequential(
+            nn.Conv2d(dim, dim, 1),
+            nn.Conv2d(dim, dim, 3, padding=1, groups=dim, padding_mode="reflect"),
+        )
+        self.Wg = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(dim, dim, 1), nn.Sigmoid())
+        self.ca = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(dim, dim, 1),
+            nn.GELU(),
+            nn.Conv2d(dim, dim, 1),
+            nn.Sigmoid(),
+        )
+        self.pa = nn.Sequential(
+            nn.Conv2d(dim, dim // 8, 1), nn.GELU(), nn.Conv2d(dim // 8, 1, 1), nn.Sigmoid()
+        )
+        self.mlp = _conv_mlp(dim)
+        self.mlp2 = _conv_mlp(dim)
+
+    def _multi_scale_separate(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.conv3_19(x), self.conv3_13(x), self.conv3_7(x)], dim=1)
+        return self.mlp(x)
+
+    def _multi_scale_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """One grouped 7x7 dilated conv over a single reflect pad of 9.
+
+        The 5x5 and 3x3 kernels are zero-padded to 7x7 (same centre, same dilation), so each
+        output equals its own conv: reflect padding by 9 contains the reflect padding by 6 and 3.
+        The output is interleaved per input channel (19, 13, 7, 19, ...), so the first conv of
+        `mlp` gets its input channels permuted to match instead of reordering the activations.
+        """
+        dim = x.shape[1]
+        w19 = self.conv3_19.weight
+        w13 = F.pad(self.conv3_13.weight, (1, 1, 1, 1))
+        w7 = F.pad(self.conv3_7.weight, (2, 2, 2, 2))
+        weight = torch.stack([w19, w13, w7], dim=1).reshape(3 * dim, 1, 7, 7)
+        bias = torch.stack([self.conv3_19.bias, self.conv3_13.bias, self.conv3_7.bias], dim=1)
+        x = F.pad(x, (9, 9, 9, 9), mode="reflect")
+        x = F.conv2d(x, weight, bias.reshape(-1), dilation=3, groups=dim)
+
+        first = self.mlp[0]
+        mlp_weight = first.weight.reshape(-1, 3, dim).transpose(1, 2).reshape_as(first.weight)
+        x = F.conv2d(x, mlp_weight, first.bias)
+        return self.mlp[2](self.mlp[1](x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        x = self.conv2(self.conv1(self.norm1(x)))
+        multi_scale = self._multi_scale_fused if self.fused_dwconv else self._multi_scale_separate
+        x = identity + multi_scale(x)
+
+        identity = x
+        x = self.norm2(x)
+        x = torch.cat([self.Wv(x) * self.Wg(x), self.ca(x) * x, self.pa(x) * x], dim=1)
+        return identity + self.mlp2(x)
+
+
+class BasicLayer(nn.Module):
+    """`depth` MixStructureBlocks in sequence."""
+
+    def __init__(self, dim: int, depth: int, fused_dwconv: bool = True) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(MixStructureBlock(dim, fused_dwconv) for _ in range(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class PatchEmbed(nn.Module):
+    """Strided conv that changes width and (for patch_size 2) halves the resolution."""
+
+    def __init__(
+        self, patch_size: int, in_chans: int, embed_dim: int, kernel_size: int | None = None
+    ) -> None:
+        super().__init__()
+        kernel_size = kernel_size or patch_size
+        self.proj = nn.Conv2d(
+            in_chans,
+            embed_dim,
+            kernel_size,
+            stride=patch_size,
+            padding=(kernel_size - patch_size + 1) // 2,
+            padding_mode="reflect",
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class PatchUnEmbed(nn.Module):
+    """Conv then PixelShuffle: changes width and multiplies the resolution by patch_size."""
+
+    def __init__(
+        self, patch_size: int, out_chans: int, embed_dim: int, kernel_size: int | None = None
+    ) -> None:
+        super().__init__()
+        kernel_size = kernel_size or 1
+        self.proj = nn.Sequential(
+            nn.Conv2d(
+                embed_dim,
+                out_chans * patch_size**2,
+                kernel_size,
+                padding=kernel_size // 2,
+                padding_mode="reflect",
+            ),
+            nn.PixelShuffle(patch_size),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class SKFusion(nn.Module):
+    """Selective-kernel fusion: softmax-weighted sum of `height` same-shaped feature maps."""
+
+    def __init__(self, dim: int, height: int = 2, reduction: int = 8) -> None:
+        super().__init__()
+        self.height = height
+        d = max(dim // reduction, 4)
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.mlp = nn.Sequential(
+            nn.Conv2d(dim, d, 1, bias=False), nn.ReLU(), nn.Conv2d(d, dim * height, 1, bias=False)
+        )
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        b, c = feats[0].shape[:2]
+        stacked = torch.stack(list(feats), dim=1)  # (B, height, C, H, W)
+        attn = self.mlp(self.avg_pool(stacked.sum(dim=1)))
+        attn = torch.softmax(attn.reshape(b, self.height, c, 1, 1), dim=1)
+        return (stacked * attn).sum(dim=1)
+
+
+def _pad_bottom_right(x: torch.Tensor, pad_h: int, pad_w: int) -> torch.Tensor:
+    """Reflect-pad the bottom/right; sides too short for one reflection reflect repeatedly.
+
+    A 1-px side has nothing to reflect and is first replicated once. When one reflection
+    suffices (every input upstream accepts) this is exactly upstream's single reflect pad.
+    """
+    while pad_h > 0 or pad_w > 0:
+        h, w = x.shape[-2:]
+        if (h == 1 and pad_h > 0) or (w == 1 and pad_w > 0):
+            step_h, step_w = int(h == 1 and pad_h > 0), int(w == 1 and pad_w > 0)
+            mode = "replicate"
+        else:
+            step_h, step_w = min(pad_h, h - 1), min(pad_w, w - 1)
+            mode = "reflect"
+        x = F.pad(x, (0, step_w, 0, step_h), mode=mode)
+        pad_h, pad_w = pad_h - step_h, pad_w - step_w
+    return x
+
+
+def padded_size(side: int) -> int:
+    """Side after padding: the next multiple of 4 (upstream's rule), at least MIN_SIDE."""
+    return max(-(-side // PATCH_MULTIPLE) * PATCH_MULTIPLE, MIN_SIDE)
+
+
+class MixDehazeNet(nn.Module):
+    """The dehazing network; with fusion 'concat' or 'add' it is MixCLDehazeNet.
+
+    Args:
+        depths: blocks per stage (5 stages).
+        fusion: 'none' (no text input), 'concat' (the paper's) or 'add'.
+        text_dim: CLIP embedding width D.
+        attention: 'sdpa' or 'explicit' (see TextImageFusion).
+        text_branch: build/run upstream's unused text branch (benchmarks only).
+        fused_dwconv: see MixStructureBlock.
+        in_chans, out_chans: image channels and head channels (K and B: 1 + 3).
+    """
+
+    def __init__(
+        self,
+        depths: Sequence[int] = (1, 1, 2, 1, 1),
+        fusion: str = "none",
+        text_dim: int = 512,
+        attention: str = "sdpa",
+        text_branch: bool = False,
+        fused_dwconv: bool = True,
+        in_chans: int = 3,
+        out_chans: int = 4,
+    ) -> None:
+        super().__init__()
+        if fusion not in FUSION_MODES:
+            raise ValueError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}")
+        if len(depths) != len(EMBED_DIMS):
+            raise ValueError(f"depths needs {len(EMBED_DIMS)} entries, got {list(depths)}")
+        self.fusion = fusion
+        self.needs_text = fusion != "none"
+        dims = EMBED_DIMS
+
+        embed_in = in_chans
+        if self.needs_text:
+            self.text_emb = TextImageFusion(
+                in_chans,
+                text_dim,
+                mode=fusion,
+                attention=attention,
+                text_branch=text_branch,
+            )
+            embed_in = self.text_emb.out_chans
+
+        self.patch_embed = PatchEmbed(1, embed_in, dims[0], kernel_size=3)
+        self.layer1 = BasicLayer(dims[0], depths[0], fused_dwconv)
+        self.patch_merge1 = PatchEmbed(2, dims[0], dims[1], kernel_size=3)
+        self.skip1 = nn.Conv2d(dims[0], dims[0], 1)
+        self.layer2 = BasicLayer(dims[1], depths[1], fused_dwconv)
+        self.patch_merge2 = PatchEmbed(2, dims[1], dims[2], kernel_size=3)
+        self.skip2 = nn.Conv2d(dims[1], dims[1], 1)
+        self.layer3 = BasicLayer(dims[2], depths[2], fused_dwconv)
+        self.patch_split1 = PatchUnEmbed(2, dims[3], dims[2])
+        self.fusion1 = SKFusion(dims[3])
+        self.layer4 = BasicLayer(dims[3], depths[3], fused_dwconv)
+        self.patch_split2 = PatchUnEmbed(2, dims[4], dims[3])
+        self.fusion2 = SKFusion(dims[4])
+        self.layer5 = BasicLayer(dims[4], depths[4], fused_dwconv)
+        self.patch_unembed = PatchUnEmbed(1, out_chans, dims[4], kernel_size=3)
+
+    def forward_features(self, x: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
+        if self.needs_text:
+            x = self.text_emb(x, text)
+        x = self.layer1(self.patch_embed(x))
+        skip1 = x
+        x = self.layer2(self.patch_merge1(x))
+        skip2 = x
+        x = self.patch_split1(self.layer3(self.patch_merge2(x)))
+        x = self.fusion1([x, self.skip2(skip2)]) + x
+        x = self.patch_split2(self.layer4(x))
+        x = self.fusion2([x, self.skip1(skip1)]) + x
+        return self.patch_unembed(self.layer5(x))
+
+    def forward(self, hazy: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+        """hazy: (B, 3, H, W) in [-1, 1]; text: (B, 1, D) or (B, D), ignored without fusion."""
+        h, w = hazy.shape[-2:]
+        x = _pad_bottom_right(hazy, padded_size(h) - h, padded_size(w) - w)
+        k, b = torch.split(self.forward_features(x, text), (1, 3), dim=1)
+        return (k * x - b + x)[:, :, :h, :w]

@@ -1,0 +1,241 @@
+"""Behaviour of the networks and the weight loader (CPU, tiny sizes)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models import MODEL_NAMES, TextImageFusion, build_model, load_pretrained
+from models.mixdehazenet import MixStructureBlock
+
+TINY = (1, 1, 1, 1, 1)
+TEXT_DIM = 512
+
+PLAIN_PARAMS = {"t": 1_622_950, "s": 3_164_944, "b": 6_248_932, "l": 12_416_908}
+# The paper's concat fusion, counting upstream's unused text branch.
+WITH_TEXT_BRANCH_PARAMS = {"t": 1_623_712, "s": 3_165_706, "b": 6_249_694, "l": 12_417_670}
+# The same without that branch (q2, k1, v1, postProj_t: 56 parameters).
+CONCAT_PARAMS = {"t": 1_623_656, "s": 3_165_650, "b": 6_249_638, "l": 12_417_614}
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Fresh random weights and BatchNorm affine/statistics away from defaults, in eval mode."""
+    torch.manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d | torch.nn.Conv1d):
+            module.reset_parameters()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                tensor.fill_(7)
+            elif name.endswith("running_var"):
+                tensor.copy_(torch.rand(tensor.shape) + 0.5)
+            elif name.endswith(("running_mean", "norm1.bias", "norm2.bias")):
+                tensor.copy_(torch.randn(tensor.shape) * 0.1)
+            elif name.endswith(("norm1.weight", "norm2.weight")):
+                tensor.copy_(1 + torch.randn(tensor.shape) * 0.1)
+    return model.eval()
+
+
+def image(h: int, w: int, batch: int = 1, seed: int = 1) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 3, h, w, generator=gen) * 2 - 1
+
+
+def text(batch: int = 1, seed: int = 2) -> torch.Tensor:
+    return torch.randn(batch, 1, TEXT_DIM, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("size", ["t", "s", "b", "l"])
+def test_parameter_counts(size):
+    plain = build_model(f"mixdehazenet-{size}")
+    assert not plain.needs_text
+    assert n_params(plain) == PLAIN_PARAMS[size]
+    mixcl = build_model(f"mixcl-{size}")
+    assert mixcl.needs_text
+    assert n_params(mixcl) == CONCAT_PARAMS[size]
+    assert n_params(build_model(f"mixcl-{size}", text_branch=True)) == WITH_TEXT_BRANCH_PARAMS[size]
+
+
+def test_model_names_and_unknown_name():
+    assert set(MODEL_NAMES) == {f"{f}-{s}" for f in ("mixdehazenet", "mixcl") for s in "tsbl"}
+    with pytest.raises(ValueError, match="mixcl-t"):
+        build_model("mixcl-xl")
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [
+        ("mixdehazenet-t", {}),
+        ("mixcl-t", {}),
+        ("mixcl-t", {"fusion": "add", "depths": TINY}),
+        ("mixdehazenet-s", {"depths": TINY, "fused_dwconv": False}),
+    ],
+)
+def test_forward_keeps_shape_and_every_parameter_learns(name, overrides):
+    model = build_model(name, **overrides).train()
+    t = text(batch=2) if model.needs_text else None
+    out = model(image(37, 53, batch=2), t)
+    assert out.shape == (2, 3, 37, 53)
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not no_grad
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (5, 90), (2, 3), (39, 4)])
+def test_tiny_and_thin_inputs(hw):
+    model = randomize(build_model("mixcl-t", depths=TINY))
+    with torch.no_grad():
+        out = model(image(*hw), text())
+    assert out.shape == (1, 3, *hw)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("hw", [(40, 41), (38, 45), (44, 37)])
+def test_inputs_upstream_accepts_use_its_padding(hw):
+    """Sides of 37 px and more pad to the next multiple of 4 only, as upstream does."""
+    model = randomize(build_model("mixcl-t", depths=TINY))
+    x, t = image(*hw), text()
+    h, w = hw
+    padded = F.pad(x, (0, -w % 4, 0, -h % 4), mode="reflect")
+    with torch.no_grad():
+        k, b = model.forward_features(padded, t).split((1, 3), dim=1)
+        expected = (k * padded - b + padded)[:, :, :h, :w]
+        assert torch.equal(model(x, t), expected)
+
+
+def test_text_is_required_by_fusion_and_ignored_without():
+    mixcl = build_model("mixcl-t", depths=TINY).eval()
+    with pytest.raises(ValueError, match="text"):
+        mixcl(image(8, 8))
+    with pytest.raises(ValueError, match=r"\(B, 1, 512\)"):
+        mixcl(image(8, 8), torch.randn(1, 256))
+    with torch.no_grad():
+        assert torch.equal(mixcl(image(8, 8), text()), mixcl(image(8, 8), text()[:, 0]))
+    plain = randomize(build_model("mixdehazenet-t", depths=TINY))
+    with torch.no_grad():
+        assert torch.equal(plain(image(8, 8)), plain(image(8, 8), text()))
+
+
+@pytest.mark.parametrize("mode", ["concat", "add"])
+def test_sdpa_fusion_equals_explicit_formula(mode):
+    sdpa = randomize(TextImageFusion(mode=mode, text_branch=True), seed=3)
+    explicit = TextImageFusion(mode=mode, attention="explicit", text_branch=True)
+    explicit.load_state_dict(sdpa.state_dict())
+    x, t = image(48, 40, batch=2), text(batch=2) * 3
+    out_sdpa = sdpa(x.requires_grad_(), t)
+    out_explicit = explicit(x, t)
+    assert (out_sdpa - out_explicit).abs().max() <= 1e-5
+    grad_sdpa = torch.autograd.grad(out_sdpa.sum(), sdpa.q1.weight)[0]
+    grad_explicit = torch.autograd.grad(out_explicit.sum(), explicit.q1.weight)[0]
+    assert (grad_sdpa - grad_explicit).abs().max() <= 1e-5 * grad_explicit.abs().max()
+
+
+def test_fused_depthwise_convs_equal_separate_ones():
+    fused = randomize(MixStructureBlock(24, fused_dwconv=True))
+    separate = MixStructureBlock(24, fused_dwconv=False).eval()
+    assert list(fused.state_dict()) == list(separate.state_dict())
+    separate.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 24, 23, 31)
+    assert (fused(x) - separate(x)).abs().max() <= 1e-5
+    fused(x).sum().backward()
+    separate(x).sum().backward()
+    for (name, a), b in zip(fused.named_parameters(), separate.parameters(), strict=True):
+        assert (a.grad - b.grad).abs().max() <= 1e-4 * (1 + b.grad.abs().max()), name
+
+
+def test_channels_last_gives_the_same_output():
+    model = randomize(build_model("mixcl-t", depths=TINY))
+    x, t = image(44, 52), text()
+    with torch.no_grad():
+        expected = model(x, t)
+        model.to(memory_format=torch.channels_last)
+        out = model(x.contiguous(memory_format=torch.channels_last), t)
+    assert (out - expected).abs().max() <= 1e-5
+
+
+def test_bf16_autocast_stays_close():
+    """bf16 keeps ~3 significant digits: outputs agree to 5% of their largest magnitude."""
+    model = randomize(build_model("mixcl-t", depths=TINY), seed=4)
+    x, t = image(40, 44), text()
+    with torch.no_grad():
+        expected = model(x, t)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x, t)
+    assert torch.isfinite(out).all()
+    assert (out.float() - expected).abs().max() <= 0.05 * expected.abs().max()
+
+
+def test_mixdehazenet_weights_warm_start_mixcl(tmp_path, caplog):
+    plain = randomize(build_model("mixdehazenet-t", depths=TINY))
+    path = tmp_path / "mixdehazenet.pth"
+    torch.save({"state_dict": plain.state_dict()}, path)
+    mixcl = build_model("mixcl-t", depths=TINY).eval()
+    with caplog.at_level(logging.INFO, logger="models.loading"):
+        load_pretrained(mixcl, path)
+    assert "text_emb.q1.weight" in caplog.text
+    assert torch.equal(mixcl.patch_embed.proj.weight[:, 3:], torch.zeros(24, 3, 3, 3))
+    x = image(41, 45)
+    with torch.no_grad():
+        assert (mixcl(x, text()) - plain(x)).abs().max() <= 1e-6
+
+
+def test_upstream_checkpoint_with_prefix_and_text_branch(tmp_path, caplog):
+    upstream = randomize(build_model("mixcl-t", depths=TINY, text_branch=True))
+    state = {f"module.{k}": v for k, v in upstream.state_dict().items()}
+    path = tmp_path / "mixcl.pth"
+    torch.save({"state_dict": state}, path)
+
+    model = build_model("mixcl-t", depths=TINY).eval()
+    with caplog.at_level(logging.INFO, logger="models.loading"):
+        load_pretrained(model, path)
+    assert "text_emb.postProj_t.weight" in caplog.text
+    assert torch.equal(
+        model.layer3.blocks[0].norm2.running_var, upstream.layer3.blocks[0].norm2.running_var
+    )
+    x, t = image(40, 40), text()
+    with torch.no_grad():
+        assert torch.equal(model(x, t), upstream(x, t))
+
+    with_branch = build_model("mixcl-t", depths=TINY, text_branch=True)
+    load_pretrained(with_branch, state)
+    assert torch.equal(with_branch.text_emb.k1.weight, upstream.text_emb.k1.weight)
+
+
+def test_own_checkpoint_format_round_trips():
+    source = randomize(build_model("mixdehazenet-t", depths=TINY))
+    model = build_model("mixdehazenet-t", depths=TINY)
+    load_pretrained(model, {"model": source.state_dict(), "epoch": 3, "config": {"lr": 1e-3}})
+    for (name, a), b in zip(model.state_dict().items(), source.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_loader_names_bad_keys():
+    state = build_model("mixcl-t", depths=TINY).state_dict()
+    model = build_model("mixcl-t", depths=TINY)
+
+    bad_shape = dict(state, **{"layer1.blocks.0.conv2.weight": torch.zeros(24, 24, 3, 3)})
+    with pytest.raises(ValueError, match=r"shape mismatch: layer1\.blocks\.0\.conv2\.weight"):
+        load_pretrained(model, bad_shape)
+
+    missing = {k: v for k, v in state.items() if k != "skip1.bias"}
+    with pytest.raises(ValueError, match=r"missing keys: skip1\.bias"):
+        load_pretrained(model, missing)
+
+    # A prefix on only some keys is not stripped, so those keys are unexpected.
+    partly_prefixed = {("module." + k if k == "skip1.bias" else k): v for k, v in state.items()}
+    with pytest.raises(ValueError, match=r"unexpected keys: module\.skip1\.bias"):
+        load_pretrained(model, partly_prefixed)
+
+    plain = build_model("mixdehazenet-t", depths=TINY)
+    with pytest.raises(ValueError, match=r"unexpected keys: text_emb\.k2\.bias"):
+        load_pretrained(plain, state)
