@@ -1,0 +1,259 @@
+"""Typed experiment configuration: YAML files that inherit from a base, plus `key=value` overrides.
+
+A YAML file may name a `base:` file (relative to itself) and then holds only what differs from
+it. Values are checked against the dataclasses below, so a typo or a wrong type fails at load
+time with the key's dotted name instead of deep inside a training run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network to build (see `models.MODEL_NAMES`)."""
+
+    name: str = "mixcl-s"
+    fusion: Literal["none", "concat", "add"] | None = None  # None: the variant's own fusion
+    depths: tuple[int, ...] | None = None  # None: the variant's own depths
+    init_from: str | None = None  # warm start, e.g. a released MixDehazeNet .pth
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """A procedurally generated hazy dataset, written to `data.root` when it is absent."""
+
+    enabled: bool = False
+    train: int = 96
+    test: int = 16
+    size: int = 96
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the DehazeFormer-format dataset lives and how samples are cut."""
+
+    root: str = "data/RESIDE-6K"
+    train_split: str = "train"
+    test_split: str = "test"
+    patch_size: int = 256
+    edge_decay: float = 0.0
+    only_h_flip: bool = True
+    num_workers: int = 8
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """The frozen CLIP that classifies every hazy image into a domain, zero-shot."""
+
+    arch: str = "ViT-B-32"
+    pretrained: str | None = "openai"  # open_clip tag, a local weights file, or null (random)
+    domains: tuple[str, ...] = ("indoor", "outdoor")
+    template: str = "a photo of a {}"
+    mode: Literal["hard", "soft"] = "hard"
+    batch_size: int = 64
+    cache_dir: str = "cache/clip_domains"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation schedule and loss (PROTOCOL.md's defaults)."""
+
+    batch_size: int = 16
+    epochs: int = 1000
+    lr: float = 1e-4
+    lr_min_ratio: float = 1e-2
+    weight_decay: float = 0.01
+    eval_freq: int = 1
+    cr_weight: float = 0.1
+    cr_weights: str | None = None  # local ResNet-152 ImageNet weights; None: torchvision's
+    cr_imagenet_norm: bool = False  # upstream feeds [-1, 1] images to ResNet unnormalised
+    amp: Literal["none", "fp16", "bf16"] = "fp16"  # CUDA only; CPU always trains in fp32
+    nonfinite: Literal["stop", "skip"] = "stop"
+    seed: int = 0
+    log_images: int = 4
+
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    """Options that change speed, never the numbers beyond float tolerance."""
+
+    fused_dwconv: bool = True
+    channels_last: bool = False
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    """One experiment: everything `train.py` needs, saved into every run folder and checkpoint."""
+
+    exp_name: str = "mixcl-s"
+    output_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.exp_name
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; convert lists to tuples and ints to floats."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {tp}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+def _build(cls: type, data: Any, prefix: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key {', '.join(where + k for k in unknown)} "
+            f"(known keys{' of ' + prefix if prefix else ''}: {', '.join(names)})"
+        )
+    kwargs = {k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: `base:` files form a cycle")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    return _merge(_read_yaml(path.parent / base, (*seen, path)), data)
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict:
+    """Turn `["train.lr=2e-4", "model.name=mixcl-t"]` into a nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(raw) if raw else ""
+    return out
+
+
+def config_from_dict(data: dict) -> Config:
+    """Build a checked `Config` from plain data (a parsed YAML file or a checkpoint's copy)."""
+    return _build(Config, data)
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML config (and its bases), apply overrides, and check every key and type."""
+    data = _read_yaml(Path(path)) if path is not None else {}
+    data = _merge(data, parse_overrides(overrides))
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{e}") from None
+
+
+def override_config(cfg: Config, overrides: Sequence[str]) -> Config:
+    """A copy of `cfg` with `section.key=value` overrides applied and checked."""
+    if not overrides:
+        return cfg
+    return config_from_dict(_merge(config_to_dict(cfg), parse_overrides(overrides)))
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Plain, YAML-friendly data (tuples as lists) that `config_from_dict` reads back."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
