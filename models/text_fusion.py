@@ -99,9 +99,10 @@ class TextImageFusion(nn.Module):
     def forward(self, image: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
         text = self._check_text(image, text)
         b, _, h, w = image.shape
-        q = self.q1(image).flatten(2).transpose(1, 2)  # (B, HW, P)
-        k = self.k2(text).transpose(1, 2)  # (B, D, P)
-        v = self.v2(text).transpose(1, 2)
+        # Contiguous last dims let SDPA take its fused kernel instead of the map-storing fallback.
+        q = self.q1(image).flatten(2).transpose(1, 2).contiguous()  # (B, HW, P)
+        k = self.k2(text).transpose(1, 2).contiguous()  # (B, D, P)
+        v = self.v2(text).transpose(1, 2).contiguous()
         if self.attention == "sdpa":
             out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
         else:

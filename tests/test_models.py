@@ -7,6 +7,7 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from models import MODEL_NAMES, TextImageFusion, build_model, load_pretrained
 from models.mixdehazenet import MixStructureBlock
@@ -239,3 +240,14 @@ def test_loader_names_bad_keys():
     plain = build_model("mixdehazenet-t", depths=TINY)
     with pytest.raises(ValueError, match=r"unexpected keys: text_emb\.k2\.bias"):
         load_pretrained(plain, state)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_sdpa_fusion_runs_on_the_fused_kernel(channels_last):
+    """The memory saving needs the fused kernel; limiting SDPA to it raises if it is not usable."""
+    fusion = TextImageFusion()
+    x = image(40, 48)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        fusion(x.requires_grad_(), text()).sum().backward()

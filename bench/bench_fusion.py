@@ -1,0 +1,112 @@
+"""What the text fusion costs: fp32 CPU inference time and peak memory, with and without it.
+
+Each setting runs in its own fresh process (bench.common.run_isolated): the model and a random
+image are built, one warm-up call is made, then the timed calls run under torch.inference_mode.
+Peak memory is the kernel's high-water mark of resident memory during the timed calls minus the
+resident size just before them (bench.common.measure), i.e. the memory the forward pass adds on
+top of the loaded model and input.
+
+Settings:
+  mixdehazenet-t     the baseline, no text
+  mixcl-t            the paper's concat fusion through scaled_dot_product_attention (default)
+  mixcl-t-explicit   the same with the (H*W x D) attention map written out
+  mixcl-t-upstream   explicit attention plus upstream's unused text branch (needs ~10 GB at 1024)
+
+Usage: python -m bench.bench_fusion [--size 1024] [--repeats 3] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+from functools import partial
+from typing import Any
+
+import torch
+
+from bench.common import format_table, measure, run_isolated, write_json
+from models import build_model
+
+SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "mixdehazenet-t": ("mixdehazenet-t", {}),
+    "mixcl-t": ("mixcl-t", {}),
+    "mixcl-t-explicit": ("mixcl-t", {"attention": "explicit"}),
+    "mixcl-t-upstream": ("mixcl-t", {"attention": "explicit", "text_branch": True}),
+}
+DEFAULT_SETTINGS = ("mixdehazenet-t", "mixcl-t", "mixcl-t-explicit")
+BASELINE = "mixdehazenet-t"
+
+
+def _setup(setting: str, size: int, threads: int) -> Any:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    name, overrides = SETTINGS[setting]
+    model = build_model(name, **overrides).eval()
+    hazy = torch.rand(1, 3, size, size) * 2 - 1
+    text = torch.randn(1, 1, 512) if model.needs_text else None
+
+    def call() -> None:
+        with torch.inference_mode():
+            model(hazy, text)
+
+    return call
+
+
+def run_setting(setting: str, size: int, threads: int, repeats: int) -> dict[str, Any]:
+    """Measure one setting; meant to run in a fresh process."""
+    return measure(partial(_setup, setting, size, threads), repeats=repeats, warmup=1)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=1024, help="image side in pixels")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per setting")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--settings", nargs="+", choices=sorted(SETTINGS), default=list(DEFAULT_SETTINGS)
+    )
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+
+    results = {
+        s: run_isolated(run_setting, s, args.size, args.threads, args.repeats)
+        for s in args.settings
+    }
+    base = results.get(BASELINE)
+    rows = []
+    for setting, r in results.items():
+        row = {
+            "setting": setting,
+            "median s": f"{r['median_s']:.2f}",
+            "spread": f"{100 * r['spread']:.0f}%",
+            "peak MiB": f"{r['peak_mib']:.0f}",
+        }
+        if base:
+            r["time_ratio"] = r["median_s"] / base["median_s"]
+            r["memory_ratio"] = r["peak_mib"] / base["peak_mib"]
+            row["time x"] = f"{r['time_ratio']:.2f}"
+            row["memory x"] = f"{r['memory_ratio']:.2f}"
+        rows.append(row)
+    print(
+        f"fp32 CPU inference, 1x3x{args.size}x{args.size}, {args.threads} threads, "
+        f"median of {args.repeats} (spread = (max - min) / median)"
+    )
+    print(format_table(rows, list(rows[0]), markdown=False))
+
+    payload = {
+        "size": args.size,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "results": results,
+    }
+    if args.json:
+        write_json(args.json, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

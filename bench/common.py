@@ -1,0 +1,139 @@
+"""Shared measurement helpers for the bench/ scripts: timing, peak memory, isolation, tables.
+
+Peak memory on CPU is measured inside a fresh process per setting (`run_isolated`), so one
+setting's allocator state cannot leak into another's: after the setup (model and inputs built,
+one warm-up call) the kernel's high-water mark of resident memory is reset through
+/proc/self/clear_refs, and the reported peak is that mark after the timed calls minus the
+resident size before them. Where the reset is unavailable, ru_maxrss (peak over the process's
+whole life) is used instead and the result says so.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import multiprocessing
+import resource
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall-clock seconds of repeated calls."""
+
+    times: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median: how far apart the repetitions were."""
+        return (max(self.times) - min(self.times)) / self.median
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "median_s": self.median,
+            "min_s": min(self.times),
+            "max_s": max(self.times),
+            "spread": self.spread,
+            "repeats": len(self.times),
+        }
+
+
+def time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> Timing:
+    """Call `fn` `warmup` times untimed, then `repeats` times timed."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return Timing(tuple(times))
+
+
+def current_rss() -> int:
+    """Resident memory of this process now, in bytes."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's high-water mark of resident memory (VmHWM); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss(after_reset: bool) -> int:
+    """Peak resident bytes: VmHWM since the last reset, else ru_maxrss over the process life."""
+    if after_reset:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure(
+    setup: Callable[[], Callable[[], Any]], repeats: int, warmup: int = 1
+) -> dict[str, Any]:
+    """Time `setup()`'s returned call and measure the peak memory it adds.
+
+    Run this in a fresh process (`run_isolated`) so the numbers belong to one setting only.
+    """
+    call = setup()
+    for _ in range(warmup):
+        call()
+    gc.collect()
+    baseline = current_rss()
+    was_reset = reset_peak_rss()
+    timing = time_calls(call, repeats, warmup=0)
+    peak = peak_rss(was_reset)
+    return {
+        **timing.summary(),
+        "peak_mib": (peak - baseline) / MIB,
+        "baseline_mib": baseline / MIB,
+        "peak_method": "VmHWM after reset" if was_reset else "ru_maxrss (not reset)",
+    }
+
+
+def run_isolated(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a picklable top-level function in a new interpreter and return its result."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], markdown: bool) -> str:
+    """Rows as an aligned text table or a markdown table (values already formatted)."""
+    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+    if markdown:
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(r) + " |" for r in cells]
+        return "\n".join(lines)
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    """Write benchmark results; dataclasses become dicts."""
+    if hasattr(payload, "__dataclass_fields__"):
+        payload = asdict(payload)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(payload, indent=2) + "\n")

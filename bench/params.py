@@ -1,0 +1,71 @@
+"""Parameter counts and multiply-accumulates (MACs) of every variant at 256x256.
+
+MACs come from torch.utils.flop_counter.FlopCounterMode (MACs = FLOPs / 2) on a batch of one,
+traced on the meta device (no compute). It counts convolutions (depthwise ones included), matrix
+products and the fusion's attention; it does not count element-wise ops, BatchNorm, softmax,
+pooling, padding or PixelShuffle. The model is traced with the separate depthwise convs and the
+explicit attention, so the count is the architecture's work, not the zero taps of the fused
+depthwise kernel.
+
+Usage: python -m bench.params [--markdown] [--size 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.common import format_table
+from models import MODEL_NAMES, build_model
+
+COLUMNS = ("model", "fusion", "params", "params with unused text branch")
+
+
+def macs_column(size: int) -> str:
+    return f"GMACs @ {size}x{size}"
+
+
+def count_macs(name: str, size: int) -> int:
+    """MACs of one forward pass on a (1, 3, size, size) image."""
+    with torch.device("meta"):
+        model = build_model(name, attention="explicit", fused_dwconv=False).eval()
+        hazy = torch.zeros(1, 3, size, size)
+        text = torch.zeros(1, 1, 512) if model.needs_text else None
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(hazy, text)
+    return counter.get_total_flops() // 2
+
+
+def rows(size: int) -> list[dict[str, str]]:
+    table = []
+    for name in MODEL_NAMES:
+        model = build_model(name)
+        with_branch = ""
+        if model.needs_text:
+            full = build_model(name, text_branch=True)
+            with_branch = f"{sum(p.numel() for p in full.parameters()):,}"
+        table.append(
+            {
+                "model": name,
+                "fusion": model.fusion,
+                "params": f"{sum(p.numel() for p in model.parameters()):,}",
+                "params with unused text branch": with_branch,
+                macs_column(size): f"{count_macs(name, size) / 1e9:.2f}",
+            }
+        )
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    parser.add_argument("--size", type=int, default=256, help="image side for MACs")
+    args = parser.parse_args(argv)
+    columns = (*COLUMNS, macs_column(args.size))
+    print(format_table(rows(args.size), columns, markdown=args.markdown))
+
+
+if __name__ == "__main__":
+    main()
