@@ -1,0 +1,455 @@
+"""CLIP zero-shot domains (indoor / outdoor) and the per-image text features derived from them.
+
+A frozen open_clip model classifies every hazy image against one prompt per domain (cosine
+similarity * 100, softmax). The paper feeds the network the text embedding of the top-1
+domain ("hard"); "soft" mixes the domain embeddings by probability. Classification is run
+once per dataset split and cached on disk (`prepare_domains`); the cache stores
+probabilities and embeddings, so switching hard/soft never needs CLIP again.
+
+    python -m utils.clip_domains --data-dir data/RESIDE-6K --split test --pretrained openai
+"""
+
+import argparse
+import hashlib
+import os
+import zipfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from utils.image import PathLike, list_images, read_rgb
+
+DEFAULT_DOMAINS = ("indoor", "outdoor")
+DEFAULT_TEMPLATE = "a photo of a {}"
+FEATURE_MODES = ("hard", "soft")
+# Fixed softmax temperature of the protocol (equal to OpenAI CLIP's learned logit scale).
+LOGIT_SCALE = 100.0
+# Seed of randomly initialised CLIP models, so that every process builds the same one.
+RANDOM_INIT_SEED = 0
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "clip"
+CACHE_FORMAT = 1
+
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
+
+
+def register_model_configs() -> None:
+    """Make the repository's model configs (configs/clip/*.json, e.g. tiny-clip) known to
+    open_clip; safe to call repeatedly."""
+    names = {p.stem for p in CONFIG_DIR.glob("*.json")}
+    if not names <= set(open_clip.list_models()):
+        open_clip.add_model_config(CONFIG_DIR)
+
+
+def _is_file_spec(pretrained: str) -> bool:
+    p = Path(pretrained).expanduser()
+    return p.exists() or "/" in pretrained or os.sep in pretrained or p.suffix in _WEIGHT_SUFFIXES
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    """OpenAI's original CLIP files (e.g. ~/.cache/clip/ViT-B-32.pt) are TorchScript."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.rsplit("/", 1)[-1] == "constants.pkl" for n in z.namelist())
+
+
+def _weights_help(arch: str) -> str:
+    return (
+        "Without internet access, download the weights on another machine (for OpenAI "
+        "ViT-B/32: https://openaipublic.azureedge.net/clip/models/40d365715913c9da98579312b702"
+        "a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt, or the Hugging Face repository "
+        "timm/vit_base_patch32_clip_224.openai), copy the file here and point the config at "
+        f"it: `clip.pretrained: /path/to/{arch}.pt`. Use `clip.pretrained: null` for a "
+        "randomly initialised model (tests only)."
+    )
+
+
+def load_clip(
+    arch: str, pretrained: str | None, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, Callable, Callable]:
+    """A frozen open_clip model in eval mode, its image preprocessing and its tokenizer.
+
+    Args:
+        arch: open_clip model name, e.g. "ViT-B-32" or the repository's "tiny-clip".
+        pretrained: an open_clip weights tag ("openai"), a local weights file (an open_clip
+            or OpenAI TorchScript checkpoint, or a state dict), or None / "" for random
+            weights, identical in every process (fixed seed; the caller's RNG state is kept).
+    Raises RuntimeError, saying what was tried, when the weights cannot be loaded.
+    """
+    register_model_configs()
+    if arch not in open_clip.list_models():
+        raise ValueError(
+            f"unknown CLIP architecture {arch!r}; open_clip knows "
+            f"{', '.join(open_clip.list_models())}"
+        )
+    if not pretrained:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, device=device)
+    elif _is_file_spec(pretrained):
+        model, preprocess = _load_from_file(arch, Path(pretrained).expanduser(), device)
+    else:
+        model, preprocess = _load_from_tag(arch, pretrained, device)
+    model.eval().requires_grad_(False)
+    return model, preprocess, open_clip.get_tokenizer(arch)
+
+
+def _load_from_file(arch: str, path: Path, device: str | torch.device) -> tuple:
+    if not path.is_file():
+        raise RuntimeError(f"CLIP weights file not found: {path}. {_weights_help(arch)}")
+    try:
+        if _is_torchscript_archive(path):
+            # OpenAI's files: TorchScript (not loadable with weights_only) and QuickGELU.
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch, force_quick_gelu=True
+            )
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+            # TorchScript also saves metadata and non-persistent buffers (e.g. attn_mask).
+            non_persistent = {n for n, _ in model.named_buffers()} - set(model.state_dict())
+            for key in ("input_resolution", "context_length", "vocab_size", *non_persistent):
+                state.pop(key, None)
+            model.load_state_dict(state)
+            model.to(device)
+        else:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=str(path), device=device
+            )
+    except Exception as e:
+        raise RuntimeError(
+            f"cannot load CLIP weights for {arch} from {path}: {e}. Check that the file is "
+            f"a complete {arch} checkpoint (the architecture must match)."
+        ) from e
+    return model, preprocess
+
+
+def _load_from_tag(arch: str, tag: str, device: str | torch.device) -> tuple:
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if tag not in tags:
+        raise RuntimeError(
+            f"{tag!r} is neither an existing weights file nor an open_clip weights tag for "
+            f"{arch} (known tags: {', '.join(tags) or 'none'}). {_weights_help(arch)}"
+        )
+    quick_gelu = bool(open_clip.get_pretrained_cfg(arch, tag).get("quick_gelu", False))
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            arch, pretrained=tag, device=device, force_quick_gelu=quick_gelu
+        )
+    except Exception as e:
+        raise RuntimeError(
+            f"cannot download CLIP weights {arch}/{tag} ({type(e).__name__}: {e}). "
+            f"{_weights_help(arch)}"
+        ) from e
+    return model, preprocess
+
+
+def domain_prompts(
+    domains: Sequence[str] = DEFAULT_DOMAINS, template: str = DEFAULT_TEMPLATE
+) -> list[str]:
+    """One prompt per domain; the default reproduces upstream's "a photo of a indoor"."""
+    if "{}" not in template:
+        raise ValueError(f"prompt template must contain '{{}}', got {template!r}")
+    return [template.format(d) for d in domains]
+
+
+@torch.no_grad()
+def text_embeddings(model: torch.nn.Module, tokenizer: Callable, prompts: Sequence[str]):
+    """L2-normalised text embeddings of `prompts`, float32 on the CPU, shape (K, D)."""
+    device = next(model.parameters()).device
+    emb = model.encode_text(tokenizer(list(prompts)).to(device))
+    return F.normalize(emb.float(), dim=-1).cpu()
+
+
+@torch.no_grad()
+def classify(
+    model: torch.nn.Module,
+    preprocess: Callable,
+    images: Sequence,
+    text_emb: torch.Tensor,
+) -> torch.Tensor:
+    """Zero-shot domain probabilities (N, K): softmax over 100 * cosine similarity.
+
+    `images` are PIL images, uint8 (H, W, 3) RGB arrays, or an already preprocessed
+    (N, 3, h, w) tensor.
+    """
+    if isinstance(images, torch.Tensor):
+        batch = images
+    else:
+        batch = torch.stack([preprocess(_as_pil(im)) for im in images])
+    device = next(model.parameters()).device
+    img_emb = F.normalize(model.encode_image(batch.to(device)).float(), dim=-1)
+    logits = LOGIT_SCALE * img_emb @ text_emb.to(device).T
+    return logits.softmax(dim=-1).cpu()
+
+
+def _as_pil(image) -> Image.Image:
+    return image if isinstance(image, Image.Image) else Image.fromarray(image)
+
+
+def domain_features(probs: torch.Tensor, text_emb: torch.Tensor, mode: str) -> torch.Tensor:
+    """Text features (N, D) of unit norm from domain probabilities (N, K).
+
+    "hard": the embedding of the most probable domain (the paper); "soft": the
+    probability-weighted mix of the domain embeddings, re-normalised.
+    """
+    if mode == "hard":
+        return text_emb[probs.argmax(dim=-1)].clone()
+    if mode == "soft":
+        return F.normalize(probs.float() @ text_emb, dim=-1)
+    raise ValueError(f"feature mode must be one of {FEATURE_MODES}, got {mode!r}")
+
+
+def domain_feature(probs_row: torch.Tensor, text_emb: torch.Tensor, mode: str) -> torch.Tensor:
+    """The (1, D) text feature of one image from its (K,) or (1, K) domain probabilities."""
+    return domain_features(probs_row.reshape(1, -1), text_emb, mode)
+
+
+@dataclass(frozen=True)
+class DomainCache:
+    """Zero-shot domain results for one list of images, as stored on disk.
+
+    Attributes:
+        names: image file names, in the order given to `prepare_domains`.
+        domain_names: the K domains; prompts: their K prompts.
+        probs: (N, K) probabilities; text_emb: (K, D) unit-norm prompt embeddings.
+        mode: default feature mode for `features()`.
+        record: what produced the results (arch, weights, prompts, image fingerprints).
+    """
+
+    names: list[str]
+    domain_names: list[str]
+    prompts: list[str]
+    probs: torch.Tensor
+    text_emb: torch.Tensor
+    mode: str
+    record: dict
+
+    @property
+    def domains(self) -> dict[str, str]:
+        """Predicted (top-1) domain of every image."""
+        top = self.probs.argmax(dim=-1).tolist()
+        return {n: self.domain_names[k] for n, k in zip(self.names, top, strict=True)}
+
+    def counts(self) -> dict[str, int]:
+        """Number of images per predicted domain (every domain listed, zeros included)."""
+        counts = dict.fromkeys(self.domain_names, 0)
+        for d in self.domains.values():
+            counts[d] += 1
+        return counts
+
+    def features(self, mode: str | None = None) -> dict[str, torch.Tensor]:
+        """Image file name -> (1, D) text feature, for PairedDataset(text_features=...)."""
+        feats = domain_features(self.probs, self.text_emb, mode or self.mode)
+        return {n: feats[i : i + 1] for i, n in enumerate(self.names)}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_id(pretrained: str | None) -> str:
+    """What identifies CLIP weights in a cache record: the tag, or the file's sha256."""
+    if not pretrained:
+        return f"random-init(seed={RANDOM_INIT_SEED})"
+    path = Path(pretrained).expanduser()
+    if _is_file_spec(pretrained) and path.is_file():
+        return f"sha256:{_sha256(path)}"
+    return f"open_clip:{pretrained}"
+
+
+def _stat(path: Path) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _sha1(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes(), usedforsecurity=False).hexdigest()
+
+
+def _images_unchanged(paths: list[Path], stored: list[dict]) -> str | None:
+    """None when every image matches its stored fingerprint, else the first changed name.
+
+    A file whose size and mtime match is trusted without reading it; otherwise its sha1
+    decides, so copying or touching a dataset does not force a rebuild but an edit does.
+    """
+    for path, fp in zip(paths, stored, strict=True):
+        st = _stat(path)
+        if st == {"size": fp["size"], "mtime_ns": fp["mtime_ns"]}:
+            continue
+        if st["size"] != fp["size"] or _sha1(path) != fp["sha1"]:
+            return path.name
+    return None
+
+
+def _load_cache(cache_file: Path) -> tuple[dict | None, str]:
+    """The cache file's contents, or None and the reason it cannot be used."""
+    if not cache_file.is_file():
+        return None, "no cache file yet"
+    try:
+        data = torch.load(cache_file, map_location="cpu", weights_only=True)
+        n, k = len(data["names"]), len(data["record"]["prompts"])
+        ok = (
+            data["format"] == CACHE_FORMAT
+            and data["probs"].shape == (n, k)
+            and data["text_emb"].shape[0] == k
+            and len(data["record"]["images"]) == n
+        )
+    except Exception as e:
+        return None, f"cache file is unreadable or truncated ({type(e).__name__})"
+    if not ok:
+        return None, "cache file has an unexpected layout"
+    return data, ""
+
+
+def _stale_reason(data: dict, record: dict, names: list[str], paths: list[Path]) -> str | None:
+    old = data["record"]
+    for key, what in (
+        ("arch", "CLIP architecture"),
+        ("weights", "CLIP weights"),
+        ("domains", "domains"),
+        ("prompts", "prompts"),
+    ):
+        if old[key] != record[key]:
+            return f"{what} changed ({old[key]} -> {record[key]})"
+    if data["names"] != names:
+        return "image list changed"
+    changed = _images_unchanged(paths, old["images"])
+    if changed is not None:
+        return f"image content changed ({changed})"
+    return None
+
+
+def _read_for_clip(path: Path, preprocess: Callable) -> torch.Tensor:
+    return preprocess(Image.fromarray(read_rgb(path)))
+
+
+def prepare_domains(
+    image_paths: Sequence[PathLike],
+    cache_file: PathLike,
+    arch: str,
+    pretrained: str | None,
+    domains: Sequence[str] = DEFAULT_DOMAINS,
+    template: str = DEFAULT_TEMPLATE,
+    mode: str = "hard",
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    num_workers: int = 4,
+) -> DomainCache:
+    """Zero-shot domains of `image_paths`, from `cache_file` when still valid.
+
+    The cache is reused when the architecture, weights (tag or file sha256), domains,
+    prompts, image names and image contents are unchanged; otherwise CLIP classifies every
+    image again (the reason is printed) and the file is replaced atomically. Image names
+    must be unique: features are looked up by file name.
+    """
+    if mode not in FEATURE_MODES:
+        raise ValueError(f"feature mode must be one of {FEATURE_MODES}, got {mode!r}")
+    paths = [Path(p) for p in image_paths]
+    names = [p.name for p in paths]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"image names must be unique, repeated: {', '.join(dup[:20])}")
+    if not paths:
+        raise ValueError("no images to classify")
+    cache_file = Path(cache_file)
+    prompts = domain_prompts(domains, template)
+    record = {
+        "arch": arch,
+        "weights": weights_id(pretrained),
+        "domains": list(domains),
+        "prompts": prompts,
+    }
+
+    data, reason = _load_cache(cache_file)
+    if data is not None:
+        reason = _stale_reason(data, record, names, paths)
+        if reason is None:
+            print(f"CLIP domains: reusing {cache_file}")
+            return _to_cache(data, mode)
+    print(f"CLIP domains: classifying {len(paths)} images with {arch} ({reason})")
+
+    model, preprocess, tokenizer = load_clip(arch, pretrained, device)
+    text_emb = text_embeddings(model, tokenizer, prompts)
+    images = [{**_stat(p), "sha1": _sha1(p)} for p in paths]
+    probs = []
+    with ThreadPoolExecutor(max(1, num_workers)) as pool:
+        for start in tqdm(range(0, len(paths), batch_size), desc="CLIP domains", unit="batch"):
+            chunk = paths[start : start + batch_size]
+            batch = torch.stack(list(pool.map(lambda p: _read_for_clip(p, preprocess), chunk)))
+            probs.append(classify(model, preprocess, batch, text_emb))
+    data = {
+        "format": CACHE_FORMAT,
+        "names": names,
+        "probs": torch.cat(probs),
+        "text_emb": text_emb,
+        "record": {**record, "images": images},
+    }
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_name(f"{cache_file.name}.tmp{os.getpid()}")
+    torch.save(data, tmp)
+    os.replace(tmp, cache_file)
+    cache = _to_cache(data, mode)
+    print("CLIP domains: " + ", ".join(f"{d} {c}" for d, c in cache.counts().items()))
+    return cache
+
+
+def _to_cache(data: dict, mode: str) -> DomainCache:
+    rec = data["record"]
+    return DomainCache(
+        names=list(data["names"]),
+        domain_names=list(rec["domains"]),
+        prompts=list(rec["prompts"]),
+        probs=data["probs"],
+        text_emb=data["text_emb"],
+        mode=mode,
+        record=rec,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Classify a dataset split's hazy images "
+        "into CLIP zero-shot domains and cache the result."
+    )
+    parser.add_argument("--data-dir", required=True, help="dataset root (DehazeFormer layout)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--arch", default="ViT-B-32")
+    parser.add_argument(
+        "--pretrained",
+        default="openai",
+        help="open_clip tag or weights file; empty for random weights",
+    )
+    parser.add_argument("--domains", nargs="+", default=list(DEFAULT_DOMAINS))
+    parser.add_argument("--template", default=DEFAULT_TEMPLATE)
+    parser.add_argument("--cache", help="cache file (default cache/<dataset>-<split>-<arch>.pt)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    data_dir = Path(args.data_dir)
+    cache = args.cache or Path("cache") / f"{data_dir.name}-{args.split}-{args.arch}.pt"
+    result = prepare_domains(
+        list_images(data_dir / args.split / "hazy"),
+        cache,
+        args.arch,
+        args.pretrained or None,
+        args.domains,
+        args.template,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    print(f"{len(result.names)} images, cache {cache}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
