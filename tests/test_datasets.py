@@ -1,0 +1,288 @@
+import filecmp
+import random
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from datasets import ImageFolderDataset, PairedDataset
+from datasets.synthetic import main as synthetic_main
+from datasets.synthetic import make_synthetic_dataset
+from utils.image import from_model_range, list_images, read_rgb, to_model_range, write_rgb
+
+
+def _noise(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _make_split(root: Path, gt: dict[str, np.ndarray], hazy: dict[str, np.ndarray]) -> Path:
+    for sub, imgs in (("GT", gt), ("hazy", hazy)):
+        (root / "test" / sub).mkdir(parents=True, exist_ok=True)
+        for name, img in imgs.items():
+            write_rgb(root / "test" / sub / name, img)
+    return root
+
+
+def _inverse_pair(root: Path, h: int, w: int) -> tuple[Path, np.ndarray]:
+    """One pair whose hazy image is 255 - GT, so any misaligned crop is detectable."""
+    gt = _noise(h, w)
+    return _make_split(root, {"a.png": gt}, {"a.png": 255 - gt}), gt
+
+
+def _to_uint8(t: torch.Tensor) -> np.ndarray:
+    return (from_model_range(t) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def _dihedral(img: np.ndarray) -> list[np.ndarray]:
+    flips = [img, np.flip(img, axis=1)]
+    return [np.rot90(f, k) for f in flips for k in range(4)]
+
+
+# --- utils/image.py ---------------------------------------------------------------------
+
+
+def test_read_rgb_returns_rgb_order(tmp_path):
+    bgr_red = np.zeros((4, 5, 3), np.uint8)
+    bgr_red[..., 2] = 255
+    cv2.imwrite(str(tmp_path / "red.png"), bgr_red)
+    assert read_rgb(tmp_path / "red.png")[0, 0].tolist() == [255, 0, 0]
+
+
+def test_write_rgb_roundtrip_from_array_and_tensor(tmp_path):
+    img = _noise(7, 9)
+    write_rgb(tmp_path / "deep" / "dir" / "a.png", img)
+    assert np.array_equal(read_rgb(tmp_path / "deep" / "dir" / "a.png"), img)
+    tensor = torch.from_numpy(img).permute(2, 0, 1).float().div(255)[None]
+    write_rgb(tmp_path / "b.png", tensor)
+    assert np.array_equal(read_rgb(tmp_path / "b.png"), img)
+    with pytest.raises(ValueError, match="float tensor"):
+        write_rgb(tmp_path / "c.png", torch.zeros(4, 5, 3))
+
+
+def test_model_range_roundtrip_clamps():
+    x = torch.tensor([0.0, 0.25, 1.0])
+    assert torch.equal(from_model_range(to_model_range(x)), x)
+    assert from_model_range(torch.tensor([-3.0, 3.0])).tolist() == [0.0, 1.0]
+
+
+def test_read_rgb_converts_odd_formats_with_a_warning(tmp_path):
+    gray = _noise(6, 6)[..., 0]
+    cv2.imwrite(str(tmp_path / "gray.png"), gray)
+    with pytest.warns(UserWarning, match="gray.png.*grayscale"):
+        assert np.array_equal(read_rgb(tmp_path / "gray.png"), np.stack([gray] * 3, axis=-1))
+
+    bgra = np.dstack([_noise(6, 6), np.full((6, 6), 7, np.uint8)])
+    cv2.imwrite(str(tmp_path / "rgba.png"), bgra)
+    with pytest.warns(UserWarning, match="rgba.png.*alpha dropped"):
+        assert np.array_equal(read_rgb(tmp_path / "rgba.png"), bgra[..., 2::-1])
+
+    cv2.imwrite(str(tmp_path / "deep.png"), np.full((6, 6, 3), 65535, np.uint16))
+    with pytest.warns(UserWarning, match="deep.png.*16-bit"):
+        assert (read_rgb(tmp_path / "deep.png") == 255).all()
+
+
+def test_read_rgb_errors_name_the_file(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    for name in ("empty.png", "junk.png"):
+        with pytest.raises(ValueError, match=name):
+            read_rgb(tmp_path / name)
+    with pytest.raises(FileNotFoundError, match=r"missing\.png"):
+        read_rgb(tmp_path / "missing.png")
+
+
+def test_list_images_sorted_and_filtered(tmp_path):
+    for name in ("b.JPG", "a.png", "notes.txt", ".hidden.png"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in list_images(tmp_path)] == ["a.png", "b.JPG"]
+
+
+# --- PairedDataset ----------------------------------------------------------------------
+
+
+def test_pairs_by_name_rgb_in_model_range(tmp_path):
+    imgs = {n: _noise(10, 12, seed=i) for i, n in enumerate(("b.png", "a.png"))}
+    root = _make_split(tmp_path, imgs, {n: 255 - im for n, im in imgs.items()})
+    ds = PairedDataset(root, "test", "test")
+    assert ds.names == ["a.png", "b.png"]
+    assert [p.name for p in ds.hazy_paths] == ds.names
+    for i, name in enumerate(ds.names):
+        sample = ds[i]
+        assert sample["name"] == name
+        assert sample["gt"].dtype == torch.float32 and sample["gt"].shape == (3, 10, 12)
+        assert np.array_equal(_to_uint8(sample["gt"]), imgs[name])
+        assert np.array_equal(_to_uint8(sample["hazy"]), 255 - imgs[name])
+        assert sample["gt"].min() >= -1 and sample["gt"].max() <= 1
+
+
+def test_train_crops_are_aligned_and_inside_the_image(tmp_path):
+    root, gt = _inverse_pair(tmp_path, 20, 26)
+    ds = PairedDataset(root, "test", "train", patch_size=8, only_h_flip=True)
+    random.seed(0)
+    for _ in range(20):
+        s = ds[0]
+        assert s["gt"].shape == s["hazy"].shape == (3, 8, 8)
+        assert torch.allclose(s["hazy"], -s["gt"], atol=1e-6)
+        crop = _to_uint8(s["gt"])
+        found = [
+            (y, x)
+            for src in (gt, np.flip(gt, axis=1))
+            for y in range(13)
+            for x in range(19)
+            if np.array_equal(src[y : y + 8, x : x + 8], crop)
+        ]
+        assert len(found) == 1
+
+
+@pytest.mark.parametrize(("only_h_flip", "expected"), [(True, {0, 4}), (False, set(range(8)))])
+def test_train_flips_and_rotations_follow_settings(tmp_path, only_h_flip, expected):
+    root, gt = _inverse_pair(tmp_path, 8, 8)
+    ds = PairedDataset(root, "test", "train", patch_size=8, only_h_flip=only_h_flip)
+    variants = _dihedral(gt)
+    random.seed(0)
+    seen = set()
+    for _ in range(64):
+        crop = _to_uint8(ds[0]["gt"])
+        seen |= {i for i, v in enumerate(variants) if np.array_equal(v, crop)}
+    assert seen == expected
+
+
+def test_edge_decay_snaps_crops_to_borders(tmp_path):
+    root, gt = _inverse_pair(tmp_path, 20, 26)
+    ds = PairedDataset(root, "test", "train", patch_size=8, edge_decay=10.0, only_h_flip=True)
+    random.seed(0)
+    for _ in range(20):
+        crop = _to_uint8(ds[0]["gt"])
+        corners = [
+            src[y : y + 8, x : x + 8]
+            for src in (gt, np.flip(gt, axis=1))
+            for y in (0, 12)
+            for x in (0, 18)
+        ]
+        assert any(np.array_equal(c, crop) for c in corners)
+
+
+def test_valid_and_test_modes_are_deterministic(tmp_path):
+    root, gt = _inverse_pair(tmp_path, 21, 30)
+    valid = PairedDataset(root, "test", "valid", patch_size=8)
+    assert np.array_equal(_to_uint8(valid[0]["gt"]), gt[6:14, 11:19])
+    assert torch.equal(valid[0]["hazy"], valid[0]["hazy"])
+    test = PairedDataset(root, "test", "test", patch_size=8)
+    assert np.array_equal(_to_uint8(test[0]["gt"]), gt)
+
+
+def test_small_images_are_reflect_padded(tmp_path):
+    root, gt = _inverse_pair(tmp_path, 9, 12)
+    s = PairedDataset(root, "test", "valid", patch_size=16)[0]
+    assert s["gt"].shape == (3, 16, 16)
+    assert np.array_equal(_to_uint8(s["gt"])[3:12, 2:14], gt)
+    assert torch.allclose(s["hazy"], -s["gt"], atol=1e-6)
+    assert PairedDataset(root, "test", "train", patch_size=16)[0]["gt"].shape == (3, 16, 16)
+
+
+def test_text_features_looked_up_by_name(tmp_path):
+    root, _ = _inverse_pair(tmp_path, 8, 8)
+    feat = torch.arange(4.0)
+    s = PairedDataset(root, "test", "test", text_features={"a.png": feat})[0]
+    assert torch.equal(s["text"], feat.reshape(1, 4))
+    with pytest.raises(ValueError, match=r"no text feature.*a\.png"):
+        PairedDataset(root, "test", "test", text_features={"other.png": feat})
+
+
+def test_all_split_problems_reported_together(tmp_path):
+    img = _noise(8, 8)
+    root = _make_split(
+        tmp_path,
+        {"ok.png": img, "gt_only.png": img, "ext.png": img, "size.png": img},
+        {"ok.png": img, "hazy_only.png": img, "ext.jpg": img, "size.png": _noise(8, 9)},
+    )
+    (root / "test" / "GT" / "bad.png").write_bytes(b"junk")
+    (root / "test" / "hazy" / "bad.png").write_bytes(b"junk")
+    with pytest.raises(ValueError) as info:
+        PairedDataset(root, "test", "test")
+    msg = str(info.value)
+    for expected in (
+        "gt_only.png",
+        "hazy_only.png",
+        "including the extension",
+        "ext.jpg",
+        "bad.png",
+        "unreadable",
+        "size.png",
+        "hazy 9x8, GT 8x8",
+    ):
+        assert expected in msg
+
+
+@pytest.mark.parametrize("missing", ["split", "hazy"])
+def test_missing_folders_named(tmp_path, missing):
+    root, _ = _inverse_pair(tmp_path, 8, 8)
+    if missing == "hazy":
+        for p in (root / "test" / "hazy").iterdir():
+            p.unlink()
+        (root / "test" / "hazy").rmdir()
+    split = "nope" if missing == "split" else "test"
+    with pytest.raises(ValueError, match=f"{missing} folder not found"):
+        PairedDataset(root, split, "test")
+
+
+def test_bad_mode_rejected(tmp_path):
+    with pytest.raises(ValueError, match="mode"):
+        PairedDataset(tmp_path, "test", "training")
+
+
+# --- ImageFolderDataset -----------------------------------------------------------------
+
+
+def test_image_folder_dataset(tmp_path):
+    write_rgb(tmp_path / "in" / "a.png", _noise(5, 6))
+    write_rgb(tmp_path / "in" / "b.jpg", _noise(7, 8))
+    (tmp_path / "in" / "readme.txt").write_text("x")
+    write_rgb(tmp_path / "c.png", _noise(3, 4))
+    with pytest.warns(UserWarning, match="readme.txt"):
+        ds = ImageFolderDataset([tmp_path / "in", tmp_path / "c.png"])
+    assert ds.names == ["a.png", "b.jpg", "c.png"]
+    s = ds[1]
+    assert s["hazy"].shape == (3, 7, 8) and s["size"].tolist() == [7, 8]
+    assert s["path"] == str((tmp_path / "in" / "b.jpg").resolve())
+
+    write_rgb(tmp_path / "other" / "a.png", _noise(5, 6))
+    with pytest.raises(ValueError, match="share a name"):
+        ImageFolderDataset([tmp_path / "in" / "a.png", tmp_path / "other" / "a.png"])
+    with pytest.raises(FileNotFoundError, match="missing"):
+        ImageFolderDataset(tmp_path / "missing")
+
+
+# --- synthetic data ---------------------------------------------------------------------
+
+
+def test_synthetic_dataset_is_deterministic_and_loadable(tmp_path):
+    a = make_synthetic_dataset(tmp_path / "a", 5, 2, size=((31, 45), (33, 47)), seed=3)
+    b = make_synthetic_dataset(tmp_path / "b", 5, 2, size=((31, 45), (33, 47)), seed=3)
+    c = make_synthetic_dataset(tmp_path / "c", 5, 2, size=((31, 45), (33, 47)), seed=4)
+    for split, n in (("train", 5), ("test", 2)):
+        for sub in ("GT", "hazy"):
+            names = [p.name for p in list_images(a / split / sub)]
+            assert len(names) == n
+            match, mismatch, errors = filecmp.cmpfiles(
+                a / split / sub, b / split / sub, names, shallow=False
+            )
+            assert match == names and not mismatch and not errors
+    assert not filecmp.cmp(a / "train/hazy/0000.png", c / "train/hazy/0000.png", shallow=False)
+
+    ds = PairedDataset(a, "train", "test")
+    sizes = {tuple(ds[i]["gt"].shape[1:]) for i in range(len(ds))}
+    assert len(sizes) > 1 and any(h % 2 or w % 2 for h, w in sizes)
+    for i in range(len(ds)):
+        s = ds[i]
+        # Haze adds airlight: the hazy image is brighter on average and differs from GT.
+        assert s["hazy"].mean() > s["gt"].mean()
+
+
+def test_synthetic_cli(tmp_path, capsys):
+    assert synthetic_main(["--out", str(tmp_path / "d"), "--train", "2", "--test", "1"]) == 0
+    assert len(list_images(tmp_path / "d" / "train" / "hazy")) == 2
+    assert len(list_images(tmp_path / "d" / "test" / "GT")) == 1
+    assert "2 train" in capsys.readouterr().out
