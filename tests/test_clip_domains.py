@@ -1,0 +1,201 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datasets import PairedDataset
+from utils.clip_domains import (
+    DEFAULT_DOMAINS,
+    classify,
+    domain_feature,
+    domain_prompts,
+    load_clip,
+    main,
+    prepare_domains,
+    text_embeddings,
+)
+from utils.image import list_images, read_rgb, write_rgb
+
+
+def _states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _prepare(paths, cache, pretrained=None, template="a photo of a {}", mode="hard"):
+    return prepare_domains(
+        paths,
+        cache,
+        "tiny-clip",
+        pretrained,
+        DEFAULT_DOMAINS,
+        template,
+        mode=mode,
+        batch_size=2,
+        num_workers=1,
+    )
+
+
+def _rebuilt(capsys) -> bool:
+    out = capsys.readouterr().out
+    assert ("reusing" in out) != ("classifying" in out)
+    return "classifying" in out
+
+
+def test_random_tiny_clip_is_reproducible_and_keeps_rng_state(tiny_clip):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    model, _, _ = load_clip("tiny-clip", None)
+    assert torch.equal(torch.rand(3), expected)
+    assert _states_equal(model, tiny_clip[0])
+    assert not model.training
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_local_weights_file_is_loaded(tiny_clip, tiny_clip_weights):
+    model, _, _ = load_clip("tiny-clip", str(tiny_clip_weights))
+    assert _states_equal(model, tiny_clip[0])
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_torchscript_weights_file_is_loaded(tiny_clip, tmp_path):
+    """OpenAI's original checkpoints are TorchScript archives."""
+    torch.jit.save(torch.jit.script(tiny_clip[0]), str(tmp_path / "jit.pt"))
+    model, _, _ = load_clip("tiny-clip", str(tmp_path / "jit.pt"))
+    assert _states_equal(model, tiny_clip[0])
+
+
+def test_unloadable_weights_explain_the_fix(tmp_path):
+    with pytest.raises(RuntimeError, match=r"not found.*clip\.pretrained"):
+        load_clip("tiny-clip", str(tmp_path / "ViT-B-32.pt"))
+    with pytest.raises(RuntimeError, match=r"not-a-tag.*clip\.pretrained"):
+        load_clip("tiny-clip", "not-a-tag")
+    (tmp_path / "wrong.pt").write_bytes(b"garbage")
+    with pytest.raises(RuntimeError, match=r"wrong\.pt"):
+        load_clip("tiny-clip", str(tmp_path / "wrong.pt"))
+
+
+def test_prompts_embeddings_and_probabilities(tiny_clip, synthetic_root):
+    model, preprocess, tokenizer = tiny_clip
+    prompts = domain_prompts()
+    assert prompts == ["a photo of a indoor", "a photo of a outdoor"]
+    emb = text_embeddings(model, tokenizer, prompts)
+    assert emb.shape == (2, 32)
+    assert torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+    arrays = [read_rgb(p) for p in list_images(synthetic_root / "test" / "hazy")]
+    probs = classify(model, preprocess, arrays, emb)
+    assert probs.shape == (3, 2)
+    assert torch.allclose(probs.sum(dim=-1), torch.ones(3), atol=1e-5)
+    assert torch.equal(
+        probs, classify(model, preprocess, [Image.fromarray(a) for a in arrays], emb)
+    )
+
+
+def test_hard_and_soft_features():
+    emb = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)
+    probs = torch.tensor([0.3, 0.7])
+    hard = domain_feature(probs, emb, "hard")
+    soft = domain_feature(probs, emb, "soft")
+    for feat in (hard, soft):
+        assert feat.shape == (1, 8)
+        assert torch.allclose(feat.norm(), torch.tensor(1.0), atol=1e-6)
+    assert torch.equal(hard[0], emb[1])
+    expected = 0.3 * emb[0] + 0.7 * emb[1]
+    assert torch.allclose(soft[0], expected / expected.norm(), atol=1e-6)
+    with pytest.raises(ValueError, match="mode"):
+        domain_feature(probs, emb, "top1")
+
+
+def test_cache_reused_and_feeds_the_dataset(synthetic_root, tmp_path, capsys):
+    paths = list_images(synthetic_root / "test" / "hazy")
+    cache_file = tmp_path / "cache" / "domains.pt"
+    first = _prepare(paths, cache_file)
+    assert _rebuilt(capsys)
+    assert sum(first.counts().values()) == 3
+    assert set(first.domains.values()) <= set(DEFAULT_DOMAINS)
+
+    mtime = cache_file.stat().st_mtime_ns
+    again = _prepare(paths, cache_file, mode="soft")  # feature mode needs no rebuild
+    assert not _rebuilt(capsys)
+    assert cache_file.stat().st_mtime_ns == mtime
+    assert torch.equal(again.probs, first.probs)
+    feats = again.features()
+    assert not torch.equal(feats["0000.png"], first.features()["0000.png"])
+
+    ds = PairedDataset(synthetic_root, "test", "test", text_features=feats)
+    text = ds[0]["text"]
+    assert text.shape == (1, 32)
+    assert torch.allclose(text.norm(), torch.tensor(1.0), atol=1e-5)
+
+    os.utime(paths[0], ns=(0, 0))  # touched but identical content
+    _prepare(paths, cache_file)
+    assert not _rebuilt(capsys)
+
+
+def test_cache_rebuilt_when_inputs_change(synthetic_root, tmp_path, tiny_clip, capsys):
+    paths = list_images(synthetic_root / "test" / "hazy")
+    cache_file = tmp_path / "domains.pt"
+    _prepare(paths, cache_file)
+    assert _rebuilt(capsys)
+
+    _prepare(paths, cache_file, template="a hazy photo of an {} scene")
+    assert _rebuilt(capsys)
+    _prepare(paths, cache_file)
+    assert _rebuilt(capsys)
+
+    weights = tmp_path / "w.pt"
+    state = tiny_clip[0].state_dict()
+    torch.save(state, weights)
+    _prepare(paths, cache_file, pretrained=str(weights))
+    assert "CLIP weights changed" in capsys.readouterr().out
+    _prepare(paths, cache_file, pretrained=str(weights))
+    assert not _rebuilt(capsys)
+    torch.save({**state, "logit_scale": state["logit_scale"] + 1}, weights)
+    _prepare(paths, cache_file, pretrained=str(weights))
+    assert "CLIP weights changed" in capsys.readouterr().out
+
+    _prepare(paths[:2], cache_file, pretrained=str(weights))
+    assert "image list changed" in capsys.readouterr().out
+
+    img = read_rgb(paths[1])
+    img[0, 0] = 255 - img[0, 0]
+    write_rgb(paths[1], img)
+    _prepare(paths[:2], cache_file, pretrained=str(weights))
+    assert "image content changed (0001.png)" in capsys.readouterr().out
+
+
+def test_truncated_cache_is_rebuilt(synthetic_root, tmp_path, capsys):
+    paths = list_images(synthetic_root / "test" / "hazy")
+    cache_file = tmp_path / "domains.pt"
+    first = _prepare(paths, cache_file)
+    data = cache_file.read_bytes()
+    cache_file.write_bytes(data[: len(data) // 2])
+    capsys.readouterr()
+    second = _prepare(paths, cache_file)
+    assert "unreadable or truncated" in capsys.readouterr().out
+    assert torch.equal(first.probs, second.probs)
+    assert not any(p.name.startswith("domains.pt.tmp") for p in tmp_path.iterdir())
+
+
+def test_cli(synthetic_root, tmp_path, capsys):
+    cache_file = tmp_path / "cli.pt"
+    argv = [
+        "--data-dir",
+        str(synthetic_root),
+        "--split",
+        "train",
+        "--arch",
+        "tiny-clip",
+        "--pretrained",
+        "",
+        "--cache",
+        str(cache_file),
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert cache_file.is_file() and "4 images" in out
+    assert np.isin(["indoor", "outdoor"], out.split()).all()
