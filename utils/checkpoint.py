@@ -46,7 +46,7 @@ def read_file(path: str | Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e}); "

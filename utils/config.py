@@ -39,7 +39,8 @@ class SyntheticConfig:
     enabled: bool = False
     train: int = 96
     test: int = 16
-    size: int = 96
+    min_side: int = 72  # each image side is drawn from [min_side, max_side]
+    max_side: int = 120
     seed: int = 0
 
 

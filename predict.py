@@ -1,0 +1,146 @@
+"""Dehaze your own images: files or folders of any size and format, written as PNG.
+
+    python predict.py --ckpt runs/reside6k-mixcl-s/best.pth photo.jpg more_photos/ --out dehazed
+    python predict.py --ckpt best.pth photos/ --out dehazed --compare   # side by side
+
+Each image's domain (indoor/outdoor) is classified by the checkpoint's CLIP on the fly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import cv2
+import torch
+from tqdm import tqdm
+from utils.clip_domains import classify, domain_feature, domain_prompts, text_embeddings
+
+from datasets import ImageFolderDataset
+from utils.builders import load_clip_for, model_from_checkpoint, needs_text, pick_device
+from utils.checkpoint import CheckpointError
+from utils.config import ConfigError
+from utils.image import from_model_range, read_rgb, to_model_range, write_rgb
+
+# Peak memory of a full-resolution fp32 forward pass grows linearly with the pixel count;
+# bench/bench_inference.py measures it (bytes per input pixel, the largest variant, plus margin).
+BYTES_PER_PIXEL = 1600
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("inputs", nargs="+", help="image files and/or folders")
+    p.add_argument("--ckpt", required=True, help="checkpoint from train.py, or released weights")
+    p.add_argument("--model", help="model name for released weights (e.g. mixcl-s)")
+    p.add_argument("--config", help="YAML config for released weights (CLIP settings)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--compare", action="store_true", help="also write hazy|dehazed side by side")
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=None,
+        help="downscale images whose longer side exceeds this before dehazing",
+    )
+    return p.parse_intermixed_args(argv)
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes that a forward pass can still allocate on `device`."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def check_memory(name: str, h: int, w: int, device: torch.device) -> None:
+    """Refuse, with a way out, an image that would exhaust memory rather than crash midway."""
+    need, have = h * w * BYTES_PER_PIXEL, available_memory(device)
+    if need > have:
+        side = int(max(h, w) * (have / need) ** 0.5) // 8 * 8
+        raise MemoryError(
+            f"{name} is {w}x{h} ({h * w / 1e6:.0f} MP): dehazing it at full resolution needs "
+            f"about {need / 2**30:.1f} GiB on {device.type}, {have / 2**30:.1f} GiB are free. "
+            f"Use --max-side {side} to downscale it first"
+        )
+
+
+def _check_out_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"cannot create output folder {out}: {e.strerror}") from e
+    if not os.access(out, os.W_OK):
+        raise PermissionError(f"output folder {out} is not writable; pick another with --out")
+
+
+@torch.no_grad()
+def main(argv: list[str] | None = None) -> list[Path]:
+    """Dehaze every input image; returns the written output paths."""
+    args = parse_args(argv)
+    out_dir = Path(args.out)
+    _check_out_dir(out_dir)
+    net, cfg = model_from_checkpoint(args.ckpt, args.model, args.config)
+    device = pick_device()
+    net = net.to(device)
+    dataset = ImageFolderDataset(args.inputs)
+
+    clip = None
+    if needs_text(cfg):
+        clip_model, preprocess, tokenizer = load_clip_for(cfg.clip, device=str(device))
+        prompts = domain_prompts(cfg.clip.domains, cfg.clip.template)
+        text_emb = text_embeddings(clip_model, tokenizer, prompts)
+        clip = (clip_model, preprocess, text_emb)
+
+    written: list[Path] = []
+    failed: list[str] = []
+    for path, name in tqdm(
+        zip(dataset.paths, dataset.names, strict=True), total=len(dataset), desc="dehazing"
+    ):
+        try:
+            img = read_rgb(path)
+        except ValueError as e:
+            warnings.warn(f"skipping {path}: {e}", stacklevel=1)
+            failed.append(name)
+            continue
+        h, w = img.shape[:2]
+        if args.max_side and max(h, w) > args.max_side:
+            scale = args.max_side / max(h, w)
+            img = cv2.resize(
+                img,
+                (max(1, round(w * scale)), max(1, round(h * scale))),
+                interpolation=cv2.INTER_AREA,
+            )
+            h, w = img.shape[:2]
+        check_memory(name, h, w, device)
+        hazy = torch.from_numpy(img).permute(2, 0, 1)[None].float().div(255).to(device)
+        text = None
+        if clip is not None:
+            clip_model, preprocess, text_emb = clip
+            probs = classify(clip_model, preprocess, [img], text_emb)
+            text = domain_feature(probs[0], text_emb, cfg.clip.mode)[None].to(device)
+        out01 = from_model_range(net(to_model_range(hazy), text))[0].cpu()
+        target = out_dir / f"{Path(name).stem}.png"
+        write_rgb(target, out01)
+        written.append(target)
+        if args.compare:
+            side = torch.cat([hazy[0].cpu(), out01], dim=-1)
+            write_rgb(out_dir / f"{Path(name).stem}_compare.png", side)
+    print(
+        f"wrote {len(written)} image(s) to {out_dir}"
+        + (f"; {len(failed)} skipped" if failed else "")
+    )
+    return written
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, MemoryError, OSError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,138 @@
+"""Evaluate a checkpoint on a test split with the published protocol (whole images, batch 1).
+
+python test.py --ckpt runs/reside6k-mixcl-s/best.pth
+python test.py --ckpt MixCLDehazeNet-S.pth --model mixcl-s      # the authors' weights
+python test.py --ckpt best.pth --data-dir data/my-set --save-images
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from datasets import PairedDataset
+from utils.builders import domain_cache_for, model_from_checkpoint, needs_text, pick_device
+from utils.checkpoint import CheckpointError
+from utils.config import ConfigError
+from utils.image import from_model_range, write_rgb
+from utils.metrics import psnr, ssim
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="checkpoint from train.py, or released weights")
+    p.add_argument("--model", help="model name for released weights (e.g. mixcl-s)")
+    p.add_argument("--config", help="YAML config for released weights (CLIP and data settings)")
+    p.add_argument("--data-dir", help="dataset root holding <split>/GT and <split>/hazy")
+    p.add_argument("--dataset", help="dataset name beside the configured one, e.g. RESIDE-IN")
+    p.add_argument("--split", help="split folder (default: the config's data.test_split)")
+    p.add_argument("--out", help="result folder (default: results/<run>_<ckpt>/<dataset>-<split>)")
+    p.add_argument("--save-images", action="store_true", help="also write the dehazed PNGs")
+    p.add_argument("overrides", nargs="*", help="section.key=value config overrides")
+    return p.parse_intermixed_args(argv)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Means over images, overall and per predicted domain (the reported figures)."""
+    out = {
+        "psnr": _mean([r["psnr"] for r in rows]),
+        "ssim": _mean([r["ssim"] for r in rows]),
+        "count": len(rows),
+        "hazy_psnr": _mean([r["hazy_psnr"] for r in rows]),
+        "hazy_ssim": _mean([r["hazy_ssim"] for r in rows]),
+    }
+    by_domain: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["domain"]:
+            by_domain[r["domain"]].append(r)
+    out["per_domain"] = {
+        d: {
+            "psnr": _mean([r["psnr"] for r in rs]),
+            "ssim": _mean([r["ssim"] for r in rs]),
+            "count": len(rs),
+        }
+        for d, rs in sorted(by_domain.items())
+    }
+    return out
+
+
+@torch.no_grad()
+def main(argv: list[str] | None = None) -> dict:
+    """Evaluate; returns the summary written to metrics.json."""
+    args = parse_args(argv)
+    net, cfg = model_from_checkpoint(args.ckpt, args.model, args.config, args.overrides)
+    device = pick_device()
+    net = net.to(device)
+
+    root = Path(args.data_dir or cfg.data.root)
+    if args.dataset:
+        root = Path(cfg.data.root).parent / args.dataset
+    split = args.split or cfg.data.test_split
+
+    text_features, domains = None, {}
+    if needs_text(cfg):
+        cache = domain_cache_for(cfg.clip, root / split / "hazy", device=str(device))
+        text_features, domains = cache.features(cfg.clip.mode), cache.domains
+    dataset = PairedDataset(root, split, "test", text_features=text_features)
+    loader = DataLoader(dataset, batch_size=1, num_workers=min(4, cfg.data.num_workers))
+
+    ckpt = Path(args.ckpt)
+    out_dir = Path(args.out or Path("results") / f"{ckpt.parent.name}_{ckpt.stem}" / f"{root.name}-{split}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for batch in tqdm(loader, desc=f"testing {root.name}/{split}", dynamic_ncols=True):
+        hazy, gt = batch["hazy"].to(device), batch["gt"].to(device)
+        text = batch["text"].to(device) if "text" in batch else None
+        out01 = from_model_range(net(hazy, text))
+        gt01, hazy01 = from_model_range(gt), from_model_range(hazy)
+        name = batch["name"][0]
+        rows.append(
+            {
+                "name": name,
+                "domain": domains.get(name, ""),
+                "psnr": psnr(out01, gt01).item(),
+                "ssim": ssim(out01, gt01).item(),
+                "hazy_psnr": psnr(hazy01, gt01).item(),
+                "hazy_ssim": ssim(hazy01, gt01).item(),
+            }
+        )
+        if args.save_images:
+            write_rgb(out_dir / "images" / f"{Path(name).stem}.png", out01[0].cpu())
+
+    with open(out_dir / "per_image.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = summarise(rows)
+    summary.update(checkpoint=str(args.ckpt), model=cfg.model.name, data=str(root / split))
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    print(f"{root.name}/{split}: {summary['count']} images, {cfg.model.name}")
+    print(f"  dehazed    PSNR {summary['psnr']:.2f} dB  SSIM {summary['ssim']:.4f}")
+    print(f"  hazy input PSNR {summary['hazy_psnr']:.2f} dB  SSIM {summary['hazy_ssim']:.4f}")
+    for domain, m in summary["per_domain"].items():
+        print(
+            f"  {domain:<10} PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}  ({m['count']} images)"
+        )
+    print(f"results in {out_dir}")
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,172 @@
+"""train.py, test.py and predict.py end to end, in-process, on synthetic data with the tiny CLIP."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from datasets.synthetic import make_synthetic_dataset
+from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.config import ConfigError
+from utils.image import read_rgb, write_rgb
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_entry(name: str) -> ModuleType:
+    """Import an entry-point script by path (`test.py` would clash with the stdlib package)."""
+    spec = importlib.util.spec_from_file_location(f"entry_{name}", REPO / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train, evaluate, predict = load_entry("train"), load_entry("test"), load_entry("predict")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "synthetic"
+    make_synthetic_dataset(root, n_train=8, n_test=3, size=(40, 56), seed=0)
+    return root
+
+
+def train_args(data_root: Path, out: Path, *extra: str, exp: str = "run") -> list[str]:
+    return [
+        "configs/quickstart.yaml",
+        f"exp_name={exp}",
+        f"output_dir={out}",
+        f"data.root={data_root}",
+        "data.patch_size=32",
+        "data.num_workers=0",
+        f"clip.cache_dir={out / 'cache'}",
+        "model.depths=[1,1,1,1,1]",
+        "train.batch_size=4",
+        "train.epochs=2",
+        "train.eval_freq=1",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(data_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    train.main(train_args(data_root, out))
+    return out / "run"
+
+
+def test_train_writes_checkpoints_config_and_events(trained):
+    for name in ("best.pth", "last.pth"):
+        ckpt = load_checkpoint(trained / name)
+        assert ckpt["model_name"] == "mixcl-t"
+        assert ckpt["config"]["model"]["depths"] == [1, 1, 1, 1, 1]
+    assert load_checkpoint(trained / "last.pth")["epoch"] == 2
+    assert "exp_name: run" in (trained / "config.yaml").read_text()
+    assert "train.py configs/quickstart.yaml" in (trained / "command.txt").read_text()
+    events = EventAccumulator(str(trained / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"train/loss", "train/lr", "val/psnr", "val/ssim"} <= set(tags["scalars"])
+    assert len(events.Scalars("val/psnr")) == 2
+    assert len(events.Scalars("train/loss")) == 4  # 8 images / batch 4, 2 epochs
+    assert tags["images"], "no hazy|output|GT triplets logged"
+
+
+def test_resume_matches_uninterrupted_run(data_root, tmp_path, trained):
+    args = train_args(data_root, tmp_path)
+    train.main([*args, "--stop-after-epochs", "1"])
+    assert load_checkpoint(tmp_path / "run" / "last.pth")["epoch"] == 1
+    train.main([*args, "--resume"])
+    resumed = load_checkpoint(tmp_path / "run" / "last.pth")
+    straight = load_checkpoint(trained / "last.pth")
+    assert resumed["epoch"] == 2
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+
+
+def test_new_run_refuses_to_overwrite_and_resume_checks_model(data_root, trained):
+    args = train_args(data_root, trained.parent)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train.main(args)
+    with pytest.raises(ConfigError, match=r"model\.name='mixcl-t'.*model\.name='mixcl-s'"):
+        train.main([*args, "model.name=mixcl-s", "--resume"])
+
+
+def test_config_typo_names_the_key(data_root, tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.lrr"):
+        train.main(train_args(data_root, tmp_path, "train.lrr=1e-3"))
+
+
+def test_test_py_writes_csv_and_metrics(trained, data_root, tmp_path):
+    out = tmp_path / "result"
+    summary = evaluate.main(
+        ["--ckpt", str(trained / "best.pth"), "--out", str(out), "--save-images"]
+    )
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["count"] == len(rows) == 3
+    assert metrics["psnr"] == pytest.approx(sum(float(r["psnr"]) for r in rows) / 3, abs=1e-9)
+    assert metrics["ssim"] == pytest.approx(sum(float(r["ssim"]) for r in rows) / 3, abs=1e-9)
+    assert summary["psnr"] == metrics["psnr"]
+    domains = {r["domain"] for r in rows}
+    assert domains <= {"indoor", "outdoor"} and domains
+    assert sum(d["count"] for d in metrics["per_domain"].values()) == 3
+    for r in rows:
+        saved = read_rgb(out / "images" / f"{Path(r['name']).stem}.png")
+        assert saved.shape == read_rgb(data_root / "test" / "GT" / r["name"]).shape
+
+
+def test_test_py_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
+    bogus = tmp_path / "notes.pth"
+    bogus.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="notes.pth"):
+        evaluate.main(["--ckpt", str(bogus)])
+    torch.save({"weights": 1}, tmp_path / "other.pth")
+    with pytest.raises(ConfigError, match="--model"):
+        evaluate.main(["--ckpt", str(tmp_path / "other.pth")])
+
+
+def test_predict_writes_one_output_per_input_at_input_size(trained, tmp_path):
+    inputs = tmp_path / "in"
+    sizes = {"a.png": (37, 53), "b.jpg": (20, 31), "c.bmp": (1, 1)}
+    gen = torch.Generator().manual_seed(0)
+    for name, (h, w) in sizes.items():
+        write_rgb(inputs / name, torch.rand(3, h, w, generator=gen))
+    (inputs / "readme.txt").write_text("not an image")
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="readme.txt"):
+        written = predict.main(
+            ["--ckpt", str(trained / "last.pth"), str(inputs), "--out", str(out), "--compare"]
+        )
+    assert sorted(p.name for p in written) == ["a.png", "b.png", "c.png"]
+    for name, (h, w) in sizes.items():
+        assert read_rgb(out / f"{Path(name).stem}.png").shape == (h, w, 3)
+        assert read_rgb(out / f"{Path(name).stem}_compare.png").shape == (h, 2 * w, 3)
+
+
+def test_ddp_two_cpu_processes(data_root, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "train.py",
+        *train_args(data_root, tmp_path, "train.epochs=1", exp="ddp"),
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = load_checkpoint(tmp_path / "ddp" / "last.pth")
+    assert ckpt["epoch"] == 1 and len(ckpt["rng"]) == 2
+    assert not any(k.startswith("module.") for k in ckpt["model"])

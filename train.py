@@ -1,0 +1,421 @@
+"""Train MixCLDehazeNet (or the MixDehazeNet baseline) from a YAML config.
+
+python train.py configs/reside6k/mixcl-s.yaml train.lr=2e-4 ...
+torchrun --nproc_per_node=4 train.py configs/reside6k/mixcl-s.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import shlex
+import sys
+from collections.abc import Mapping
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from datasets import PairedDataset
+from datasets.synthetic import make_synthetic_dataset
+from models import load_pretrained
+from utils.builders import build_network, domain_cache_for, needs_text, pick_device
+from utils.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_atomic
+from utils.config import Config, ConfigError, config_to_dict, dump_config, load_config
+from utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from utils.image import from_model_range
+from utils.losses import build_contrastive_loss
+from utils.metrics import psnr, ssim
+
+DEFAULT_CONFIG = "configs/reside6k/mixcl-s.yaml"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; the run stopped before applying the step."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=2e-4")
+    p.add_argument("--resume", action="store_true", help="continue from <run>/last.pth")
+    p.add_argument(
+        "--stop-after-epochs",
+        type=int,
+        default=None,
+        help="train at most this many epochs in this invocation, then exit (time-limited queues)",
+    )
+    p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
+    args = p.parse_intermixed_args(argv)
+    if args.config and "=" in args.config:  # only overrides given: keep the default config
+        args.overrides.insert(0, args.config)
+        args.config = DEFAULT_CONFIG
+    return args
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """All RNG states, as plain types and tensors so checkpoints load with weights_only=True."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_resume_matches(cfg: Config, ckpt: Mapping[str, Any], path: Path) -> None:
+    """Refuse to resume a checkpoint into a different network than the config describes."""
+    saved = ckpt["config"]["model"]
+    for key in ("name", "fusion", "depths"):
+        want = getattr(cfg.model, key)
+        want = list(want) if isinstance(want, tuple) else want
+        if saved.get(key) != want:
+            raise ConfigError(
+                f"--resume: {path} was trained with model.{key}={saved.get(key)!r} but the "
+                f"config says model.{key}={want!r}; use the run's own config or another exp_name"
+            )
+
+
+def text_features(cfg: Config, split: str, info: DistInfo) -> dict[str, torch.Tensor]:
+    """Per-image CLIP text features of a split: rank 0 builds the cache, the others read it."""
+    hazy_dir = Path(cfg.data.root) / split / "hazy"
+    if info.is_main:
+        cache = domain_cache_for(cfg.clip, hazy_dir)
+    barrier(info)
+    if not info.is_main:
+        cache = domain_cache_for(cfg.clip, hazy_dir)
+    return cache.features(cfg.clip.mode)
+
+
+def autocast_for(cfg: Config, device: torch.device):
+    if device.type != "cuda" or cfg.train.amp == "none":
+        return nullcontext()
+    dtype = torch.float16 if cfg.train.amp == "fp16" else torch.bfloat16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return getattr(model, "_orig_mod", model)
+
+
+@torch.no_grad()
+def validate(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    cfg: Config,
+    info: DistInfo,
+) -> tuple[float, float, torch.Tensor | None]:
+    """Mean PSNR/SSIM over the loader (reduced over ranks), and a few hazy|output|GT triplets."""
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    triplets: list[torch.Tensor] = []
+    for batch in loader:
+        hazy, gt = batch["hazy"].to(device), batch["gt"].to(device)
+        text = batch["text"].to(device) if "text" in batch else None
+        with autocast_for(cfg, device):
+            out = model(hazy, text)
+        out01, gt01 = from_model_range(out.float()), from_model_range(gt)
+        totals += torch.stack(
+            [psnr(out01, gt01).sum(), ssim(out01, gt01).sum(), torch.tensor(len(hazy))]
+        ).to(totals)
+        if len(triplets) < cfg.train.log_images:
+            for h, o, g in zip(from_model_range(hazy), out01, gt01, strict=True):
+                triplets.append(torch.cat([h, o, g], dim=-1).cpu())
+    all_reduce_sum(totals, info)
+    grid = torch.stack(triplets[: cfg.train.log_images]) if triplets else None
+    n = max(totals[2].item(), 1.0)
+    return totals[0].item() / n, totals[1].item() / n, grid
+
+
+def make_loaders(
+    cfg: Config,
+    info: DistInfo,
+    train_text: dict[str, torch.Tensor] | None,
+    test_text: dict[str, torch.Tensor] | None,
+    generator: torch.Generator,
+) -> tuple[DataLoader, DataLoader, DistributedSampler | None]:
+    d = cfg.data
+    train_set = PairedDataset(
+        d.root, d.train_split, "train", d.patch_size, d.edge_decay, d.only_h_flip, train_text
+    )
+    val_set = PairedDataset(d.root, d.test_split, "valid", d.patch_size, text_features=test_text)
+    per_rank = cfg.train.batch_size // info.world_size
+    if per_rank < 1 or per_rank * info.world_size != cfg.train.batch_size:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} must be a multiple of the "
+            f"{info.world_size} processes"
+        )
+    sampler = DistributedSampler(train_set, seed=cfg.train.seed) if info.enabled else None
+    val_sampler = DistributedSampler(val_set, shuffle=False) if info.enabled else None
+    common = {"num_workers": d.num_workers, "pin_memory": torch.cuda.is_available()}
+    train_loader = DataLoader(
+        train_set,
+        batch_size=per_rank,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=len(train_set) >= cfg.train.batch_size,
+        generator=generator,
+        persistent_workers=False,
+        **common,
+    )
+    val_loader = DataLoader(val_set, batch_size=per_rank, sampler=val_sampler, **common)
+    return train_loader, val_loader, sampler
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Train; returns the best validation PSNR/SSIM and the run folder's checkpoints."""
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        return {}
+    info = init_distributed()
+    try:
+        return _train(cfg, args, info, argv)
+    finally:
+        cleanup(info)
+
+
+def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str] | None) -> dict:
+    device = torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else pick_device()
+    run_dir = cfg.run_dir
+    last_path, best_path = run_dir / "last.pth", run_dir / "best.pth"
+
+    resume_ckpt = None
+    if args.resume:
+        if not last_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {last_path} to continue from")
+        resume_ckpt = load_checkpoint(last_path)
+        check_resume_matches(cfg, resume_ckpt, last_path)
+    elif last_path.exists() or best_path.exists():
+        raise FileExistsError(
+            f"{run_dir} already holds checkpoints: pass --resume to continue that run, "
+            "or choose another exp_name=... / output_dir=..."
+        )
+
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
+        cmd = shlex.join(["python", "train.py", *(argv if argv is not None else sys.argv[1:])])
+        with open(run_dir / "command.txt", "a") as f:
+            f.write(cmd + "\n")
+        syn = cfg.data.synthetic
+        if syn.enabled and not Path(cfg.data.root).exists():
+            print(f"generating a synthetic dataset in {cfg.data.root}")
+            sides = (syn.min_side, syn.max_side)
+            make_synthetic_dataset(cfg.data.root, syn.train, syn.test, (sides, sides), syn.seed)
+    barrier(info)
+
+    seed_everything(cfg.train.seed + info.rank)
+    train_text = test_text = None
+    text_dim = None
+    if needs_text(cfg):
+        train_text = text_features(cfg, cfg.data.train_split, info)
+        test_text = text_features(cfg, cfg.data.test_split, info)
+        text_dim = next(iter(train_text.values())).shape[-1]
+
+    generator = torch.Generator()
+    train_loader, val_loader, sampler = make_loaders(cfg, info, train_text, test_text, generator)
+
+    net = build_network(cfg, text_dim).to(device)
+    if cfg.model.init_from and resume_ckpt is None:
+        load_pretrained(net, cfg.model.init_from)
+    if cfg.speed.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(
+        net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=cfg.train.epochs, eta_min=cfg.train.lr * cfg.train.lr_min_ratio
+    )
+    use_scaler = device.type == "cuda" and cfg.train.amp == "fp16"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    cr_loss = None
+    if cfg.train.cr_weight > 0:
+        cr_loss = build_contrastive_loss(cfg.train.cr_weights, cfg.train.cr_imagenet_norm).to(
+            device
+        )
+
+    start_epoch, best_psnr, global_step = 0, -math.inf, 0
+    if resume_ckpt is not None:
+        net.load_state_dict(resume_ckpt["model"])
+        optimizer.load_state_dict(resume_ckpt["optimizer"])
+        scheduler.load_state_dict(resume_ckpt["scheduler"])
+        scaler.load_state_dict(resume_ckpt["scaler"])
+        start_epoch, best_psnr = resume_ckpt["epoch"], resume_ckpt["best_psnr"]
+        global_step = resume_ckpt["global_step"]
+        set_rng_state(resume_ckpt["rng"][min(info.rank, len(resume_ckpt["rng"]) - 1)])
+        if info.is_main:
+            print(f"resuming {last_path} after epoch {start_epoch} (best PSNR {best_psnr:.2f})")
+
+    model: nn.Module = net
+    if cfg.speed.compile:
+        model = torch.compile(model)
+    if info.enabled:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.local_rank] if device.type == "cuda" else None
+        )
+
+    writer = SummaryWriter(str(run_dir / "tensorboard")) if info.is_main else None
+
+    def payload(epoch: int, gather: bool = True) -> dict[str, Any]:
+        """Everything needed to continue or evaluate the run, `epoch` = epochs completed.
+
+        Every rank's RNG state is gathered (a collective: all ranks call this together), except
+        when interrupted, where ranks may not meet again.
+        """
+        rng: list[Any] = [rng_state()]
+        if info.enabled and gather:
+            rng = [None] * info.world_size
+            torch.distributed.all_gather_object(rng, rng_state())
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model": net.state_dict(),
+            "model_name": cfg.model.name,
+            "text_dim": text_dim,
+            "config": config_to_dict(cfg),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": epoch,
+            "global_step": global_step,
+            "best_psnr": best_psnr,
+            "rng": rng,
+        }
+
+    def save(obj: dict[str, Any], path: Path) -> None:
+        if not info.is_main:
+            return
+        try:
+            save_atomic(obj, path)
+        except OSError as e:
+            raise OSError(
+                f"could not write checkpoint {path} ({e}); the previous {path.name}, if any, is "
+                "intact. Free disk space, then continue with --resume"
+            ) from e
+
+    end_epoch = cfg.train.epochs
+    if args.stop_after_epochs is not None:
+        end_epoch = min(end_epoch, start_epoch + args.stop_after_epochs)
+    result: dict[str, Any] = {"best_psnr": best_psnr, "run_dir": str(run_dir)}
+    epoch, step = start_epoch, 0
+    try:
+        for epoch in range(start_epoch, end_epoch):
+            generator.manual_seed(cfg.train.seed + epoch)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            model.train()
+            bar = tqdm(
+                train_loader,
+                desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                disable=not info.is_main,
+                leave=False,
+                dynamic_ncols=True,
+            )
+            for step, batch in enumerate(bar):
+                hazy = batch["hazy"].to(device, non_blocking=True)
+                gt = batch["gt"].to(device, non_blocking=True)
+                text = batch["text"].to(device, non_blocking=True) if "text" in batch else None
+                if cfg.speed.channels_last:
+                    hazy = hazy.contiguous(memory_format=torch.channels_last)
+                with autocast_for(cfg, device):
+                    out = model(hazy, text)
+                    loss = F.l1_loss(out.float(), gt)
+                    if cr_loss is not None:
+                        loss = loss + cfg.train.cr_weight * cr_loss(out.float(), gt, hazy.float())
+                bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device)
+                if all_reduce_sum(bad, info).item() > 0:
+                    where = f"epoch {epoch + 1}, step {step + 1} (global step {global_step + 1})"
+                    if cfg.train.nonfinite == "skip":
+                        if info.is_main:
+                            tqdm.write(f"non-finite loss at {where}: step skipped")
+                        optimizer.zero_grad(set_to_none=True)
+                        continue
+                    good = run_dir / "last_good.pth"
+                    save(payload(epoch), good)
+                    raise NonFiniteLossError(
+                        f"loss is {loss.item()} at {where}; the weights before this step are in "
+                        f"{good} and the last completed epoch in {last_path}. Lower train.lr, "
+                        "or set train.nonfinite=skip to skip such steps"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                global_step += 1
+                if writer is not None:
+                    lr = optimizer.param_groups[0]["lr"]
+                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+                    writer.add_scalar("train/loss", loss.item(), global_step)
+                    writer.add_scalar("train/lr", lr, global_step)
+            scheduler.step()
+
+            if (epoch + 1) % cfg.train.eval_freq == 0 or epoch + 1 == cfg.train.epochs:
+                val_psnr, val_ssim, grid = validate(model, val_loader, device, cfg, info)
+                improved = val_psnr > best_psnr
+                best_psnr = max(best_psnr, val_psnr)
+                result.update(best_psnr=best_psnr, last_psnr=val_psnr, last_ssim=val_ssim)
+                if writer is not None:
+                    writer.add_scalar("val/psnr", val_psnr, epoch + 1)
+                    writer.add_scalar("val/ssim", val_ssim, epoch + 1)
+                    if grid is not None:
+                        writer.add_images("val/hazy|output|gt", grid, epoch + 1)
+                    tqdm.write(
+                        f"epoch {epoch + 1}: val PSNR {val_psnr:.2f} SSIM {val_ssim:.4f} "
+                        f"(best {best_psnr:.2f})"
+                    )
+                if improved:
+                    save(payload(epoch + 1), best_path)
+            save(payload(epoch + 1), last_path)
+    except KeyboardInterrupt:
+        interrupted = run_dir / "interrupted.pth"
+        save(payload(epoch, gather=False), interrupted)
+        if info.is_main:
+            print(
+                f"\ninterrupted in epoch {epoch + 1}, step {step + 1}: current weights saved to "
+                f"{interrupted}; `--resume` continues from {last_path} (last completed epoch)",
+                file=sys.stderr,
+            )
+        raise SystemExit(130) from None
+    finally:
+        if writer is not None:
+            writer.close()
+    if info.is_main:
+        print(f"done: best validation PSNR {best_psnr:.2f} dB, checkpoints in {run_dir}")
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ConfigError, FileNotFoundError, FileExistsError, NonFiniteLossError) as e:
+        sys.exit(f"error: {e}")

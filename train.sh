@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Train, then test the best checkpoint:  bash train.sh [CONFIG] [section.key=value ...]
+# Uses torchrun with one process per GPU when more than one GPU is visible.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+config=configs/reside6k/mixcl-s.yaml
+if [[ $# -gt 0 && "$1" != *=* && "$1" != --* ]]; then
+  config=$1
+  shift
+fi
+
+gpus=$(python -c "import torch; print(torch.cuda.device_count())")
+if [[ "$gpus" -gt 1 ]]; then
+  torchrun --standalone --nproc_per_node="$gpus" train.py "$config" "$@"
+else
+  python train.py "$config" "$@"
+fi
+
+run_dir=$(python train.py "$config" "$@" --print-config | python -c "
+import sys, yaml
+c = yaml.safe_load(sys.stdin)
+print(f\"{c['output_dir']}/{c['exp_name']}\")")
+python test.py --ckpt "$run_dir/best.pth"
