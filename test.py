@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     loader = DataLoader(dataset, batch_size=1, num_workers=min(4, cfg.data.num_workers))
 
     ckpt = Path(args.ckpt)
-    out_dir = Path(args.out or Path("results") / f"{ckpt.parent.name}_{ckpt.stem}" / f"{root.name}-{split}")
+    default_out = Path("results") / f"{ckpt.parent.name}_{ckpt.stem}" / f"{root.name}-{split}"
+    out_dir = Path(args.out or default_out)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for batch in tqdm(loader, desc=f"testing {root.name}/{split}", dynamic_ncols=True):

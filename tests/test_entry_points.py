@@ -112,7 +112,8 @@ def test_test_py_writes_csv_and_metrics(trained, data_root, tmp_path):
     summary = evaluate.main(
         ["--ckpt", str(trained / "best.pth"), "--out", str(out), "--save-images"]
     )
-    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    with open(out / "per_image.csv") as f:
+        rows = list(csv.DictReader(f))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["count"] == len(rows) == 3
     assert metrics["psnr"] == pytest.approx(sum(float(r["psnr"]) for r in rows) / 3, abs=1e-9)
@@ -129,7 +130,7 @@ def test_test_py_writes_csv_and_metrics(trained, data_root, tmp_path):
 def test_test_py_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
     bogus = tmp_path / "notes.pth"
     bogus.write_text("not a checkpoint")
-    with pytest.raises(CheckpointError, match="notes.pth"):
+    with pytest.raises(CheckpointError, match=r"notes\.pth"):
         evaluate.main(["--ckpt", str(bogus)])
     torch.save({"weights": 1}, tmp_path / "other.pth")
     with pytest.raises(ConfigError, match="--model"):
