@@ -15,13 +15,14 @@ import warnings
 from pathlib import Path
 
 import cv2
+import numpy as np
 import torch
 from tqdm import tqdm
-from utils.clip_domains import classify, domain_feature, domain_prompts, text_embeddings
 
 from datasets import ImageFolderDataset
 from utils.builders import load_clip_for, model_from_checkpoint, needs_text, pick_device
 from utils.checkpoint import CheckpointError
+from utils.clip_domains import classify, domain_feature, domain_prompts, text_embeddings
 from utils.config import ConfigError
 from utils.image import from_model_range, read_rgb, to_model_range, write_rgb
 
@@ -47,6 +48,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)
 
 
+class PredictError(RuntimeError):
+    """Some inputs could not be dehazed; the others were written."""
+
+
+def downscale(img: np.ndarray, max_side: int) -> np.ndarray:
+    """Shrink so the longer side is `max_side` (area interpolation keeps detail honest)."""
+    h, w = img.shape[:2]
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+
+
 def available_memory(device: torch.device) -> int:
     """Bytes that a forward pass can still allocate on `device`."""
     if device.type == "cuda":
@@ -59,13 +72,13 @@ def available_memory(device: torch.device) -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def check_memory(name: str, h: int, w: int, device: torch.device) -> None:
+def check_memory(h: int, w: int, device: torch.device) -> None:
     """Refuse, with a way out, an image that would exhaust memory rather than crash midway."""
     need, have = h * w * BYTES_PER_PIXEL, available_memory(device)
     if need > have:
         side = int(max(h, w) * (have / need) ** 0.5) // 8 * 8
         raise MemoryError(
-            f"{name} is {w}x{h} ({h * w / 1e6:.0f} MP): dehazing it at full resolution needs "
+            f"{w}x{h} pixels ({h * w / 1e6:.0f} MP): dehazing at full resolution needs "
             f"about {need / 2**30:.1f} GiB on {device.type}, {have / 2**30:.1f} GiB are free. "
             f"Use --max-side {side} to downscale it first"
         )
@@ -105,20 +118,13 @@ def main(argv: list[str] | None = None) -> list[Path]:
     ):
         try:
             img = read_rgb(path)
-        except ValueError as e:
+            if args.max_side and max(img.shape[:2]) > args.max_side:
+                img = downscale(img, args.max_side)
+            check_memory(*img.shape[:2], device)
+        except (ValueError, MemoryError) as e:
             warnings.warn(f"skipping {path}: {e}", stacklevel=1)
-            failed.append(name)
+            failed.append(f"{path}: {e}")
             continue
-        h, w = img.shape[:2]
-        if args.max_side and max(h, w) > args.max_side:
-            scale = args.max_side / max(h, w)
-            img = cv2.resize(
-                img,
-                (max(1, round(w * scale)), max(1, round(h * scale))),
-                interpolation=cv2.INTER_AREA,
-            )
-            h, w = img.shape[:2]
-        check_memory(name, h, w, device)
         hazy = torch.from_numpy(img).permute(2, 0, 1)[None].float().div(255).to(device)
         text = None
         if clip is not None:
@@ -132,15 +138,21 @@ def main(argv: list[str] | None = None) -> list[Path]:
         if args.compare:
             side = torch.cat([hazy[0].cpu(), out01], dim=-1)
             write_rgb(out_dir / f"{Path(name).stem}_compare.png", side)
-    print(
-        f"wrote {len(written)} image(s) to {out_dir}"
-        + (f"; {len(failed)} skipped" if failed else "")
-    )
+    print(f"wrote {len(written)} image(s) to {out_dir}")
+    if failed:
+        raise PredictError(f"{len(failed)} image(s) not dehazed:\n  " + "\n  ".join(failed))
     return written
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, MemoryError, OSError) as e:
+    except (
+        ConfigError,
+        CheckpointError,
+        PredictError,
+        FileNotFoundError,
+        ValueError,
+        OSError,
+    ) as e:
         sys.exit(f"error: {e}")

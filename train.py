@@ -155,6 +155,23 @@ def validate(
     return totals[0].item() / n, totals[1].item() / n, grid
 
 
+def check_data(cfg: Config, info: DistInfo) -> None:
+    """Find every problem with the data before anything slow (CLIP, training) starts."""
+    d = cfg.data
+    train_set = PairedDataset(d.root, d.train_split, "train", d.patch_size)
+    val_set = PairedDataset(d.root, d.test_split, "valid", d.patch_size)
+    if not any(h >= d.patch_size and w >= d.patch_size for h, w in train_set.sizes.values()):
+        largest = max(min(hw) for hw in train_set.sizes.values())
+        raise ConfigError(
+            f"data.patch_size={d.patch_size} is larger than every image in "
+            f"{train_set.split_dir} (the largest square crop is {largest}x{largest}); "
+            "lower data.patch_size"
+        )
+    if d.verify_images and info.is_main:
+        for dataset in (train_set, val_set):
+            dataset.verify_pixels(workers=max(2, d.num_workers))
+
+
 def make_loaders(
     cfg: Config,
     info: DistInfo,
@@ -223,6 +240,8 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
 
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.glob(".*.pth.*.tmp"):  # left by a process killed while saving
+            stale.unlink()
         (run_dir / "config.yaml").write_text(dump_config(cfg))
         cmd = shlex.join(["python", "train.py", *(argv if argv is not None else sys.argv[1:])])
         with open(run_dir / "command.txt", "a") as f:
@@ -234,6 +253,7 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
             make_synthetic_dataset(cfg.data.root, syn.train, syn.test, (sides, sides), syn.seed)
     barrier(info)
 
+    check_data(cfg, info)
     seed_everything(cfg.train.seed + info.rank)
     train_text = test_text = None
     text_dim = None
@@ -284,6 +304,8 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
             model, device_ids=[info.local_rank] if device.type == "cuda" else None
         )
 
+    stats = [b for b in net.buffers() if b.is_floating_point()]
+    stats_before = [b.clone() for b in stats]
     writer = SummaryWriter(str(run_dir / "tensorboard")) if info.is_main else None
 
     def payload(epoch: int, gather: bool = True) -> dict[str, Any]:
@@ -347,13 +369,18 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
                 text = batch["text"].to(device, non_blocking=True) if "text" in batch else None
                 if cfg.speed.channels_last:
                     hazy = hazy.contiguous(memory_format=torch.channels_last)
+                # A non-finite forward pass also poisons BatchNorm's running statistics.
+                for saved, live in zip(stats_before, stats, strict=True):
+                    saved.copy_(live)
                 with autocast_for(cfg, device):
                     out = model(hazy, text)
                     loss = F.l1_loss(out.float(), gt)
                     if cr_loss is not None:
                         loss = loss + cfg.train.cr_weight * cr_loss(out.float(), gt, hazy.float())
-                bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device)
+                bad = (~torch.isfinite(loss)).float().reshape(1)
                 if all_reduce_sum(bad, info).item() > 0:
+                    for saved, live in zip(stats_before, stats, strict=True):
+                        live.copy_(saved)
                     where = f"epoch {epoch + 1}, step {step + 1} (global step {global_step + 1})"
                     if cfg.train.nonfinite == "skip":
                         if info.is_main:

@@ -12,11 +12,13 @@ process for reproducible runs; `valid` and `test` modes are deterministic.
 import random
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from utils.image import (
     IMAGE_EXTENSIONS,
@@ -146,7 +148,7 @@ class PairedDataset(Dataset):
         self.only_h_flip = only_h_flip
         self.split_dir = Path(root) / split
 
-        names, problems = self._scan()
+        names, self.sizes, problems = self._scan()
         self.text, missing_text = _text_lookup(text_features, names)
         if missing_text:
             problems.append(
@@ -159,22 +161,22 @@ class PairedDataset(Dataset):
         self.hazy_paths = [self.split_dir / "hazy" / n for n in names]
         self.gt_paths = [self.split_dir / "GT" / n for n in names]
 
-    def _scan(self) -> tuple[list[str], list[str]]:
-        """Matched file names and a list of every problem found."""
+    def _scan(self) -> tuple[list[str], dict[str, tuple[int, int]], list[str]]:
+        """Matched file names, their (height, width), and a list of every problem found."""
         problems = []
         if not self.split_dir.is_dir():
-            return [], [f"split folder not found: {self.split_dir}"]
+            return [], {}, [f"split folder not found: {self.split_dir}"]
         folders = {sub: self.split_dir / sub for sub in ("GT", "hazy")}
         for sub, folder in folders.items():
             if not folder.is_dir():
                 problems.append(f"{sub} folder not found: {folder}")
         if problems:
-            return [], problems
+            return [], {}, problems
 
         gt = {p.name for p in list_images(folders["GT"])}
         hazy = {p.name for p in list_images(folders["hazy"])}
         if not gt and not hazy:
-            return [], [f"no images in {folders['GT']} or {folders['hazy']}"]
+            return [], {}, [f"no images in {folders['GT']} or {folders['hazy']}"]
         for have, other, lacking in ((hazy, gt, "GT"), (gt, hazy, "hazy")):
             unmatched = sorted(have - other)
             if unmatched:
@@ -188,6 +190,7 @@ class PairedDataset(Dataset):
                 )
 
         names = sorted(gt & hazy)
+        pair_size: dict[str, tuple[int, int]] = {}
         unreadable, mismatched = [], []
         for name in names:
             try:
@@ -199,13 +202,38 @@ class PairedDataset(Dataset):
                 mismatched.append(
                     f"{name} (hazy {sizes[0][1]}x{sizes[0][0]}, GT {sizes[1][1]}x{sizes[1][0]})"
                 )
+            pair_size[name] = sizes[0]
         if unreadable:
             problems.append(f"{len(unreadable)} unreadable file(s): {_name_list(unreadable)}")
         if mismatched:
             problems.append(
                 f"{len(mismatched)} pair(s) with different GT/hazy sizes: {_name_list(mismatched)}"
             )
-        return names, problems
+        return names, pair_size, problems
+
+    def verify_pixels(self, workers: int = 4) -> None:
+        """Decode every image once, so a corrupt file fails now rather than mid-training.
+
+        The constructor reads headers only; a truncated file with an intact header is caught
+        here. Every undecodable file is named in one ValueError.
+        """
+        paths = [*self.hazy_paths, *self.gt_paths]
+
+        def problem(path: Path) -> str | None:
+            try:
+                read_rgb(path)
+            except ValueError as e:
+                return str(e)
+            return None
+
+        with ThreadPoolExecutor(max(1, workers)) as pool:  # cv2 decodes without the GIL
+            results = list(tqdm(pool.map(problem, paths), total=len(paths), desc="checking images"))
+        bad = [r for r in results if r is not None]
+        if bad:
+            raise ValueError(
+                f"invalid dataset split {self.split_dir}:\n  - {len(bad)} undecodable image(s): "
+                + _name_list(bad)
+            )
 
     def __len__(self) -> int:
         return len(self.names)

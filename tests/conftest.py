@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny synthetic dataset and the tiny randomly initialised CLIP."""
+"""Shared fixtures: tiny synthetic datasets, the tiny random CLIP, and a tiny trained run."""
 
 from pathlib import Path
 
@@ -7,6 +7,8 @@ import torch
 
 from datasets.synthetic import make_synthetic_dataset
 from utils.clip_domains import load_clip
+
+from .helpers import load_entry, train_args
 
 
 @pytest.fixture
@@ -29,3 +31,18 @@ def tiny_clip_weights(tmp_path_factory, tiny_clip) -> Path:
     path = tmp_path_factory.mktemp("clip") / "tiny-clip.pt"
     torch.save(tiny_clip[0].state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """8 train and 3 test pairs, 40-56 px: shared by the end-to-end tests (read only)."""
+    root = tmp_path_factory.mktemp("data") / "synthetic"
+    return make_synthetic_dataset(root, n_train=8, n_test=3, size=(40, 56), seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained(data_root, tmp_path_factory) -> Path:
+    """The run folder of a finished 2-epoch training (read only)."""
+    out = tmp_path_factory.mktemp("runs")
+    load_entry("train").main(train_args(data_root, out))
+    return out / "run"

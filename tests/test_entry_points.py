@@ -3,66 +3,23 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from datasets.synthetic import make_synthetic_dataset
 from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.config import ConfigError
 from utils.image import read_rgb, write_rgb
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_entry(name: str) -> ModuleType:
-    """Import an entry-point script by path (`test.py` would clash with the stdlib package)."""
-    spec = importlib.util.spec_from_file_location(f"entry_{name}", REPO / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from .helpers import REPO, load_entry, train_args
 
 train, evaluate, predict = load_entry("train"), load_entry("test"), load_entry("predict")
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data") / "synthetic"
-    make_synthetic_dataset(root, n_train=8, n_test=3, size=(40, 56), seed=0)
-    return root
-
-
-def train_args(data_root: Path, out: Path, *extra: str, exp: str = "run") -> list[str]:
-    return [
-        "configs/quickstart.yaml",
-        f"exp_name={exp}",
-        f"output_dir={out}",
-        f"data.root={data_root}",
-        "data.patch_size=32",
-        "data.num_workers=0",
-        f"clip.cache_dir={out / 'cache'}",
-        "model.depths=[1,1,1,1,1]",
-        "train.batch_size=4",
-        "train.epochs=2",
-        "train.eval_freq=1",
-        *extra,
-    ]
-
-
-@pytest.fixture(scope="module")
-def trained(data_root, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs")
-    train.main(train_args(data_root, out))
-    return out / "run"
 
 
 def test_train_writes_checkpoints_config_and_events(trained):
@@ -72,7 +29,7 @@ def test_train_writes_checkpoints_config_and_events(trained):
         assert ckpt["config"]["model"]["depths"] == [1, 1, 1, 1, 1]
     assert load_checkpoint(trained / "last.pth")["epoch"] == 2
     assert "exp_name: run" in (trained / "config.yaml").read_text()
-    assert "train.py configs/quickstart.yaml" in (trained / "command.txt").read_text()
+    assert "quickstart.yaml exp_name=run" in (trained / "command.txt").read_text()
     events = EventAccumulator(str(trained / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
     tags = events.Tags()

@@ -55,6 +55,7 @@ class DataConfig:
     edge_decay: float = 0.0
     only_h_flip: bool = True
     num_workers: int = 8
+    verify_images: bool = True  # decode every image before training, to fail early on bad files
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

@@ -1,0 +1,232 @@
+"""Bad input fails clearly and early; interrupted or failing runs lose no checkpoint."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from datasets.synthetic import make_synthetic_dataset
+from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.config import ConfigError
+from utils.image import read_rgb, write_rgb
+
+from .helpers import REPO, load_entry, train_args
+
+train, evaluate, predict = load_entry("train"), load_entry("test"), load_entry("predict")
+
+
+def no_checkpoints(run_dir: Path) -> bool:
+    return not list(run_dir.glob("*.pth")) if run_dir.exists() else True
+
+
+def test_dataset_problems_reported_together_before_training(tmp_path):
+    root = make_synthetic_dataset(tmp_path / "data", n_train=6, n_test=2, size=(40, 48), seed=1)
+    train_dir = root / "train"
+    (train_dir / "GT" / "0000.png").unlink()  # hazy without GT
+    (train_dir / "hazy" / "0001.png").unlink()  # GT without hazy
+    (train_dir / "hazy" / "0002.png").write_text("not an image")
+    (train_dir / "hazy" / "0003.png").write_bytes(b"")
+    big = np.zeros((50, 50, 3), np.uint8)
+    write_rgb(train_dir / "hazy" / "0004.png", big)  # GT is 40x48
+    with pytest.raises(ValueError) as e:
+        train.main(train_args(root, tmp_path / "runs"))
+    msg = str(e.value)
+    for name in ("0000.png", "0001.png", "0002.png", "0003.png", "0004.png"):
+        assert name in msg
+    assert "without a GT" in msg and "without a hazy" in msg
+    assert no_checkpoints(tmp_path / "runs" / "run")
+
+
+def test_corrupt_pixels_found_before_training(tmp_path):
+    root = make_synthetic_dataset(tmp_path / "data", n_train=4, n_test=2, size=(40, 48), seed=1)
+    path = root / "train" / "GT" / "0002.png"
+    path.write_bytes(path.read_bytes()[:120])  # header intact, pixel data cut off
+    with pytest.raises(ValueError, match=r"0002\.png"):
+        train.main(train_args(root, tmp_path / "runs"))
+    assert no_checkpoints(tmp_path / "runs" / "run")
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("data.train_split=trian", r"split folder not found: .*trian"),
+        ("data.patch_size=4096", r"data\.patch_size=4096 is larger than every image"),
+    ],
+)
+def test_wrong_split_or_patch_size_is_named(data_root, tmp_path, override, expected):
+    with pytest.raises((ValueError, ConfigError), match=expected):
+        train.main(train_args(data_root, tmp_path, override))
+    assert no_checkpoints(tmp_path / "run")
+
+
+def test_empty_split(tmp_path):
+    root = make_synthetic_dataset(tmp_path / "data", n_train=2, n_test=2, size=(40, 40), seed=0)
+    for p in (root / "train" / "GT").iterdir():
+        p.unlink()
+    for p in (root / "train" / "hazy").iterdir():
+        p.unlink()
+    with pytest.raises(ValueError, match="no images in"):
+        train.main(train_args(root, tmp_path / "runs"))
+
+
+def _start_training(data_root: Path, out: Path, epochs: int) -> subprocess.Popen:
+    args = train_args(data_root, out, f"train.epochs={epochs}", "train.eval_freq=1")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "train.py", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_epochs(path: Path, epochs: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        if path.exists() and load_checkpoint(path)["epoch"] >= epochs:
+            return
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"{path} did not reach epoch {epochs}")
+
+
+def test_sigkill_mid_run_leaves_loadable_checkpoints_and_resume_continues(
+    data_root, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    proc = _start_training(data_root, tmp_path, epochs=200)
+    _wait_for_epochs(run / "last.pth", 2, proc)
+    time.sleep(0.3)  # somewhere in a later epoch, possibly while saving
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stdout.close()
+    proc.stderr.close()
+    best = load_checkpoint(run / "best.pth")
+    done = load_checkpoint(run / "last.pth")["epoch"]
+    assert done >= 2 and best["epoch"] <= done
+    train.main(
+        [
+            *train_args(data_root, tmp_path, "train.epochs=200"),
+            "--resume",
+            "--stop-after-epochs",
+            "1",
+        ]
+    )
+    assert f"after epoch {done}" in capsys.readouterr().out
+    assert load_checkpoint(run / "last.pth")["epoch"] == done + 1
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_sigint_saves_a_checkpoint_before_exiting(data_root, tmp_path):
+    run = tmp_path / "run"
+    proc = _start_training(data_root, tmp_path, epochs=200)
+    _wait_for_epochs(run / "last.pth", 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "--resume" in err and "interrupted.pth" in err
+    saved = load_checkpoint(run / "interrupted.pth")
+    assert saved["epoch"] >= 1
+    assert load_checkpoint(run / "last.pth")["epoch"] >= 1
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(data_root, tmp_path, monkeypatch):
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def save_until_disk_fills(obj, f, *args, **kwargs):
+        if ".pth." not in str(getattr(f, "name", "")):  # not a checkpoint (e.g. the CLIP cache)
+            return real_save(obj, f, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] <= 2:  # epoch 1: best.pth and last.pth
+            return real_save(obj, f, *args, **kwargs)
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("utils.checkpoint.torch.save", save_until_disk_fills)
+    with pytest.raises(OSError, match=r"could not write checkpoint .*No space left.*intact"):
+        train.main(train_args(data_root, tmp_path))
+    monkeypatch.undo()
+    run = tmp_path / "run"
+    assert load_checkpoint(run / "last.pth")["epoch"] == 1
+    assert load_checkpoint(run / "best.pth")["epoch"] == 1
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_nonfinite_loss_stops_with_the_step_and_a_good_checkpoint(data_root, tmp_path):
+    with pytest.raises(train.NonFiniteLossError, match=r"epoch \d+, step \d+") as e:
+        train.main(train_args(data_root, tmp_path, "train.lr=1e30", "train.epochs=3"))
+    assert "last_good.pth" in str(e.value)
+    good = load_checkpoint(tmp_path / "run" / "last_good.pth")
+    assert all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())
+
+
+def test_nonfinite_loss_can_skip_steps_instead(data_root, tmp_path, capsys):
+    train.main(
+        train_args(data_root, tmp_path, "train.lr=1e30", "train.nonfinite=skip", "train.epochs=2")
+    )
+    assert "step skipped" in capsys.readouterr().out
+    last = load_checkpoint(tmp_path / "run" / "last.pth")
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+def test_truncated_checkpoint_is_a_clear_error(trained, tmp_path):
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes((trained / "last.pth").read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"cut\.pth"):
+        evaluate.main(["--ckpt", str(cut)])
+
+
+def test_predict_on_hostile_inputs(trained, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "empty.png").write_bytes(b"")
+    (inputs / "notes.txt").write_text("hello")
+    write_rgb(inputs / "dot.png", np.full((1, 1, 3), 90, np.uint8))
+    write_rgb(inputs / "ok.jpg", np.full((33, 47, 3), 120, np.uint8))
+    cv2.imwrite(str(inputs / "huge.png"), np.zeros((8000, 8000, 3), np.uint8))
+    out = tmp_path / "out"
+    ckpt = str(trained / "last.pth")
+    with pytest.warns(UserWarning, match="notes.txt"), pytest.raises(predict.PredictError) as e:
+        predict.main(["--ckpt", ckpt, str(inputs), "--out", str(out)])
+    msg = str(e.value)
+    assert "empty.png" in msg and "empty" in msg
+    # The 8000x8000 image either ran or was refused with a way out.
+    assert (out / "huge.png").exists() or ("huge.png" in msg and "--max-side" in msg)
+    assert read_rgb(out / "dot.png").shape == (1, 1, 3)
+    assert read_rgb(out / "ok.png").shape == (33, 47, 3)
+
+    small = tmp_path / "small"
+    predict.main(
+        ["--ckpt", ckpt, str(inputs / "huge.png"), "--out", str(small), "--max-side", "64"]
+    )
+    assert read_rgb(small / "huge.png").shape == (64, 64, 3)
+
+
+def test_predict_output_folder_not_writable(trained, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    img = tmp_path / "x.png"
+    write_rgb(img, np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(OSError, match="cannot create output folder"):
+        predict.main(["--ckpt", str(trained / "last.pth"), str(img), "--out", str(blocker / "out")])
+    if os.geteuid() != 0:  # root ignores permission bits
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(PermissionError, match="not writable"):
+            predict.main(["--ckpt", str(trained / "last.pth"), str(img), "--out", str(locked)])
+        shutil.rmtree(locked, ignore_errors=True)
