@@ -12,7 +12,7 @@ import csv
 import json
 import math
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import torch
@@ -39,6 +39,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--save-images", action="store_true", help="also write the dehazed PNGs")
     p.add_argument("overrides", nargs="*", help="section.key=value config overrides")
     return p.parse_intermixed_args(argv)
+
+
+def png_names(names: list[str]) -> dict[str, str]:
+    """Output file per input: `a.jpg` -> `a.png`, unless that collides with another input."""
+    stems = Counter(Path(n).stem for n in names)
+    return {n: f"{Path(n).stem if stems[Path(n).stem] == 1 else n}.png" for n in names}
 
 
 def _mean(values: list[float]) -> float:
@@ -93,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     default_out = Path("results") / f"{ckpt.parent.name}_{ckpt.stem}" / f"{root.name}-{split}"
     out_dir = Path(args.out or default_out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    output_names = png_names(dataset.names)
     rows = []
     for batch in tqdm(loader, desc=f"testing {root.name}/{split}", dynamic_ncols=True):
         hazy, gt = batch["hazy"].to(device), batch["gt"].to(device)
@@ -111,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
             }
         )
         if args.save_images:
-            write_rgb(out_dir / "images" / f"{Path(name).stem}.png", out01[0].cpu())
+            write_rgb(out_dir / "images" / output_names[name], out01[0].cpu())
 
     with open(out_dir / "per_image.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

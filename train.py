@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from datasets import PairedDataset
@@ -29,9 +30,10 @@ from datasets.synthetic import make_synthetic_dataset
 from models import load_pretrained
 from utils.builders import build_network, domain_cache_for, needs_text, pick_device
 from utils.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_atomic
+from utils.clip_domains import embedding_width
 from utils.config import Config, ConfigError, config_to_dict, dump_config, load_config
 from utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
-from utils.image import from_model_range
+from utils.image import from_model_range, write_rgb
 from utils.losses import build_contrastive_loss
 from utils.metrics import psnr, ssim
 
@@ -260,7 +262,7 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
     if needs_text(cfg):
         train_text = text_features(cfg, cfg.data.train_split, info)
         test_text = text_features(cfg, cfg.data.test_split, info)
-        text_dim = next(iter(train_text.values())).shape[-1]
+        text_dim = embedding_width(cfg.clip.arch)
 
     generator = torch.Generator()
     train_loader, val_loader, sampler = make_loaders(cfg, info, train_text, test_text, generator)
@@ -416,6 +418,10 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
                     writer.add_scalar("val/ssim", val_ssim, epoch + 1)
                     if grid is not None:
                         writer.add_images("val/hazy|output|gt", grid, epoch + 1)
+                        sheet = make_grid(grid, nrow=1, padding=4, pad_value=1.0)
+                        write_rgb(run_dir / "samples" / "val_latest.png", sheet)
+                        if improved:
+                            write_rgb(run_dir / "samples" / "val_best.png", sheet)
                     tqdm.write(
                         f"epoch {epoch + 1}: val PSNR {val_psnr:.2f} SSIM {val_ssim:.4f} "
                         f"(best {best_psnr:.2f})"

@@ -13,6 +13,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from models import build_model
 from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.config import ConfigError
 from utils.image import read_rgb, write_rgb
@@ -128,3 +129,48 @@ def test_ddp_two_cpu_processes(data_root, tmp_path):
     ckpt = load_checkpoint(tmp_path / "ddp" / "last.pth")
     assert ckpt["epoch"] == 1 and len(ckpt["rng"]) == 2
     assert not any(k.startswith("module.") for k in ckpt["model"])
+
+
+def test_test_py_on_unseen_mixed_format_data_matches_its_saved_images(trained, tmp_path):
+    root = tmp_path / "unseen"
+    gen = torch.Generator().manual_seed(3)
+    for name, (h, w) in {"a.png": (41, 67), "a.jpg": (53, 45), "b.jpg": (64, 61)}.items():
+        clean = torch.rand(3, h, w, generator=gen)
+        write_rgb(root / "test" / "GT" / name, clean)
+        write_rgb(root / "test" / "hazy" / name, clean * 0.6 + 0.4)
+    out = tmp_path / "result"
+    ckpt, cache = str(trained / "best.pth"), f"clip.cache_dir={tmp_path / 'cache'}"
+    summary = evaluate.main(
+        ["--ckpt", ckpt, "--data-dir", str(root), "--out", str(out), "--save-images", cache]
+    )
+    saved = sorted(p.name for p in (out / "images").iterdir())
+    assert saved == ["a.jpg.png", "a.png.png", "b.png"]
+    recomputed = []
+    for name, png in (("a.png", "a.png.png"), ("a.jpg", "a.jpg.png"), ("b.jpg", "b.png")):
+        mine = torch.from_numpy(read_rgb(out / "images" / png)).double() / 255
+        gt = torch.from_numpy(read_rgb(root / "test" / "GT" / name)).double() / 255
+        recomputed.append(10 * torch.log10(1 / ((mine - gt) ** 2).mean()).item())
+    assert summary["count"] == 3
+    assert summary["psnr"] == pytest.approx(sum(recomputed) / 3, abs=0.05)
+
+
+def test_test_py_evaluates_released_weights_with_model_flag(trained, data_root, tmp_path):
+    ckpt = load_checkpoint(trained / "best.pth")
+    released = {f"module.{k}": v for k, v in ckpt["model"].items()}
+    unused = build_model("mixcl-t", depths=(1,) * 5, text_dim=32, text_branch=True)
+    for key, value in unused.state_dict().items():
+        if key.split(".")[1] in ("q2", "k1", "v1", "postProj_t"):
+            released[f"module.{key}"] = value
+    path = tmp_path / "MixCLDehazeNet-T.pth"
+    torch.save({"state_dict": released}, path)
+    common = [f"data.root={data_root}", f"clip.cache_dir={tmp_path / 'cache'}"]
+    ours = evaluate.main(["--ckpt", str(trained / "best.pth"), "--out", str(tmp_path / "a")])
+    quickstart = str(REPO / "configs" / "quickstart.yaml")
+    theirs = evaluate.main(
+        [
+            *("--ckpt", str(path), "--model", "mixcl-t", "--config", quickstart),
+            *("--out", str(tmp_path / "b"), "model.depths=[1,1,1,1,1]", *common),
+        ]
+    )
+    assert theirs["psnr"] == pytest.approx(ours["psnr"], abs=1e-9)
+    assert theirs["ssim"] == pytest.approx(ours["ssim"], abs=1e-9)

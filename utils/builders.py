@@ -16,7 +16,7 @@ from torch import nn
 from models import build_model, load_pretrained
 from models.factory import FAMILIES, MODEL_NAMES
 from utils.checkpoint import is_project_checkpoint, read_file
-from utils.clip_domains import DomainCache, load_clip, prepare_domains
+from utils.clip_domains import DomainCache, embedding_width, load_clip, prepare_domains
 from utils.config import (
     ClipConfig,
     Config,
@@ -104,7 +104,7 @@ def model_from_checkpoint(
                 "(e.g. --model mixcl-s) to evaluate released weights"
             )
         cfg = load_config(config, [*overrides, f"model.name={model_name}"])
-        text_dim = None  # the network's default: ViT-B/32's 512, which the authors trained with
+        text_dim = embedding_width(cfg.clip.arch) if needs_text(cfg) else None
     net = build_network(cfg, text_dim)
     load_pretrained(net, obj)
     return net.eval(), cfg

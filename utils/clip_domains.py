@@ -47,6 +47,17 @@ def register_model_configs() -> None:
         open_clip.add_model_config(CONFIG_DIR)
 
 
+def embedding_width(arch: str) -> int:
+    """D, the width of the CLIP text embedding of `arch`, read from its config (no weights)."""
+    register_model_configs()
+    config = open_clip.get_model_config(arch)
+    if config is None:
+        raise ValueError(
+            f"clip.arch: unknown CLIP architecture {arch!r}; see open_clip.list_models()"
+        )
+    return int(config["embed_dim"])
+
+
 def _is_file_spec(pretrained: str) -> bool:
     p = Path(pretrained).expanduser()
     return p.exists() or "/" in pretrained or os.sep in pretrained or p.suffix in _WEIGHT_SUFFIXES
