@@ -56,6 +56,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="train at most this many epochs in this invocation, then exit (time-limited queues)",
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
+    p.add_argument(
+        "--prepare-domains",
+        action="store_true",
+        help="check the data and build the CLIP domain caches of both splits, then exit",
+    )
     args = p.parse_intermixed_args(argv)
     if args.config and "=" in args.config:  # only overrides given: keep the default config
         args.overrides.insert(0, args.config)
@@ -263,6 +268,8 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
         train_text = text_features(cfg, cfg.data.train_split, info)
         test_text = text_features(cfg, cfg.data.test_split, info)
         text_dim = embedding_width(cfg.clip.arch)
+    if args.prepare_domains:
+        return {}
 
     generator = torch.Generator()
     train_loader, val_loader, sampler = make_loaders(cfg, info, train_text, test_text, generator)

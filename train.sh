@@ -10,6 +10,9 @@ if [[ $# -gt 0 && "$1" != *=* && "$1" != --* ]]; then
   shift
 fi
 
+# Check the data and classify every image with CLIP once, in one process, before training.
+python train.py "$config" "$@" --prepare-domains
+
 gpus=$(python -c "import torch; print(torch.cuda.device_count())")
 if [[ "$gpus" -gt 1 ]]; then
   torchrun --standalone --nproc_per_node="$gpus" train.py "$config" "$@"

@@ -1,6 +1,5 @@
 import os
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -12,7 +11,6 @@ from utils.clip_domains import (
     domain_feature,
     domain_prompts,
     load_clip,
-    main,
     prepare_domains,
     text_embeddings,
 )
@@ -179,23 +177,3 @@ def test_truncated_cache_is_rebuilt(synthetic_root, tmp_path, capsys):
     assert "unreadable or truncated" in capsys.readouterr().out
     assert torch.equal(first.probs, second.probs)
     assert not any(p.name.startswith("domains.pt.tmp") for p in tmp_path.iterdir())
-
-
-def test_cli(synthetic_root, tmp_path, capsys):
-    cache_file = tmp_path / "cli.pt"
-    argv = [
-        "--data-dir",
-        str(synthetic_root),
-        "--split",
-        "train",
-        "--arch",
-        "tiny-clip",
-        "--pretrained",
-        "",
-        "--cache",
-        str(cache_file),
-    ]
-    assert main(argv) == 0
-    out = capsys.readouterr().out
-    assert cache_file.is_file() and "4 images" in out
-    assert np.isin(["indoor", "outdoor"], out.split()).all()

@@ -174,3 +174,15 @@ def test_test_py_evaluates_released_weights_with_model_flag(trained, data_root, 
     )
     assert theirs["psnr"] == pytest.approx(ours["psnr"], abs=1e-9)
     assert theirs["ssim"] == pytest.approx(ours["ssim"], abs=1e-9)
+
+
+def test_prepare_domains_builds_the_caches_training_reuses(data_root, tmp_path, capsys):
+    args = train_args(data_root, tmp_path)
+    assert train.main([*args, "--prepare-domains"]) == {}
+    caches = sorted((tmp_path / "cache").glob("*.pt"))
+    assert len(caches) == 2  # train and test splits
+    assert not list((tmp_path / "run").glob("*.pth"))
+    capsys.readouterr()
+    train.main([*args, "train.epochs=1"])
+    out = capsys.readouterr().out
+    assert out.count("reusing") == 2 and "classifying" not in out

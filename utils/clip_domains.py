@@ -9,7 +9,6 @@ probabilities and embeddings, so switching hard/soft never needs CLIP again.
     python -m utils.clip_domains --data-dir data/RESIDE-6K --split test --pretrained openai
 """
 
-import argparse
 import hashlib
 import os
 import zipfile
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from utils.image import PathLike, list_images, read_rgb
+from utils.image import PathLike, read_rgb
 
 DEFAULT_DOMAINS = ("indoor", "outdoor")
 DEFAULT_TEMPLATE = "a photo of a {}"
@@ -425,42 +424,3 @@ def _to_cache(data: dict, mode: str) -> DomainCache:
         mode=mode,
         record=rec,
     )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Classify a dataset split's hazy images "
-        "into CLIP zero-shot domains and cache the result."
-    )
-    parser.add_argument("--data-dir", required=True, help="dataset root (DehazeFormer layout)")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--arch", default="ViT-B-32")
-    parser.add_argument(
-        "--pretrained",
-        default="openai",
-        help="open_clip tag or weights file; empty for random weights",
-    )
-    parser.add_argument("--domains", nargs="+", default=list(DEFAULT_DOMAINS))
-    parser.add_argument("--template", default=DEFAULT_TEMPLATE)
-    parser.add_argument("--cache", help="cache file (default cache/<dataset>-<split>-<arch>.pt)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
-    data_dir = Path(args.data_dir)
-    cache = args.cache or Path("cache") / f"{data_dir.name}-{args.split}-{args.arch}.pt"
-    result = prepare_domains(
-        list_images(data_dir / args.split / "hazy"),
-        cache,
-        args.arch,
-        args.pretrained or None,
-        args.domains,
-        args.template,
-        batch_size=args.batch_size,
-        device=args.device,
-    )
-    print(f"{len(result.names)} images, cache {cache}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

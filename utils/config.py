@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
+from utils.clip_domains import DEFAULT_DOMAINS, DEFAULT_TEMPLATE
+
 
 class ConfigError(ValueError):
     """A configuration file or override is wrong; the message names the key."""
@@ -65,8 +67,8 @@ class ClipConfig:
 
     arch: str = "ViT-B-32"
     pretrained: str | None = "openai"  # open_clip tag, a local weights file, or null (random)
-    domains: tuple[str, ...] = ("indoor", "outdoor")
-    template: str = "a photo of a {}"
+    domains: tuple[str, ...] = DEFAULT_DOMAINS
+    template: str = DEFAULT_TEMPLATE
     mode: Literal["hard", "soft"] = "hard"
     batch_size: int = 64
     cache_dir: str = "cache/clip_domains"
