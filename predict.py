@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -21,9 +20,8 @@ from tqdm import tqdm
 
 from datasets import ImageFolderDataset
 from utils.builders import load_clip_for, model_from_checkpoint, needs_text, pick_device
-from utils.checkpoint import CheckpointError
+from utils.cli import run
 from utils.clip_domains import classify, domain_feature, domain_prompts, text_embeddings
-from utils.config import ConfigError
 from utils.image import from_model_range, read_rgb, to_model_range, write_rgb
 
 # Peak memory of a full-resolution fp32 forward pass grows linearly with the pixel count;
@@ -145,14 +143,4 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (
-        ConfigError,
-        CheckpointError,
-        PredictError,
-        FileNotFoundError,
-        ValueError,
-        OSError,
-    ) as e:
-        sys.exit(f"error: {e}")
+    run(main)

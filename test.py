@@ -11,7 +11,6 @@ import argparse
 import csv
 import json
 import math
-import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -21,8 +20,7 @@ from tqdm import tqdm
 
 from datasets import PairedDataset
 from utils.builders import domain_cache_for, model_from_checkpoint, needs_text, pick_device
-from utils.checkpoint import CheckpointError
-from utils.config import ConfigError
+from utils.cli import run
 from utils.image import from_model_range, write_rgb
 from utils.metrics import psnr, ssim
 
@@ -140,7 +138,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    run(main)

@@ -30,6 +30,7 @@ from datasets.synthetic import make_synthetic_dataset
 from models import load_pretrained
 from utils.builders import build_network, domain_cache_for, needs_text, pick_device
 from utils.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_atomic
+from utils.cli import run
 from utils.clip_domains import embedding_width
 from utils.config import Config, ConfigError, config_to_dict, dump_config, load_config
 from utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
@@ -455,7 +456,4 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, FileNotFoundError, FileExistsError, NonFiniteLossError) as e:
-        sys.exit(f"error: {e}")
+    run(main)

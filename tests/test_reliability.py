@@ -230,3 +230,15 @@ def test_predict_output_folder_not_writable(trained, tmp_path):
         with pytest.raises(PermissionError, match="not writable"):
             predict.main(["--ckpt", str(trained / "last.pth"), str(img), "--out", str(locked)])
         shutil.rmtree(locked, ignore_errors=True)
+
+
+def test_command_line_errors_are_one_line_not_a_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "test.py", "--ckpt", str(tmp_path / "missing.pth")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"error: checkpoint not found: {tmp_path / 'missing.pth'}"

@@ -1,0 +1,22 @@
+"""How the entry points end on a user's mistake: one clear line instead of a traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+
+def run(main: Callable[[], object]) -> None:
+    """Call an entry point's `main`; report bad input, missing files and failed runs as one line.
+
+    Config, checkpoint and dataset errors are ValueErrors, file problems OSErrors and failed
+    runs RuntimeErrors, each with a message naming the key or file. Set MIXCL_TRACEBACK=1 to see
+    the full traceback instead.
+    """
+    try:
+        main()
+    except (ValueError, OSError, RuntimeError) as e:
+        if os.environ.get("MIXCL_TRACEBACK"):
+            raise
+        sys.exit(f"error: {e}")
