@@ -29,13 +29,22 @@ class MixStructureBlock(nn.Module):
 
     Args:
         dim: channels.
-        fused_dwconv: run the three dilated depthwise convs as one grouped conv (same numbers,
-            one pass over memory); the parameters stay the three upstream tensors.
+        fused_dwconv: with autograd, run the three dilated depthwise convs as one grouped conv
+            (same numbers, one kernel instead of three pads, three convs and a cat; the
+            parameters stay the three upstream tensors). On CPU it measures no faster.
+        strips: without autograd (inference), run both halves over strips of rows after the
+            parts that need the whole map (BatchNorm, pooling, the padded input), so the 3*dim
+            and 4*dim channel intermediates exist for one strip at a time, not the whole image.
     """
 
-    def __init__(self, dim: int, fused_dwconv: bool = True) -> None:
+    # Pixels per strip of the inference path: small enough for the intermediates to stay in
+    # cache, large enough for each convolution call to be efficient.
+    STRIP_PIXELS = 2**15
+
+    def __init__(self, dim: int, fused_dwconv: bool = False, strips: bool = True) -> None:
         super().__init__()
         self.fused_dwconv = fused_dwconv
+        self.strips = strips
         self.norm1 = nn.BatchNorm2d(dim)
         self.norm2 = nn.BatchNorm2d(dim)
 
@@ -95,24 +104,71 @@ class MixStructureBlock(nn.Module):
         x = F.conv2d(x, mlp_weight, first.bias)
         return self.mlp[2](self.mlp[1](x))
 
+    def _dwconvs_on_padded(self, padded: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+        """The three dilated depthwise convs of a map reflect-padded by 9 on every side.
+
+        Kernel k (dilation 3) with padding p reads a crop of `padded` with 9 - p rows and
+        columns removed from each side; `rows` x `cols` is the output size.
+        """
+        outs = []
+        for conv in (self.conv3_19, self.conv3_13, self.conv3_7):
+            off = 9 - conv.padding[0]
+            crop = padded[:, :, off : off + rows + 2 * conv.padding[0], off:]
+            crop = crop[:, :, :, : cols + 2 * conv.padding[1]]
+            outs.append(F.conv2d(crop, conv.weight, conv.bias, dilation=3, groups=conv.groups))
+        return torch.cat(outs, dim=1)
+
+    def _epa_inputs(
+        self, y: torch.Tensor, v: torch.Tensor, g: torch.Tensor, c: torch.Tensor
+    ) -> torch.Tensor:
+        """The three attention branches, concatenated: input of `mlp2`."""
+        return torch.cat([v * g, c * y, self.pa(y) * y], dim=1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.strips and not torch.is_grad_enabled():
+            return self._forward_strips(x)
         identity = x
         x = self.conv2(self.conv1(self.norm1(x)))
         multi_scale = self._multi_scale_fused if self.fused_dwconv else self._multi_scale_separate
         x = identity + multi_scale(x)
 
         identity = x
-        x = self.norm2(x)
-        x = torch.cat([self.Wv(x) * self.Wg(x), self.ca(x) * x, self.pa(x) * x], dim=1)
+        y = self.norm2(x)
+        x = self._epa_inputs(y, self.Wv(y), self.Wg(y), self.ca(y))
         return identity + self.mlp2(x)
+
+    def _forward_strips(self, x: torch.Tensor) -> torch.Tensor:
+        """The same computation, with the wide per-pixel parts run strip by strip."""
+        h, w = x.shape[-2:]
+        step = max(1, self.STRIP_PIXELS // (w * x.shape[0]))
+        padded = F.pad(self.conv2(self.conv1(self.norm1(x))), (9, 9, 9, 9), mode="reflect")
+        mid = torch.empty_like(x)
+        for r in range(0, h, step):
+            n = min(step, h - r)
+            multi = self._dwconvs_on_padded(padded[:, :, r : r + n + 18], n, w)
+            mid[:, :, r : r + n] = x[:, :, r : r + n] + self.mlp(multi)
+        del padded
+
+        y = self.norm2(mid)
+        v, g, c = self.Wv(y), self.Wg(y), self.ca(y)
+        out = torch.empty_like(mid)
+        for r in range(0, h, step):
+            rows = slice(r, r + step)
+            branches = self._epa_inputs(y[:, :, rows], v[:, :, rows], g, c)
+            out[:, :, rows] = mid[:, :, rows] + self.mlp2(branches)
+        return out
 
 
 class BasicLayer(nn.Module):
     """`depth` MixStructureBlocks in sequence."""
 
-    def __init__(self, dim: int, depth: int, fused_dwconv: bool = True) -> None:
+    def __init__(
+        self, dim: int, depth: int, fused_dwconv: bool = False, strips: bool = True
+    ) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(MixStructureBlock(dim, fused_dwconv) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            MixStructureBlock(dim, fused_dwconv, strips) for _ in range(depth)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
@@ -177,11 +233,17 @@ class SKFusion(nn.Module):
         )
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Sums written out over the list: stacking the maps would copy them all once more."""
         b, c = feats[0].shape[:2]
-        stacked = torch.stack(list(feats), dim=1)  # (B, height, C, H, W)
-        attn = self.mlp(self.avg_pool(stacked.sum(dim=1)))
+        total = feats[0]
+        for feat in feats[1:]:
+            total = total + feat
+        attn = self.mlp(self.avg_pool(total))
         attn = torch.softmax(attn.reshape(b, self.height, c, 1, 1), dim=1)
-        return (stacked * attn).sum(dim=1)
+        out = feats[0] * attn[:, 0]
+        for i, feat in enumerate(feats[1:], start=1):
+            out = out + feat * attn[:, i]
+        return out
 
 
 def _pad_bottom_right(x: torch.Tensor, pad_h: int, pad_w: int) -> torch.Tensor:
@@ -218,6 +280,9 @@ class MixDehazeNet(nn.Module):
         attention: 'sdpa' or 'explicit' (see TextImageFusion).
         text_branch: build/run upstream's unused text branch (benchmarks only).
         fused_dwconv: see MixStructureBlock.
+        channels_last: run on channels-last (NHWC) activations, which oneDNN's depthwise and
+            1x1 convolutions on CPU compute several times faster (same numbers).
+        strips: see MixStructureBlock (inference memory).
         in_chans, out_chans: image channels and head channels (K and B: 1 + 3).
     """
 
@@ -228,7 +293,9 @@ class MixDehazeNet(nn.Module):
         text_dim: int = 512,
         attention: str = "sdpa",
         text_branch: bool = False,
-        fused_dwconv: bool = True,
+        fused_dwconv: bool = False,
+        channels_last: bool = True,
+        strips: bool = True,
         in_chans: int = 3,
         out_chans: int = 4,
     ) -> None:
@@ -238,6 +305,7 @@ class MixDehazeNet(nn.Module):
         if len(depths) != len(EMBED_DIMS):
             raise ValueError(f"depths needs {len(EMBED_DIMS)} entries, got {list(depths)}")
         self.fusion = fusion
+        self.channels_last = channels_last
         self.needs_text = fusion != "none"
         dims = EMBED_DIMS
 
@@ -253,22 +321,24 @@ class MixDehazeNet(nn.Module):
             embed_in = self.text_emb.out_chans
 
         self.patch_embed = PatchEmbed(1, embed_in, dims[0], kernel_size=3)
-        self.layer1 = BasicLayer(dims[0], depths[0], fused_dwconv)
+        self.layer1 = BasicLayer(dims[0], depths[0], fused_dwconv, strips)
         self.patch_merge1 = PatchEmbed(2, dims[0], dims[1], kernel_size=3)
         self.skip1 = nn.Conv2d(dims[0], dims[0], 1)
-        self.layer2 = BasicLayer(dims[1], depths[1], fused_dwconv)
+        self.layer2 = BasicLayer(dims[1], depths[1], fused_dwconv, strips)
         self.patch_merge2 = PatchEmbed(2, dims[1], dims[2], kernel_size=3)
         self.skip2 = nn.Conv2d(dims[1], dims[1], 1)
-        self.layer3 = BasicLayer(dims[2], depths[2], fused_dwconv)
+        self.layer3 = BasicLayer(dims[2], depths[2], fused_dwconv, strips)
         self.patch_split1 = PatchUnEmbed(2, dims[3], dims[2])
         self.fusion1 = SKFusion(dims[3])
-        self.layer4 = BasicLayer(dims[3], depths[3], fused_dwconv)
+        self.layer4 = BasicLayer(dims[3], depths[3], fused_dwconv, strips)
         self.patch_split2 = PatchUnEmbed(2, dims[4], dims[3])
         self.fusion2 = SKFusion(dims[4])
-        self.layer5 = BasicLayer(dims[4], depths[4], fused_dwconv)
+        self.layer5 = BasicLayer(dims[4], depths[4], fused_dwconv, strips)
         self.patch_unembed = PatchUnEmbed(1, out_chans, dims[4], kernel_size=3)
 
     def forward_features(self, x: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.needs_text:
             x = self.text_emb(x, text)
         x = self.layer1(self.patch_embed(x))
@@ -286,4 +356,4 @@ class MixDehazeNet(nn.Module):
         h, w = hazy.shape[-2:]
         x = _pad_bottom_right(hazy, padded_size(h) - h, padded_size(w) - w)
         k, b = torch.split(self.forward_features(x, text), (1, 3), dim=1)
-        return (k * x - b + x)[:, :, :h, :w]
+        return (k * x - b + x)[:, :, :h, :w].contiguous()
