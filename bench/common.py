@@ -13,6 +13,8 @@ from __future__ import annotations
 import gc
 import json
 import multiprocessing
+import os
+import platform
 import resource
 import statistics
 import time
@@ -22,7 +24,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 MIB = 2**20
+
+# The straightforward computation (the authors' code): three padded depthwise convs, the
+# explicit (H*W x D) attention map, the unused text branch computed, NCHW activations, whole
+# maps in inference. Every benchmark compares against it.
+STRAIGHTFORWARD: dict[str, Any] = {
+    "fused_dwconv": False,
+    "attention": "explicit",
+    "text_branch": True,
+    "channels_last": False,
+    "strips": False,
+}
 
 
 @dataclass(frozen=True)
@@ -137,3 +152,44 @@ def write_json(path: str | Path, payload: Any) -> None:
         payload = asdict(payload)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo, else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    """What the numbers were measured on; stored in every JSON result."""
+    return {
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def available_memory() -> int:
+    """Bytes the kernel reports as available for new allocations (MemAvailable)."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("MemAvailable not found in /proc/meminfo")
+
+
+def timing_cells(r: dict[str, Any]) -> dict[str, str]:
+    """Median, minimum and spread of a `Timing.summary()` as table cells."""
+    return {
+        "median s": f"{r['median_s']:.3f}",
+        "min s": f"{r['min_s']:.3f}",
+        "spread": f"{100 * r['spread']:.0f}%",
+    }
