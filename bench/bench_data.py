@@ -1,0 +1,105 @@
+"""Data-loader throughput (training pairs per second) with 0, 2 and 4 worker processes.
+
+A synthetic dataset (datasets.synthetic.make_synthetic_dataset) is written to a temporary
+folder and read through datasets.PairedDataset in training mode (PNG decoding, random crop,
+flips) by a DataLoader as train.py builds it. For each worker count one untimed epoch starts
+the workers (persistent_workers keeps them), then `repeats` epochs are timed; the table gives
+the median and the spread of pairs per second.
+
+Usage: python -m bench.bench_data [--workers 0 2 4] [--pairs 64] [--side 320]
+       [--patch 256] [--batch 4] [--repeats 3] [--threads N] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from bench.common import format_table, machine_info, time_calls, write_json
+from datasets import PairedDataset
+from datasets.synthetic import make_synthetic_dataset
+
+
+def measure_loader(dataset: PairedDataset, workers: int, batch: int, repeats: int) -> dict:
+    """Pairs per second over whole epochs, after one untimed epoch that starts the workers."""
+    loader = DataLoader(
+        dataset,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        drop_last=False,
+    )
+
+    def epoch() -> None:
+        for _ in loader:
+            pass
+
+    timing = time_calls(epoch, repeats, warmup=1)
+    return {
+        "workers": workers,
+        **timing.summary(),
+        "pairs_per_s": len(dataset) / timing.median,
+        "min_pairs_per_s": len(dataset) / max(timing.times),
+        "max_pairs_per_s": len(dataset) / min(timing.times),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", nargs="+", type=int, default=[0, 2, 4])
+    parser.add_argument("--pairs", type=int, default=64, help="training pairs in the dataset")
+    parser.add_argument("--side", type=int, default=320, help="image side in pixels")
+    parser.add_argument("--patch", type=int, default=256, help="training crop size")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3, help="timed epochs per setting")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        side = (args.side, args.side)
+        root = make_synthetic_dataset(Path(tmp) / "synthetic", args.pairs, 0, size=side)
+        dataset = PairedDataset(root, "train", "train", patch_size=args.patch, only_h_flip=True)
+        results = []
+        for workers in args.workers:
+            results.append(measure_loader(dataset, workers, args.batch, args.repeats))
+            print(f"{workers} workers: {results[-1]['pairs_per_s']:.1f} pairs/s", flush=True)
+
+    rows = [
+        {
+            "workers": str(r["workers"]),
+            "pairs/s (median)": f"{r['pairs_per_s']:.1f}",
+            "min": f"{r['min_pairs_per_s']:.1f}",
+            "max": f"{r['max_pairs_per_s']:.1f}",
+            "spread": f"{100 * r['spread']:.0f}%",
+        }
+        for r in results
+    ]
+    print(
+        f"\nPairedDataset train mode, {args.pairs} synthetic {args.side}x{args.side} PNG pairs, "
+        f"{args.patch}x{args.patch} crops, batch {args.batch}, median of {args.repeats} epochs"
+    )
+    print(format_table(rows, list(rows[0]), markdown=False))
+    payload = {
+        "machine": machine_info(args.threads),
+        "pairs": args.pairs,
+        "side": args.side,
+        "patch": args.patch,
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "results": results,
+    }
+    if args.json:
+        write_json(args.json, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
