@@ -19,7 +19,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets import PairedDataset
-from utils.builders import domain_cache_for, model_from_checkpoint, needs_text, pick_device
+from utils.builders import (
+    domain_cache_for,
+    inference_network,
+    model_from_checkpoint,
+    needs_text,
+    pick_device,
+)
 from utils.cli import run
 from utils.image import from_model_range, write_rgb
 from utils.metrics import psnr, ssim
@@ -79,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     net, cfg = model_from_checkpoint(args.ckpt, args.model, args.config, args.overrides)
     device = pick_device()
-    net = net.to(device)
+    run_net = inference_network(net, cfg, device)
 
     root = Path(args.data_dir or cfg.data.root)
     if args.dataset:
@@ -102,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     for batch in tqdm(loader, desc=f"testing {root.name}/{split}", dynamic_ncols=True):
         hazy, gt = batch["hazy"].to(device), batch["gt"].to(device)
         text = batch["text"].to(device) if "text" in batch else None
-        out01 = from_model_range(net(hazy, text))
+        out01 = from_model_range(run_net(hazy, text))
         gt01, hazy01 = from_model_range(gt), from_model_range(hazy)
         name = batch["name"][0]
         rows.append(

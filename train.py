@@ -12,7 +12,6 @@ import random
 import shlex
 import sys
 from collections.abc import Mapping
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from tqdm import tqdm
 from datasets import PairedDataset
 from datasets.synthetic import make_synthetic_dataset
 from models import load_pretrained
-from utils.builders import build_network, domain_cache_for, needs_text, pick_device
+from utils.builders import autocast, build_network, domain_cache_for, needs_text, pick_device
 from utils.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_atomic
 from utils.cli import run
 from utils.clip_domains import embedding_width
@@ -121,16 +120,9 @@ def text_features(cfg: Config, split: str, info: DistInfo) -> dict[str, torch.Te
     return cache.features(cfg.clip.mode)
 
 
-def autocast_for(cfg: Config, device: torch.device):
-    if device.type != "cuda" or cfg.train.amp == "none":
-        return nullcontext()
-    dtype = torch.float16 if cfg.train.amp == "fp16" else torch.bfloat16
-    return torch.autocast("cuda", dtype=dtype)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    return getattr(model, "_orig_mod", model)
+def train_amp(cfg: Config, device: torch.device) -> str:
+    """Training autocast: the configured precision on CUDA; CPU always trains in fp32."""
+    return cfg.train.amp if device.type == "cuda" else "none"
 
 
 @torch.no_grad()
@@ -148,7 +140,7 @@ def validate(
     for batch in loader:
         hazy, gt = batch["hazy"].to(device), batch["gt"].to(device)
         text = batch["text"].to(device) if "text" in batch else None
-        with autocast_for(cfg, device):
+        with autocast(device, train_amp(cfg, device)):
             out = model(hazy, text)
         out01, gt01 = from_model_range(out.float()), from_model_range(gt)
         totals += torch.stack(
@@ -278,8 +270,6 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
     net = build_network(cfg, text_dim).to(device)
     if cfg.model.init_from and resume_ckpt is None:
         load_pretrained(net, cfg.model.init_from)
-    if cfg.speed.channels_last:
-        net = net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
     )
@@ -377,12 +367,10 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
                 hazy = batch["hazy"].to(device, non_blocking=True)
                 gt = batch["gt"].to(device, non_blocking=True)
                 text = batch["text"].to(device, non_blocking=True) if "text" in batch else None
-                if cfg.speed.channels_last:
-                    hazy = hazy.contiguous(memory_format=torch.channels_last)
                 # A non-finite forward pass also poisons BatchNorm's running statistics.
                 for saved, live in zip(stats_before, stats, strict=True):
                     saved.copy_(live)
-                with autocast_for(cfg, device):
+                with autocast(device, train_amp(cfg, device)):
                     out = model(hazy, text)
                     loss = F.l1_loss(out.float(), gt)
                     if cr_loss is not None:

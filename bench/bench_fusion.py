@@ -11,7 +11,7 @@ Settings:
   mixdehazenet-t     the baseline, no text
   mixcl-t            the paper's concat fusion through scaled_dot_product_attention (default)
   mixcl-t-explicit   the same with the (H*W x D) attention map written out
-  mixcl-t-upstream   explicit attention plus upstream's unused text branch (needs ~10 GB at 1024)
+  mixcl-t-upstream   the straightforward computation (bench.common.STRAIGHTFORWARD; ~4 GB at 1024)
 
 Usage: python -m bench.bench_fusion [--size 1024] [--repeats 3] [--json results.json]
 """
@@ -26,14 +26,14 @@ from typing import Any
 
 import torch
 
-from bench.common import format_table, measure, run_isolated, write_json
+from bench.common import STRAIGHTFORWARD, format_table, measure, run_isolated, write_json
 from models import build_model
 
 SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "mixdehazenet-t": ("mixdehazenet-t", {}),
     "mixcl-t": ("mixcl-t", {}),
     "mixcl-t-explicit": ("mixcl-t", {"attention": "explicit"}),
-    "mixcl-t-upstream": ("mixcl-t", {"attention": "explicit", "text_branch": True}),
+    "mixcl-t-upstream": ("mixcl-t", STRAIGHTFORWARD),
 }
 DEFAULT_SETTINGS = ("mixdehazenet-t", "mixcl-t", "mixcl-t-explicit")
 BASELINE = "mixdehazenet-t"

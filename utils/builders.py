@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -68,7 +70,11 @@ def load_clip_for(clip: ClipConfig, device: str = "cpu"):
 
 def build_network(cfg: Config, text_dim: int | None) -> nn.Module:
     """The configured network; `text_dim` is the CLIP embedding width (None without fusion)."""
-    overrides: dict = {"fused_dwconv": cfg.speed.fused_dwconv}
+    overrides: dict = {
+        "fused_dwconv": cfg.speed.fused_dwconv,
+        "channels_last": cfg.speed.channels_last,
+        "strips": cfg.speed.strips,
+    }
     if cfg.model.fusion is not None:
         overrides["fusion"] = cfg.model.fusion
     if cfg.model.depths is not None:
@@ -108,6 +114,27 @@ def model_from_checkpoint(
     net = build_network(cfg, text_dim)
     load_pretrained(net, obj)
     return net.eval(), cfg
+
+
+def autocast(device: torch.device, amp: str) -> AbstractContextManager:
+    """Mixed precision for `amp` ('none', 'fp16', 'bf16'); fp16 only exists on CUDA."""
+    if amp == "none" or (amp == "fp16" and device.type != "cuda"):
+        return nullcontext()
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def inference_network(net: nn.Module, cfg: Config, device: torch.device) -> Callable:
+    """`net` on `device` in eval mode, compiled if configured, run under the configured autocast;
+    its outputs are fp32 whatever precision it computes in."""
+    net = net.to(device).eval()
+    model = torch.compile(net) if cfg.speed.compile else net
+
+    def run(hazy: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
+        with autocast(device, cfg.speed.amp):
+            return model(hazy, text).float()
+
+    return run
 
 
 def pick_device() -> torch.device:

@@ -95,11 +95,13 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SpeedConfig:
-    """Options that change speed, never the numbers beyond float tolerance."""
+    """Options that change speed, never the numbers beyond float tolerance (docs/PERFORMANCE.md)."""
 
-    fused_dwconv: bool = True
-    channels_last: bool = False
-    compile: bool = False
+    channels_last: bool = True  # NHWC activations: CPU depthwise/1x1 convolutions run faster
+    strips: bool = True  # inference: wide intermediates a few rows at a time (less memory)
+    fused_dwconv: bool = False  # the three depthwise convs as one grouped conv (no faster on CPU)
+    compile: bool = False  # torch.compile the network (GPU runs)
+    amp: Literal["none", "fp16", "bf16"] = "none"  # autocast for test.py/predict.py
 
 
 @dataclass(frozen=True)
