@@ -117,7 +117,8 @@ def test_sigkill_mid_run_leaves_loadable_checkpoints_and_resume_continues(
     proc.stderr.close()
     best = load_checkpoint(run / "best.pth")
     done = load_checkpoint(run / "last.pth")["epoch"]
-    assert done >= 2 and best["epoch"] <= done
+    # best.pth is written before last.pth, so a kill between the two leaves best one epoch ahead
+    assert done >= 2 and best["epoch"] <= done + 1
     train.main(
         [
             *train_args(data_root, tmp_path, "train.epochs=200"),
