@@ -27,7 +27,7 @@ from tqdm import tqdm
 from datasets import PairedDataset
 from datasets.synthetic import make_synthetic_dataset
 from models import load_pretrained
-from utils.builders import autocast, build_network, domain_cache_for, needs_text, pick_device
+from utils.builders import autocast, build_network, domain_cache_for, needs_text
 from utils.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_atomic
 from utils.cli import run
 from utils.clip_domains import embedding_width
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str] | None) -> dict:
-    device = torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else pick_device()
+    device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
     run_dir = cfg.run_dir
     last_path, best_path = run_dir / "last.pth", run_dir / "best.pth"
 
