@@ -337,10 +337,10 @@ class MixDehazeNet(nn.Module):
         self.patch_unembed = PatchUnEmbed(1, out_chans, dims[4], kernel_size=3)
 
     def forward_features(self, x: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         if self.needs_text:
             x = self.text_emb(x, text)
+        if self.channels_last:  # after the fusion, whose concatenation returns NCHW
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.layer1(self.patch_embed(x))
         skip1 = x
         x = self.layer2(self.patch_merge1(x))

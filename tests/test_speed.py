@@ -147,3 +147,18 @@ def test_torch_compile_training_graph_matches_eager():
     g = torch.autograd.grad(F.l1_loss(out, x), weight)[0]
     g_ref = torch.autograd.grad(F.l1_loss(out_ref, x), weight)[0]
     assert (g - g_ref).abs().max() <= FP32_TOL * max(1.0, g_ref.abs().max())
+
+
+@pytest.mark.parametrize("name", ["mixdehazenet-t", "mixcl-t"])
+def test_channels_last_reaches_every_stage(name):
+    """The fused input must not fall back to NCHW: every convolution would run on the slow path."""
+    model = build_model(name, depths=(1, 1, 1, 1, 1), text_dim=8).eval()
+    seen = []
+    for module in (model.patch_embed, model.layer1, model.layer3, model.layer5):
+        module.register_forward_pre_hook(
+            lambda _, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+        )
+    text = torch.randn(1, 1, 8) if model.needs_text else None
+    with torch.no_grad():
+        model(torch.rand(1, 3, 44, 52) * 2 - 1, text)
+    assert seen == [True] * 4
