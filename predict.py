@@ -31,7 +31,7 @@ from utils.clip_domains import classify, domain_feature, domain_prompts, text_em
 from utils.image import from_model_range, read_rgb, to_model_range, write_rgb
 
 # Peak memory of a full-resolution fp32 forward pass grows linearly with the pixel count;
-# bench/bench_inference.py measures it: under 1000 bytes per input pixel for every variant, plus
+# bench/bench_inference.py measures it: under 900 bytes per input pixel for every variant, plus
 # a margin for run-to-run variation.
 BYTES_PER_PIXEL = 1300
 
