@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.common import format_table, machine_info, time_calls, write_json
+from bench.common import report, time_calls
 from utils.clip_domains import classify, domain_prompts, load_clip, text_embeddings
 
 ARCH = "tiny-clip"
@@ -67,21 +67,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         for r in results
     ]
-    print(
-        f"\n{ARCH} zero-shot classification, {args.side}x{args.side} images, "
+    title = (
+        f"{ARCH} zero-shot classification, {args.side}x{args.side} images, "
         f"{args.threads} threads, median of {args.repeats}"
     )
-    print(format_table(rows, list(rows[0]), markdown=False))
-    payload = {
-        "machine": machine_info(args.threads),
-        "arch": ARCH,
-        "side": args.side,
-        "repeats": args.repeats,
-        "results": results,
-    }
-    if args.json:
-        write_json(args.json, payload)
-    return payload
+    payload = {"arch": ARCH, "side": args.side, "repeats": args.repeats, "results": results}
+    return report(title, rows, payload, args.threads, args.json)
 
 
 if __name__ == "__main__":

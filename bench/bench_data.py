@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from bench.common import format_table, machine_info, time_calls, write_json
+from bench.common import report, time_calls
 from datasets import PairedDataset
 from datasets.synthetic import make_synthetic_dataset
 
@@ -82,13 +82,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         for r in results
     ]
-    print(
-        f"\nPairedDataset train mode, {args.pairs} synthetic {args.side}x{args.side} PNG pairs, "
+    title = (
+        f"PairedDataset train mode, {args.pairs} synthetic {args.side}x{args.side} PNG pairs, "
         f"{args.patch}x{args.patch} crops, batch {args.batch}, median of {args.repeats} epochs"
     )
-    print(format_table(rows, list(rows[0]), markdown=False))
     payload = {
-        "machine": machine_info(args.threads),
         "pairs": args.pairs,
         "side": args.side,
         "patch": args.patch,
@@ -96,9 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "repeats": args.repeats,
         "results": results,
     }
-    if args.json:
-        write_json(args.json, payload)
-    return payload
+    return report(title, rows, payload, args.threads, args.json)
 
 
 if __name__ == "__main__":

@@ -19,15 +19,12 @@ Usage: python -m bench.bench_fusion [--size 1024] [--repeats 3] [--json results.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 from functools import partial
 from typing import Any
 
 import torch
 
-from bench.common import STRAIGHTFORWARD, format_table, measure, run_isolated, write_json
-from models import build_model
+from bench.common import STRAIGHTFORWARD, inference_call, measure, report, run_isolated
 
 SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "mixdehazenet-t": ("mixdehazenet-t", {}),
@@ -39,24 +36,12 @@ DEFAULT_SETTINGS = ("mixdehazenet-t", "mixcl-t", "mixcl-t-explicit")
 BASELINE = "mixdehazenet-t"
 
 
-def _setup(setting: str, size: int, threads: int) -> Any:
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    name, overrides = SETTINGS[setting]
-    model = build_model(name, **overrides).eval()
-    hazy = torch.rand(1, 3, size, size) * 2 - 1
-    text = torch.randn(1, 1, 512) if model.needs_text else None
-
-    def call() -> None:
-        with torch.inference_mode():
-            model(hazy, text)
-
-    return call
-
-
 def run_setting(setting: str, size: int, threads: int, repeats: int) -> dict[str, Any]:
     """Measure one setting; meant to run in a fresh process."""
-    return measure(partial(_setup, setting, size, threads), repeats=repeats, warmup=1)
+    name, overrides = SETTINGS[setting]
+    return measure(
+        partial(inference_call, name, overrides, size, threads), repeats=repeats, warmup=1
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -92,24 +77,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row["min time x"] = f"{r['min_time_ratio']:.2f}"
             row["memory x"] = f"{r['memory_ratio']:.2f}"
         rows.append(row)
-    print(
+    title = (
         f"fp32 CPU inference, 1x3x{args.size}x{args.size}, {args.threads} threads, "
         f"median of {args.repeats} (spread = (max - min) / median)"
     )
-    print(format_table(rows, list(rows[0]), markdown=False))
-
-    payload = {
-        "size": args.size,
-        "threads": args.threads,
-        "repeats": args.repeats,
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "results": results,
-    }
-    if args.json:
-        write_json(args.json, payload)
-    return payload
+    payload = {"size": args.size, "repeats": args.repeats, "results": results}
+    return report(title, rows, payload, args.threads, args.json)
 
 
 if __name__ == "__main__":

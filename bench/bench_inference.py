@@ -33,11 +33,10 @@ from bench.common import (
     MIB,
     STRAIGHTFORWARD,
     available_memory,
-    format_table,
-    machine_info,
+    inference_call,
     measure,
+    report,
     run_isolated,
-    write_json,
 )
 from models import build_model
 
@@ -56,23 +55,11 @@ BASELINE = "straightforward"
 MEMORY_MARGIN = 0.5
 
 
-def _setup(name: str, setting: str, size: int, threads: int) -> Any:
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = build_model(name, **SETTINGS[setting]).eval()
-    hazy = torch.rand(1, 3, size, size) * 2 - 1
-    text = torch.randn(1, 1, 512) if model.needs_text else None
-
-    def call() -> None:
-        with torch.inference_mode():
-            model(hazy, text)
-
-    return call
-
-
 def run_setting(name: str, setting: str, size: int, threads: int, repeats: int) -> dict:
     """Measure one setting at one size; meant to run in a fresh process."""
-    return measure(partial(_setup, name, setting, size, threads), repeats=repeats, warmup=1)
+    return measure(
+        partial(inference_call, name, SETTINGS[setting], size, threads), repeats=repeats, warmup=1
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -142,15 +129,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row["memory x"] = f"{r['memory_ratio']:.2f}"
         rows.append(row)
     columns = list(dict.fromkeys(c for row in rows for c in row))
-    print(
-        f"\nfp32 CPU inference, batch 1, square images, {args.threads} threads, median of "
+    title = (
+        f"fp32 CPU inference, batch 1, square images, {args.threads} threads, median of "
         f"{args.repeats}; speed-up and memory against straightforward at the same size"
     )
-    print(format_table(rows, columns, markdown=False))
-    payload = {"machine": machine_info(args.threads), "repeats": args.repeats, "results": results}
-    if args.json:
-        write_json(args.json, payload)
-    return payload
+    payload = {"repeats": args.repeats, "results": results}
+    return report(title, rows, payload, args.threads, args.json, columns)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.common import STRAIGHTFORWARD, Timing, format_table, machine_info, write_json
+from bench.common import STRAIGHTFORWARD, Timing, report
 from models import build_model
 
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -129,15 +129,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         for r in results
     ]
-    print(
-        f"\nfp32 CPU training step, {args.threads} threads, median of {args.repeats} "
+    title = (
+        f"fp32 CPU training step, {args.threads} threads, median of {args.repeats} "
         "round-robin steps; speed-up over straightforward: medians (minimums)"
     )
-    print(format_table(rows, list(rows[0]), markdown=False))
-    payload = {"machine": machine_info(args.threads), "repeats": args.repeats, "results": results}
-    if args.json:
-        write_json(args.json, payload)
-    return payload
+    payload = {"repeats": args.repeats, "results": results}
+    return report(title, rows, payload, args.threads, args.json)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from models import build_model
+
 MIB = 2**20
 
 # The straightforward computation (the authors' code): three padded depthwise convs, the
@@ -193,3 +195,37 @@ def timing_cells(r: dict[str, Any]) -> dict[str, str]:
         "min s": f"{r['min_s']:.3f}",
         "spread": f"{100 * r['spread']:.0f}%",
     }
+
+
+def report(
+    title: str,
+    rows: Sequence[dict[str, Any]],
+    payload: dict[str, Any],
+    threads: int,
+    json_path: str | Path | None,
+    columns: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Print a benchmark's table under its title; write it with the machine to `json_path`."""
+    print(f"\n{title}")
+    print(format_table(rows, list(columns or rows[0]), markdown=False))
+    payload = {"machine": machine_info(threads), **payload}
+    if json_path:
+        write_json(json_path, payload)
+    return payload
+
+
+def inference_call(
+    name: str, overrides: dict[str, Any], size: int, threads: int
+) -> Callable[[], None]:
+    """One fp32 forward pass of a freshly built model on a random size x size image."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build_model(name, **overrides).eval()
+    hazy = torch.rand(1, 3, size, size) * 2 - 1
+    text = torch.randn(1, 1, 512) if model.needs_text else None
+
+    def call() -> None:
+        with torch.inference_mode():
+            model(hazy, text)
+
+    return call
