@@ -29,6 +29,7 @@ from utils.builders import (
 from utils.cli import run
 from utils.clip_domains import classify, domain_feature, domain_prompts, text_embeddings
 from utils.image import from_model_range, read_rgb, to_model_range, write_rgb
+from utils.memory import available_memory
 
 # Peak memory of a full-resolution fp32 forward pass grows linearly with the pixel count;
 # bench/bench_inference.py measures it: under 900 bytes per input pixel for every variant, plus
@@ -63,18 +64,6 @@ def downscale(img: np.ndarray, max_side: int) -> np.ndarray:
     scale = max_side / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
-
-
-def available_memory(device: torch.device) -> int:
-    """Bytes that a forward pass can still allocate on `device`."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            info = dict(line.split(":", 1) for line in f)
-        return int(info["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
 def check_memory(h: int, w: int, device: torch.device) -> None:

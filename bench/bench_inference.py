@@ -32,13 +32,13 @@ import torch
 from bench.common import (
     MIB,
     STRAIGHTFORWARD,
-    available_memory,
     inference_call,
     measure,
     report,
     run_isolated,
 )
 from models import build_model
+from utils.memory import available_memory
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "straightforward": STRAIGHTFORWARD,

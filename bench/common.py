@@ -179,24 +179,6 @@ def machine_info(threads: int) -> dict[str, Any]:
     }
 
 
-def available_memory() -> int:
-    """Bytes the kernel reports as available for new allocations (MemAvailable)."""
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("MemAvailable not found in /proc/meminfo")
-
-
-def timing_cells(r: dict[str, Any]) -> dict[str, str]:
-    """Median, minimum and spread of a `Timing.summary()` as table cells."""
-    return {
-        "median s": f"{r['median_s']:.3f}",
-        "min s": f"{r['min_s']:.3f}",
-        "spread": f"{100 * r['spread']:.0f}%",
-    }
-
-
 def report(
     title: str,
     rows: Sequence[dict[str, Any]],

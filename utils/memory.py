@@ -1,0 +1,20 @@
+"""How much memory a computation can still take: predict.py and the benchmarks size work by it."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def available_memory(device: torch.device | str = "cpu") -> int:
+    """Bytes that new allocations can still take on `device` (MemAvailable for the CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):  # not Linux
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
