@@ -28,7 +28,7 @@ from utils.builders import (
 )
 from utils.cli import run
 from utils.clip_domains import classify, domain_feature, domain_prompts, text_embeddings
-from utils.image import from_model_range, read_rgb, to_model_range, write_rgb
+from utils.image import from_model_range, read_rgb, to_model_range, uint8_to_tensor, write_rgb
 from utils.memory import available_memory
 
 # Peak memory of a full-resolution fp32 forward pass grows linearly with the pixel count;
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             warnings.warn(f"skipping {path}: {e}", stacklevel=1)
             failed.append(f"{path}: {e}")
             continue
-        hazy = torch.from_numpy(img).permute(2, 0, 1)[None].float().div(255).to(device)
+        hazy = uint8_to_tensor(img)[None].to(device)
         text = None
         if clip is not None:
             clip_model, preprocess, text_emb = clip

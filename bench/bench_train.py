@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from bench.common import STRAIGHTFORWARD, Timing, report
 from models import build_model
+from utils.image import to_model_range
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "straightforward": STRAIGHTFORWARD,
@@ -55,8 +56,8 @@ def make_step(name: str, overrides: dict[str, Any], batch: int, patch: int):
     model = build_model(name, **overrides).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     gen = torch.Generator().manual_seed(1)
-    hazy = torch.rand(batch, 3, patch, patch, generator=gen) * 2 - 1
-    gt = torch.rand(batch, 3, patch, patch, generator=gen) * 2 - 1
+    hazy = to_model_range(torch.rand(batch, 3, patch, patch, generator=gen))
+    gt = to_model_range(torch.rand(batch, 3, patch, patch, generator=gen))
     text = torch.randn(batch, 1, 512, generator=gen) if model.needs_text else None
 
     def step() -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from models import build_model
+from utils.image import to_model_range
 
 MIB = 2**20
 
@@ -203,7 +204,7 @@ def inference_call(
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = build_model(name, **overrides).eval()
-    hazy = torch.rand(1, 3, size, size) * 2 - 1
+    hazy = to_model_range(torch.rand(1, 3, size, size))
     text = torch.randn(1, 1, 512) if model.needs_text else None
 
     def call() -> None:

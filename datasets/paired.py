@@ -28,6 +28,7 @@ from utils.image import (
     list_images,
     read_rgb,
     to_model_range,
+    uint8_to_tensor,
 )
 
 MODES = ("train", "valid", "test")
@@ -44,8 +45,7 @@ def _name_list(names: Sequence[str]) -> str:
 
 def _to_model_tensor(img: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) -> float32 (3, H, W) in [-1, 1]."""
-    chw = np.ascontiguousarray(img.transpose(2, 0, 1))
-    return to_model_range(torch.from_numpy(chw).float() / 255.0)
+    return to_model_range(uint8_to_tensor(img))
 
 
 def _pad_to(imgs: list[np.ndarray], size: int) -> list[np.ndarray]:

@@ -39,6 +39,11 @@ def from_model_range(x: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
     return np.clip(x, -1, 1) * 0.5 + 0.5
 
 
+def uint8_to_tensor(img: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float32 (3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float() / 255.0
+
+
 def is_image_file(path: PathLike) -> bool:
     """True for a visible file whose extension is one of IMAGE_EXTENSIONS."""
     p = Path(path)
