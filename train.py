@@ -399,8 +399,9 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
                 global_step += 1
                 if writer is not None:
                     lr = optimizer.param_groups[0]["lr"]
-                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
-                    writer.add_scalar("train/loss", loss.item(), global_step)
+                    value = loss.item()
+                    bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
+                    writer.add_scalar("train/loss", value, global_step)
                     writer.add_scalar("train/lr", lr, global_step)
             scheduler.step()
 
