@@ -30,8 +30,10 @@ from typing import Any
 import torch
 
 from bench.common import (
+    BASELINE,
+    FUSION_ONLY,
     MIB,
-    STRAIGHTFORWARD,
+    SPEED_SETTINGS,
     inference_call,
     measure,
     report,
@@ -40,17 +42,7 @@ from bench.common import (
 from models import build_model
 from utils.memory import available_memory
 
-SETTINGS: dict[str, dict[str, Any]] = {
-    "straightforward": STRAIGHTFORWARD,
-    "optimised": {},
-    "-channels_last": {"channels_last": False},
-    "-strips": {"strips": False},
-    "+fused_dwconv": {"fused_dwconv": True},
-    "+explicit": {"attention": "explicit"},
-    "+text_branch": {"text_branch": True},
-}
-FUSION_ONLY = ("+explicit", "+text_branch")
-BASELINE = "straightforward"
+SETTINGS: dict[str, dict[str, Any]] = SPEED_SETTINGS
 # Share of the available memory one setting may take: the machine may be shared with others.
 MEMORY_MARGIN = 0.5
 

@@ -29,20 +29,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.common import STRAIGHTFORWARD, Timing, report
+from bench.common import (
+    BASELINE,
+    FUSION_ONLY,
+    INFERENCE_ONLY,
+    SPEED_SETTINGS,
+    Timing,
+    report,
+)
 from models import build_model
 from utils.image import to_model_range
 
 SETTINGS: dict[str, dict[str, Any]] = {
-    "straightforward": STRAIGHTFORWARD,
-    "optimised": {},
-    "-channels_last": {"channels_last": False},
-    "+fused_dwconv": {"fused_dwconv": True},
-    "+explicit": {"attention": "explicit"},
-    "+text_branch": {"text_branch": True},
+    k: v for k, v in SPEED_SETTINGS.items() if k not in INFERENCE_ONLY
 }
-FUSION_ONLY = ("+explicit", "+text_branch")
-BASELINE = "straightforward"
 
 
 def parse_shape(text: str) -> tuple[int, int]:

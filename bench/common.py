@@ -41,6 +41,20 @@ STRAIGHTFORWARD: dict[str, Any] = {
     "channels_last": False,
     "strips": False,
 }
+# Model overrides of each compared setting: the straightforward computation, the defaults
+# ("optimised"), and the defaults with one speed option switched.
+SPEED_SETTINGS: dict[str, dict[str, Any]] = {
+    "straightforward": STRAIGHTFORWARD,
+    "optimised": {},
+    "-channels_last": {"channels_last": False},
+    "-strips": {"strips": False},
+    "+fused_dwconv": {"fused_dwconv": True},
+    "+explicit": {"attention": "explicit"},
+    "+text_branch": {"text_branch": True},
+}
+INFERENCE_ONLY = ("-strips",)  # strips only act without autograd
+FUSION_ONLY = ("+explicit", "+text_branch")  # meaningless for models without text fusion
+BASELINE = "straightforward"
 
 
 @dataclass(frozen=True)
