@@ -122,7 +122,7 @@ def text_features(cfg: Config, split: str, info: DistInfo) -> dict[str, torch.Te
 
 def train_amp(cfg: Config, device: torch.device) -> str:
     """Training autocast: the configured precision on CUDA; CPU always trains in fp32."""
-    return cfg.train.amp if device.type == "cuda" else "none"
+    return cfg.precision.train if device.type == "cuda" else "none"
 
 
 @torch.no_grad()
@@ -276,11 +276,11 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=cfg.train.epochs, eta_min=cfg.train.lr * cfg.train.lr_min_ratio
     )
-    use_scaler = device.type == "cuda" and cfg.train.amp == "fp16"
+    use_scaler = device.type == "cuda" and cfg.precision.train == "fp16"
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     cr_loss = None
-    if cfg.train.cr_weight > 0:
-        cr_loss = build_contrastive_loss(cfg.train.cr_weights, cfg.train.cr_imagenet_norm).to(
+    if cfg.loss.cr_weight > 0:
+        cr_loss = build_contrastive_loss(cfg.loss.resnet_weights, cfg.loss.resnet_imagenet_norm).to(
             device
         )
 
@@ -374,7 +374,7 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
                     out = model(hazy, text)
                     loss = F.l1_loss(out.float(), gt)
                     if cr_loss is not None:
-                        loss = loss + cfg.train.cr_weight * cr_loss(out.float(), gt, hazy.float())
+                        loss = loss + cfg.loss.cr_weight * cr_loss(out.float(), gt, hazy.float())
                 bad = (~torch.isfinite(loss)).float().reshape(1)
                 if all_reduce_sum(bad, info).item() > 0:
                     for saved, live in zip(stats_before, stats, strict=True):

@@ -6,7 +6,6 @@ from PIL import Image
 
 from datasets import PairedDataset
 from utils.clip_domains import (
-    DEFAULT_DOMAINS,
     classify,
     domain_feature,
     domain_prompts,
@@ -14,6 +13,7 @@ from utils.clip_domains import (
     prepare_domains,
     text_embeddings,
 )
+from utils.config import DEFAULT_DOMAINS
 from utils.image import list_images, read_rgb, write_rgb
 
 

@@ -7,6 +7,7 @@ import pytest
 from utils.config import (
     Config,
     ConfigError,
+    config_from_checkpoint,
     config_from_dict,
     config_to_dict,
     load_config,
@@ -27,15 +28,9 @@ def test_paper_config_matches_protocol():
     cfg = load_config(REPO / "configs/reside6k/mixcl-s.yaml")
     assert cfg.model.name == "mixcl-s"
     t = cfg.train
-    assert (t.batch_size, t.epochs, t.lr, t.lr_min_ratio, t.cr_weight, t.eval_freq) == (
-        16,
-        1000,
-        1e-4,
-        1e-2,
-        0.1,
-        1,
-    )
-    assert t.amp == "fp16"
+    assert (t.batch_size, t.epochs, t.lr, t.lr_min_ratio, t.eval_freq) == (16, 1000, 1e-4, 1e-2, 1)
+    assert cfg.loss.cr_weight == 0.1
+    assert cfg.precision.train == "fp16" and cfg.precision.eval == "none"
     assert cfg.data.patch_size == 256 and cfg.data.only_h_flip and cfg.data.edge_decay == 0
     assert cfg.clip.arch == "ViT-B-32" and cfg.clip.pretrained == "openai"
     assert cfg.clip.mode == "hard"
@@ -82,3 +77,31 @@ def test_roundtrip_through_plain_data():
     assert config_from_dict(config_to_dict(cfg)) == cfg
     assert override_config(cfg, ["train.epochs=3"]).train.epochs == 3
     assert cfg.train.epochs == 1000  # configs are never mutated
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("train.cr_weight", "loss.cr_weight"),
+        ("train.cr_weights", "loss.resnet_weights"),
+        ("train.amp", "precision.train"),
+        ("speed.amp", "precision.eval"),
+    ],
+)
+def test_renamed_key_names_its_new_place(old, new, tmp_path):
+    with pytest.raises(ConfigError, match=rf"{old} was renamed: use {new}"):
+        load_config(None, [f"{old}=1"])
+    section, key = old.split(".")
+    f = tmp_path / "old.yaml"
+    f.write_text(f"{section}:\n  {key}: 1\n")
+    with pytest.raises(ConfigError, match=rf"old\.yaml.*{old} was renamed"):
+        load_config(f)
+
+
+def test_checkpoint_configs_written_before_a_rename_still_load():
+    old = config_to_dict(Config())
+    old["train"]["cr_weight"] = old.pop("loss")["cr_weight"]
+    old["train"]["amp"] = "bf16"
+    del old["precision"]
+    cfg = config_from_checkpoint(old)
+    assert cfg.loss.cr_weight == 0.1 and cfg.precision.train == "bf16"

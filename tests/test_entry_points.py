@@ -192,6 +192,6 @@ def test_test_py_speed_switches_keep_the_metrics(trained, tmp_path):
     ckpt = str(trained / "best.pth")
     plain = evaluate.main(["--ckpt", ckpt, "--out", str(tmp_path / "a"), "speed.strips=false"])
     fast = evaluate.main(["--ckpt", ckpt, "--out", str(tmp_path / "b"), "speed.strips=true"])
-    bf16 = evaluate.main(["--ckpt", ckpt, "--out", str(tmp_path / "c"), "speed.amp=bf16"])
+    bf16 = evaluate.main(["--ckpt", ckpt, "--out", str(tmp_path / "c"), "precision.eval=bf16"])
     assert fast["psnr"] == pytest.approx(plain["psnr"], abs=1e-4)
     assert bf16["psnr"] == pytest.approx(plain["psnr"], abs=0.1)  # bf16 keeps ~3 digits

@@ -41,5 +41,5 @@ def test_backbone_statistics_never_change(cr):
 
 
 def test_missing_weights_file_says_what_to_do(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"train\.cr_weights.*train\.cr_weight=0"):
+    with pytest.raises(FileNotFoundError, match=r"loss\.resnet_weights.*loss\.cr_weight=0"):
         build_contrastive_loss(str(tmp_path / "resnet152.pth"))

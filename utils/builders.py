@@ -23,7 +23,7 @@ from utils.config import (
     ClipConfig,
     Config,
     ConfigError,
-    config_from_dict,
+    config_from_checkpoint,
     load_config,
     override_config,
 )
@@ -101,7 +101,7 @@ def model_from_checkpoint(
             raise ConfigError(
                 f"--model {model_name} does not match {ckpt_path}, which holds {obj['model_name']}"
             )
-        cfg = override_config(config_from_dict(obj["config"]), overrides)
+        cfg = override_config(config_from_checkpoint(obj["config"]), overrides)
         text_dim = obj["text_dim"]
     else:
         if model_name is None:
@@ -131,7 +131,7 @@ def inference_network(net: nn.Module, cfg: Config, device: torch.device) -> Call
     model = torch.compile(net) if cfg.speed.compile else net
 
     def run(hazy: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
-        with autocast(device, cfg.speed.amp):
+        with autocast(device, cfg.precision.eval):
             return model(hazy, text).float()
 
     return run

@@ -23,10 +23,9 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from utils.config import DEFAULT_DOMAINS, DEFAULT_TEMPLATE
 from utils.image import PathLike, read_rgb
 
-DEFAULT_DOMAINS = ("indoor", "outdoor")
-DEFAULT_TEMPLATE = "a photo of a {}"
 FEATURE_MODES = ("hard", "soft")
 # Fixed softmax temperature of the protocol (equal to OpenAI CLIP's learned logit scale).
 LOGIT_SCALE = 100.0

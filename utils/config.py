@@ -17,7 +17,19 @@ from typing import Any, Literal
 
 import yaml
 
-from utils.clip_domains import DEFAULT_DOMAINS, DEFAULT_TEMPLATE
+# The paper's prompts ("a photo of a indoor" / "a photo of a outdoor", grammar as upstream).
+DEFAULT_DOMAINS = ("indoor", "outdoor")
+DEFAULT_TEMPLATE = "a photo of a {}"
+Precision = Literal["none", "fp16", "bf16"]
+
+# Keys that moved: an old key in a YAML file or an override is an error naming its new place.
+RENAMED_KEYS = {
+    "train.cr_weight": "loss.cr_weight",
+    "train.cr_weights": "loss.resnet_weights",
+    "train.cr_imagenet_norm": "loss.resnet_imagenet_norm",
+    "train.amp": "precision.train",
+    "speed.amp": "precision.eval",
+}
 
 
 class ConfigError(ValueError):
@@ -76,7 +88,7 @@ class ClipConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation schedule and loss (PROTOCOL.md's defaults)."""
+    """Optimisation schedule (PROTOCOL.md's defaults)."""
 
     batch_size: int = 16
     epochs: int = 1000
@@ -84,10 +96,6 @@ class TrainConfig:
     lr_min_ratio: float = 1e-2
     weight_decay: float = 0.01
     eval_freq: int = 1
-    cr_weight: float = 0.1
-    cr_weights: str | None = None  # local ResNet-152 ImageNet weights; None: torchvision's
-    cr_imagenet_norm: bool = False  # upstream feeds [-1, 1] images to ResNet unnormalised
-    amp: Literal["none", "fp16", "bf16"] = "fp16"  # CUDA only; CPU always trains in fp32
     nonfinite: Literal["stop", "skip"] = "stop"
     seed: int = 0
     log_images: int = 4
@@ -101,7 +109,23 @@ class SpeedConfig:
     strips: bool = True  # inference: wide intermediates a few rows at a time (less memory)
     fused_dwconv: bool = False  # the three depthwise convs as one grouped conv (no faster on CPU)
     compile: bool = False  # torch.compile the network (GPU runs)
-    amp: Literal["none", "fp16", "bf16"] = "none"  # autocast for test.py/predict.py
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """L1 + cr_weight * contrastive regularisation over frozen ResNet-152 features."""
+
+    cr_weight: float = 0.1  # 0: L1 only, the ResNet is never built
+    resnet_weights: str | None = None  # local ImageNet ResNet-152 file; None: torchvision's
+    resnet_imagenet_norm: bool = False  # upstream feeds [-1, 1] images to ResNet unnormalised
+
+
+@dataclass(frozen=True)
+class PrecisionConfig:
+    """Autocast precision of each phase; 'none' is fp32. fp16 exists on CUDA only."""
+
+    train: Precision = "fp16"  # training forward and loss (CUDA; CPU always trains in fp32)
+    eval: Precision = "none"  # validation and test.py (the protocol evaluates in fp32)
 
 
 @dataclass(frozen=True)
@@ -114,6 +138,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
 
     @property
@@ -175,8 +201,11 @@ def _build(cls: type, data: Any, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
+    where = f"{prefix}." if prefix else ""
+    for key in unknown:
+        if where + key in RENAMED_KEYS:
+            raise ConfigError(f"{where}{key} was renamed: use {RENAMED_KEYS[where + key]}")
     if unknown:
-        where = f"{prefix}." if prefix else ""
         raise ConfigError(
             f"unknown config key {', '.join(where + k for k in unknown)} "
             f"(known keys{' of ' + prefix if prefix else ''}: {', '.join(names)})"
@@ -228,6 +257,16 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
 def config_from_dict(data: dict) -> Config:
     """Build a checked `Config` from plain data (a parsed YAML file or a checkpoint's copy)."""
     return _build(Config, data)
+
+
+def config_from_checkpoint(data: dict) -> Config:
+    """The config stored in a checkpoint, with keys renamed since it was written moved."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for old, new in RENAMED_KEYS.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        if old_key in data.get(old_section, {}):
+            data.setdefault(new_section, {})[new_key] = data[old_section].pop(old_key)
+    return config_from_dict(data)
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:

@@ -64,8 +64,8 @@ def build_contrastive_loss(weights: str | None, imagenet_norm: bool = False) -> 
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(
-                f"train.cr_weights: {path} does not exist; point it at torchvision's "
-                "resnet152-394f9c45.pth (or set train.cr_weight=0 to train without CR)"
+                f"loss.resnet_weights: {path} does not exist; point it at torchvision's "
+                "resnet152-394f9c45.pth (or set loss.cr_weight=0 to train without CR)"
             )
         resnet = torchvision.models.resnet152(weights=None)
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -80,7 +80,7 @@ def build_contrastive_loss(weights: str | None, imagenet_norm: bool = False) -> 
                 "could not load ImageNet ResNet-152 weights for the contrastive loss "
                 f"({type(e).__name__}: {e}). Without internet, download "
                 "https://download.pytorch.org/models/resnet152-394f9c45.pth elsewhere and set "
-                "train.cr_weights=/path/to/resnet152-394f9c45.pth, or copy it into "
-                f"{torch.hub.get_dir()}/checkpoints/; or set train.cr_weight=0 to train without CR"
+                "loss.resnet_weights=/path/to/resnet152-394f9c45.pth, or copy it into "
+                f"{torch.hub.get_dir()}/checkpoints/; or set loss.cr_weight=0 to train without CR"
             ) from e
     return ContrastiveLoss(resnet_slices(resnet), imagenet_norm=imagenet_norm)
