@@ -6,11 +6,19 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from datasets import ImageFolderDataset, PairedDataset
 from datasets.synthetic import main as synthetic_main
 from datasets.synthetic import make_synthetic_dataset
-from utils.image import from_model_range, list_images, read_rgb, to_model_range, write_rgb
+from utils.image import (
+    from_model_range,
+    image_size,
+    list_images,
+    read_rgb,
+    to_model_range,
+    write_rgb,
+)
 
 
 def _noise(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -81,6 +89,20 @@ def test_read_rgb_converts_odd_formats_with_a_warning(tmp_path):
     cv2.imwrite(str(tmp_path / "deep.png"), np.full((6, 6, 3), 65535, np.uint16))
     with pytest.warns(UserWarning, match="deep.png.*16-bit"):
         assert (read_rgb(tmp_path / "deep.png") == 255).all()
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_exif_orientation_applied_as_the_authors_reader_does(tmp_path, suffix):
+    stored = _noise(20, 30)
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        path = tmp_path / f"o{orientation}{suffix}"
+        Image.fromarray(stored).save(path, exif=exif, quality=100)
+        upright = cv2.imread(str(path))[..., ::-1]  # cv2.imread applies the orientation
+        assert upright.shape[:2] == ((20, 30) if orientation < 5 else (30, 20))
+        assert np.array_equal(read_rgb(path), upright), orientation
+        assert image_size(path) == upright.shape[:2], orientation
 
 
 def test_read_rgb_errors_name_the_file(tmp_path):

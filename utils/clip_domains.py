@@ -32,7 +32,7 @@ LOGIT_SCALE = 100.0
 # Seed of randomly initialised CLIP models, so that every process builds the same one.
 RANDOM_INIT_SEED = 0
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "clip"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: images read upright (EXIF orientation applied)
 
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
 
@@ -306,10 +306,11 @@ def _load_cache(cache_file: Path) -> tuple[dict | None, str]:
         return None, "no cache file yet"
     try:
         data = torch.load(cache_file, map_location="cpu", weights_only=True)
+        if data["format"] != CACHE_FORMAT:
+            return None, f"cache format {data['format']} was written by an earlier version"
         n, k = len(data["names"]), len(data["record"]["prompts"])
         ok = (
-            data["format"] == CACHE_FORMAT
-            and data["probs"].shape == (n, k)
+            data["probs"].shape == (n, k)
             and data["text_emb"].shape[0] == k
             and len(data["record"]["images"]) == n
         )
