@@ -26,7 +26,7 @@ from utils.builders import (
     needs_text,
     pick_device,
 )
-from utils.cli import run
+from utils.cli import positive_int, run
 from utils.clip_domains import classify, domain_feature, domain_prompts, text_embeddings
 from utils.image import from_model_range, read_rgb, to_model_range, uint8_to_tensor, write_rgb
 from utils.memory import available_memory
@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compare", action="store_true", help="also write hazy|dehazed side by side")
     p.add_argument(
         "--max-side",
-        type=int,
+        type=positive_int,
         default=None,
         help="downscale images whose longer side exceeds this before dehazing",
     )
@@ -107,9 +107,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     written: list[Path] = []
     failed: list[str] = []
-    for path, name in tqdm(
-        zip(dataset.paths, dataset.names, strict=True), total=len(dataset), desc="dehazing"
-    ):
+    pairs = zip(dataset.paths, dataset.names, strict=True)
+    for path, name in tqdm(pairs, "dehazing", len(dataset), disable=None):
         try:
             img = read_rgb(path)
             if args.max_side and max(img.shape[:2]) > args.max_side:

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     output_names = png_names(dataset.names)
     rows = []
-    for batch in tqdm(loader, desc=f"testing {root.name}/{split}", dynamic_ncols=True):
+    for batch in tqdm(loader, f"testing {root.name}/{split}", disable=None, dynamic_ncols=True):
         hazy, gt = batch["hazy"].to(device), batch["gt"].to(device)
         text = batch["text"].to(device) if "text" in batch else None
         out01 = from_model_range(run_net(hazy, text))

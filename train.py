@@ -27,9 +27,9 @@ from tqdm import tqdm
 from datasets import PairedDataset
 from datasets.synthetic import make_synthetic_dataset
 from models import load_pretrained
-from utils.builders import autocast, build_network, domain_cache_for, needs_text
+from utils.builders import autocast, build_network, check_names, domain_cache_for, needs_text
 from utils.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_atomic
-from utils.cli import run
+from utils.cli import positive_int, run
 from utils.clip_domains import embedding_width
 from utils.config import Config, ConfigError, config_to_dict, dump_config, load_config
 from utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from <run>/last.pth")
     p.add_argument(
         "--stop-after-epochs",
-        type=int,
+        type=positive_int,
         default=None,
         help="train at most this many epochs in this invocation, then exit (time-limited queues)",
     )
@@ -155,11 +155,29 @@ def validate(
     return totals[0].item() / n, totals[1].item() / n, grid
 
 
+def open_splits(cfg: Config) -> tuple[PairedDataset, PairedDataset]:
+    """The training and validation splits (headers only), every problem of both reported at once."""
+    d = cfg.data
+    splits, problems = [], []
+    for split, mode in ((d.train_split, "train"), (d.test_split, "valid")):
+        try:
+            splits.append(PairedDataset(d.root, split, mode, d.patch_size))
+        except ValueError as e:
+            problems.append(str(e))
+    if not Path(d.root).is_dir():
+        problems.append(
+            f"data.root={d.root} is not a folder (relative paths are relative to the folder "
+            f"you run from, {Path.cwd()}); set data.root=/path/to/dataset"
+        )
+    if problems:
+        raise ValueError("\n".join(problems))
+    return splits[0], splits[1]
+
+
 def check_data(cfg: Config, info: DistInfo) -> None:
     """Find every problem with the data before anything slow (CLIP, training) starts."""
     d = cfg.data
-    train_set = PairedDataset(d.root, d.train_split, "train", d.patch_size)
-    val_set = PairedDataset(d.root, d.test_split, "valid", d.patch_size)
+    train_set, val_set = open_splits(cfg)
     if not any(h >= d.patch_size and w >= d.patch_size for h, w in train_set.sizes.values()):
         largest = max(min(hw) for hw in train_set.sizes.values())
         raise ConfigError(
@@ -211,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train; returns the best validation PSNR/SSIM and the run folder's checkpoints."""
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
+    check_names(cfg)
     if args.print_config:
         print(dump_config(cfg), end="")
         return {}
@@ -359,7 +378,7 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
             bar = tqdm(
                 train_loader,
                 desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-                disable=not info.is_main,
+                disable=None if info.is_main else True,  # no bar on other ranks or in logs
                 leave=False,
                 dynamic_ncols=True,
             )

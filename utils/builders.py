@@ -18,7 +18,13 @@ from torch import nn
 from models import build_model, load_pretrained
 from models.factory import FAMILIES, MODEL_NAMES
 from utils.checkpoint import is_project_checkpoint, read_file
-from utils.clip_domains import DomainCache, embedding_width, load_clip, prepare_domains
+from utils.clip_domains import (
+    DomainCache,
+    check_arch,
+    embedding_width,
+    load_clip,
+    prepare_domains,
+)
 from utils.config import (
     ClipConfig,
     Config,
@@ -37,6 +43,12 @@ def needs_text(cfg: Config) -> bool:
     if cfg.model.name not in MODEL_NAMES:
         raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; known: {MODEL_NAMES}")
     return FAMILIES[cfg.model.name.rsplit("-", 1)[0]] != "none"
+
+
+def check_names(cfg: Config) -> None:
+    """Refuse an unknown model or CLIP architecture as soon as the config is read."""
+    if needs_text(cfg):
+        check_arch(cfg.clip.arch)
 
 
 def domain_cache_file(clip: ClipConfig, hazy_dir: Path) -> Path:
