@@ -25,7 +25,7 @@ from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from datasets import PairedDataset
-from datasets.synthetic import make_synthetic_dataset
+from datasets.synthetic import DEFAULT_ROOT, generate_if_configured
 from models import load_pretrained
 from utils.builders import autocast, build_network, check_names, domain_cache_for, needs_text
 from utils.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_atomic
@@ -169,6 +169,11 @@ def open_splits(cfg: Config) -> tuple[PairedDataset, PairedDataset]:
             f"data.root={d.root} is not a folder (relative paths are relative to the folder "
             f"you run from, {Path.cwd()}); set data.root=/path/to/dataset"
         )
+        if d.synthetic.enabled:
+            problems.append(
+                f"data.synthetic.enabled generates data only in {DEFAULT_ROOT}; "
+                f"`python -m datasets.synthetic --out {d.root}` writes it elsewhere"
+            )
     if problems:
         raise ValueError("\n".join(problems))
     return splits[0], splits[1]
@@ -265,11 +270,7 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
         cmd = shlex.join(["python", "train.py", *(argv if argv is not None else sys.argv[1:])])
         with open(run_dir / "command.txt", "a") as f:
             f.write(cmd + "\n")
-        syn = cfg.data.synthetic
-        if syn.enabled and not Path(cfg.data.root).exists():
-            print(f"generating a synthetic dataset in {cfg.data.root}")
-            sides = (syn.min_side, syn.max_side)
-            make_synthetic_dataset(cfg.data.root, syn.train, syn.test, (sides, sides), syn.seed)
+        generate_if_configured(cfg.data)
     barrier(info)
 
     check_data(cfg, info)

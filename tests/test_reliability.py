@@ -277,8 +277,9 @@ def test_missing_dataset_names_every_split_and_the_key(tmp_path):
     with pytest.raises(ValueError) as e:
         train.main(train_args(tmp_path / "no-data", tmp_path))
     msg = str(e.value)
-    for missing in ("no-data/train", "no-data/test", "data.root"):
+    for missing in ("no-data/train", "no-data/test", "data.root", "data.synthetic"):
         assert missing in msg
+    assert not (tmp_path / "no-data").exists()  # no synthetic data made up in its place
 
 
 @pytest.mark.parametrize(

@@ -48,10 +48,14 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """A procedurally generated hazy dataset, written to `data.root` when it is absent."""
+    """The procedural hazy dataset of `python -m datasets.synthetic` (these are its defaults).
+
+    `enabled` generates it when data.root is that command's default folder and absent; any
+    other data.root is the user's data and is never generated.
+    """
 
     enabled: bool = False
-    train: int = 96
+    train: int = 64
     test: int = 16
     min_side: int = 72  # each image side is drawn from [min_side, max_side]
     max_side: int = 120
