@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -195,3 +197,81 @@ def test_test_py_speed_switches_keep_the_metrics(trained, tmp_path):
     bf16 = evaluate.main(["--ckpt", ckpt, "--out", str(tmp_path / "c"), "precision.eval=bf16"])
     assert fast["psnr"] == pytest.approx(plain["psnr"], abs=1e-4)
     assert bf16["psnr"] == pytest.approx(plain["psnr"], abs=0.1)  # bf16 keeps ~3 digits
+
+
+def test_predict_never_touches_an_input_nor_writes_two_outputs_to_one_file(trained, tmp_path):
+    photos = tmp_path / "photos"
+    write_rgb(photos / "photo.jpg", np.full((20, 30, 3), 90, np.uint8))
+    write_rgb(photos / "photo.png", np.full((24, 28, 3), 150, np.uint8))
+    before = {p: p.read_bytes() for p in photos.iterdir()}
+    ckpt = str(trained / "last.pth")
+    for inputs in ([str(photos)], [str(photos / "photo.jpg")]):
+        with pytest.raises(FileExistsError, match="holds input images"):
+            predict.main(["--ckpt", ckpt, *inputs, "--out", str(photos), "--compare"])
+    assert {p: p.read_bytes() for p in photos.iterdir()} == before
+
+    out = photos / "dehazed"  # inside the input folder, which is not searched recursively
+    args = ["--ckpt", ckpt, str(photos), "--out", str(out), "--compare"]
+    predict.main(args)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "photo.jpg.png",
+        "photo.jpg_compare.png",
+        "photo.png.png",
+        "photo.png_compare.png",
+    ]
+    assert read_rgb(out / "photo.jpg.png").shape == (20, 30, 3)
+    assert read_rgb(out / "photo.png.png").shape == (24, 28, 3)
+    with pytest.raises(FileExistsError, match=r"4 output.*--overwrite"):
+        predict.main(args)
+    (out / "photo.png.png").write_bytes(b"stale")
+    assert len(predict.main([*args, "--overwrite"])) == 2
+    assert read_rgb(out / "photo.png.png").shape == (24, 28, 3)
+    assert {p: p.read_bytes() for p in photos.iterdir() if p.is_file()} == before
+
+
+def test_a_moved_clip_file_is_overridden_and_the_network_settings_are_not(
+    trained, tmp_path, tiny_clip_weights
+):
+    moved = load_checkpoint(trained / "last.pth")
+    moved["config"]["clip"]["pretrained"] = str(tmp_path / "old-machine" / "tiny-clip.pt")
+    torch.save(moved, tmp_path / "moved.pth")
+    write_rgb(tmp_path / "in" / "a.png", np.full((20, 24, 3), 120, np.uint8))
+    args = ["--ckpt", str(tmp_path / "moved.pth"), str(tmp_path / "in")]
+    with pytest.raises(RuntimeError, match="old-machine"):
+        predict.main([*args, "--out", str(tmp_path / "a")])
+    override = f"clip.pretrained={tiny_clip_weights}"
+    assert len(predict.main([*args, "--out", str(tmp_path / "b"), override])) == 1
+
+    best = str(trained / "best.pth")
+    with pytest.raises(ConfigError, match=r"model\.name='mixcl-t'.*model\.name='mixcl-s'") as e:
+        evaluate.main(["--ckpt", best, "model.name=mixcl-s"])
+    assert len(str(e.value)) < 500
+    with pytest.raises(ConfigError, match=r"train\.lr"):
+        predict.main([*args, "--out", str(tmp_path / "c"), "train.lr=1"])
+    quickstart = str(REPO / "configs" / "quickstart.yaml")
+    with pytest.raises(ConfigError, match=r"--config.*section\.key=value"):
+        evaluate.main(["--ckpt", best, "--config", quickstart])
+
+
+def test_test_py_keeps_differently_configured_results_apart(trained, tmp_path, monkeypatch):
+    run = tmp_path / "myrun"
+    run.mkdir()
+    shutil.copy(trained / "best.pth", run)
+    monkeypatch.chdir(run)  # `--ckpt best.pth` from inside the run folder
+    evaluate.main(["--ckpt", "best.pth"])
+    evaluate.main(["--ckpt", "best.pth", "precision.eval=bf16"])
+    results = run / "results" / "myrun_best"
+    plain = json.loads((results / "synthetic-test" / "metrics.json").read_text())
+    bf16 = json.loads((results / "synthetic-test_precision.eval=bf16" / "metrics.json").read_text())
+    assert plain["overrides"] == [] and plain["config"]["precision"]["eval"] == "none"
+    assert bf16["overrides"] == ["precision.eval=bf16"]
+    assert bf16["config"]["precision"]["eval"] == "bf16"
+    assert bf16["config"]["model"]["name"] == "mixcl-t"
+
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        evaluate.main(["--ckpt", "best.pth", "--save-images"])
+    evaluate.main(["--ckpt", "best.pth", "--overwrite", "--save-images"])
+    evaluate.main(["--ckpt", "best.pth", "--overwrite"])
+    assert not (results / "synthetic-test" / "images").exists()  # no stale images left
+    with pytest.raises(SystemExit):
+        evaluate.main(["--ckpt", "best.pth", "--data-dir", "a", "--dataset", "b"])

@@ -26,12 +26,15 @@ from utils.clip_domains import (
     prepare_domains,
 )
 from utils.config import (
+    EVALUATION_KEYS,
     ClipConfig,
     Config,
     ConfigError,
+    config_changes,
     config_from_checkpoint,
     load_config,
     override_config,
+    refuse_changes,
 )
 from utils.image import list_images
 
@@ -101,11 +104,13 @@ def model_from_checkpoint(
     model_name: str | None = None,
     config: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
-) -> tuple[nn.Module, Config]:
+) -> tuple[nn.Module, Config, dict]:
     """Rebuild the network (in eval mode) and its config from a checkpoint.
 
-    A checkpoint written by train.py carries its config; the authors' released .pth files do
-    not, so they need `model_name` (and optionally a config for the CLIP and data settings).
+    A checkpoint written by train.py carries its config, of which `overrides` may change only
+    EVALUATION_KEYS; the authors' released .pth files do not, so they need `model_name` (and
+    optionally a config file for the CLIP and data settings). Also returns the settings that
+    the overrides changed, {key: (old, new)}.
     """
     obj = read_file(ckpt_path)
     if is_project_checkpoint(obj):
@@ -113,7 +118,14 @@ def model_from_checkpoint(
             raise ConfigError(
                 f"--model {model_name} does not match {ckpt_path}, which holds {obj['model_name']}"
             )
-        cfg = override_config(config_from_checkpoint(obj["config"]), overrides)
+        if config is not None:
+            raise ConfigError(
+                f"--config {config}: {ckpt_path} was written by train.py and carries its own "
+                "config; change single settings as section.key=value instead"
+            )
+        saved = config_from_checkpoint(obj["config"])
+        cfg = override_config(saved, overrides)
+        changes = refuse_changes(saved, cfg, EVALUATION_KEYS, str(ckpt_path))
         text_dim = obj["text_dim"]
     else:
         if model_name is None:
@@ -121,11 +133,17 @@ def model_from_checkpoint(
                 f"{ckpt_path} was not written by train.py (no config inside): pass --model NAME "
                 "(e.g. --model mixcl-s) to evaluate released weights"
             )
-        cfg = load_config(config, [*overrides, f"model.name={model_name}"])
+        named = f"model.name={model_name}"
+        cfg = load_config(config, [*overrides, named])
+        changes = config_changes(load_config(config, [named]), cfg)
+        check_names(cfg)
         text_dim = embedding_width(cfg.clip.arch) if needs_text(cfg) else None
     net = build_network(cfg, text_dim)
-    load_pretrained(net, obj)
-    return net.eval(), cfg
+    try:
+        load_pretrained(net, obj)
+    except ValueError as e:
+        raise ValueError(f"{ckpt_path} does not fit {cfg.model.name}: {e}") from e
+    return net.eval(), cfg, changes
 
 
 def autocast(device: torch.device, amp: str) -> AbstractContextManager:

@@ -31,6 +31,36 @@ RENAMED_KEYS = {
     "speed.amp": "precision.eval",
 }
 
+# Settings a checkpoint's config may take new values for in a later call, one place for all:
+# where files are and how many workers read them (never changes a result) ...
+LOCATION_KEYS = (
+    "exp_name",
+    "output_dir",
+    "data.root",
+    "data.num_workers",
+    "data.verify_images",
+    "clip.pretrained",
+    "clip.cache_dir",
+    "clip.batch_size",
+    "loss.resnet_weights",
+    "model.init_from",
+)
+# ... how fast and how precisely the network runs (changes results within float tolerance) ...
+SPEED_KEYS = ("speed", "precision.eval")
+# ... in test.py and predict.py also the domain features, soft for a hard-trained network ...
+EVALUATION_KEYS = (*LOCATION_KEYS, *SPEED_KEYS, "clip.mode")
+# ... and with train.py --resume the number of epochs (the cosine schedule is re-planned), how
+# often to validate and log, and what to do on a non-finite loss. Every other key describes the
+# network or how it is trained, and a different value is refused.
+RESUME_KEYS = (
+    *LOCATION_KEYS,
+    *SPEED_KEYS,
+    "train.epochs",
+    "train.eval_freq",
+    "train.log_images",
+    "train.nonfinite",
+)
+
 
 class ConfigError(ValueError):
     """A configuration file or override is wrong; the message names the key."""
@@ -306,3 +336,39 @@ def config_to_dict(cfg: Config) -> dict:
 
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, f"{key}.") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def covers(keys: Sequence[str], key: str) -> bool:
+    """Whether the dotted `key` is one of `keys` or lies in a section among them."""
+    return any(key == k or key.startswith(f"{k}.") for k in keys)
+
+
+def config_changes(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
+    """Every dotted key whose value differs, with its (old, new) values."""
+    a, b = _flat(config_to_dict(old)), _flat(config_to_dict(new))
+    return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
+def refuse_changes(old: Config, new: Config, allowed: Sequence[str], source: str) -> dict:
+    """The changes from `old` to `new`; a ConfigError naming those outside `allowed`.
+
+    `allowed` holds dotted keys or whole sections; `source` says what `old` comes from.
+    """
+    changes = config_changes(old, new)
+    refused = [k for k in changes if not covers(allowed, k)]
+    if refused:
+        was = ", ".join(f"{k}={changes[k][0]!r}" for k in refused)
+        now = ", ".join(f"{k}={changes[k][1]!r}" for k in refused)
+        raise ConfigError(
+            f"{source} was trained with {was} but the config says {now}; only these may "
+            f"differ: {', '.join(allowed)}"
+        )
+    return changes

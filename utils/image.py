@@ -17,6 +17,8 @@ precedes the pixel data (where PNG puts it), so a header check never decodes the
 import io
 import os
 import warnings
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -83,6 +85,13 @@ def _orientation(im: Image.Image) -> int:
         return 1  # Pillow would decode the pixels to look for EXIF after them
     orientation = im.getexif().get(EXIF_ORIENTATION, 1)
     return orientation if orientation in _UPRIGHT else 1
+
+
+def png_names(names: Sequence[str]) -> dict[str, str]:
+    """Output file name per input name: `a.jpg` -> `a.png`, or `a.jpg.png` when another input
+    has the stem `a` too, so that no two outputs share a file."""
+    stems = Counter(Path(n).stem for n in names)
+    return {n: f"{Path(n).stem if stems[Path(n).stem] == 1 else n}.png" for n in names}
 
 
 def image_size(path: PathLike) -> tuple[int, int]:
