@@ -31,7 +31,16 @@ from utils.builders import autocast, build_network, check_names, domain_cache_fo
 from utils.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_atomic
 from utils.cli import positive_int, run
 from utils.clip_domains import embedding_width
-from utils.config import Config, ConfigError, config_to_dict, dump_config, load_config
+from utils.config import (
+    RESUME_KEYS,
+    Config,
+    ConfigError,
+    config_from_checkpoint,
+    config_to_dict,
+    dump_config,
+    load_config,
+    refuse_changes,
+)
 from utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from utils.image import from_model_range, write_rgb
 from utils.losses import build_contrastive_loss
@@ -96,17 +105,44 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def check_resume_matches(cfg: Config, ckpt: Mapping[str, Any], path: Path) -> None:
-    """Refuse to resume a checkpoint into a different network than the config describes."""
-    saved = ckpt["config"]["model"]
-    for key in ("name", "fusion", "depths"):
-        want = getattr(cfg.model, key)
-        want = list(want) if isinstance(want, tuple) else want
-        if saved.get(key) != want:
-            raise ConfigError(
-                f"--resume: {path} was trained with model.{key}={saved.get(key)!r} but the "
-                f"config says model.{key}={want!r}; use the run's own config or another exp_name"
-            )
+def checkpoint_to_resume(cfg: Config, path: Path) -> dict[str, Any]:
+    """The run's last checkpoint, after refusing settings that a resumed run cannot honour."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {path} to continue from")
+    ckpt = load_checkpoint(path)
+    saved = config_from_checkpoint(ckpt["config"])
+    hint = "; to train with other settings, start a new run (another exp_name=...)"
+    refuse_changes(saved, cfg, RESUME_KEYS, f"--resume: {path}", hint)
+    if cfg.train.epochs < ckpt["epoch"]:
+        raise ConfigError(
+            f"--resume: {path} has trained {ckpt['epoch']} epochs already, more than "
+            f"train.epochs={cfg.train.epochs}"
+        )
+    return ckpt
+
+
+def replan_schedule(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.CosineAnnealingLR,
+    epochs: int,
+    done: int,
+) -> None:
+    """Continue the cosine decay as a run planned for `epochs` epochs does after `done` epochs."""
+    scheduler.T_max = epochs
+    progress = (1 + math.cos(math.pi * done / epochs)) / 2
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * progress
+
+
+def record_run(cfg: Config, run_dir: Path, argv: list[str] | None) -> None:
+    """config.yaml: the settings the run trains with from now on; command.txt: every command."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob(".*.pth.*.tmp"):  # left by a process killed while saving
+        stale.unlink()
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    cmd = shlex.join(["python", "train.py", *(argv if argv is not None else sys.argv[1:])])
+    with open(run_dir / "command.txt", "a") as f:
+        f.write(cmd + "\n")
 
 
 def text_features(cfg: Config, split: str, info: DistInfo) -> dict[str, torch.Tensor]:
@@ -252,10 +288,14 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
 
     resume_ckpt = None
     if args.resume:
-        if not last_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {last_path} to continue from")
-        resume_ckpt = load_checkpoint(last_path)
-        check_resume_matches(cfg, resume_ckpt, last_path)
+        resume_ckpt = checkpoint_to_resume(cfg, last_path)
+        if resume_ckpt["epoch"] == cfg.train.epochs:
+            if info.is_main and not args.prepare_domains:
+                print(
+                    f"nothing to do: {last_path} has finished all {cfg.train.epochs} epochs "
+                    "(train.epochs=N with --resume trains it longer)"
+                )
+            return {"best_psnr": resume_ckpt["best_psnr"], "run_dir": str(run_dir)}
     elif last_path.exists() or best_path.exists():
         raise FileExistsError(
             f"{run_dir} already holds checkpoints: pass --resume to continue that run, "
@@ -263,13 +303,6 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
         )
 
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in run_dir.glob(".*.pth.*.tmp"):  # left by a process killed while saving
-            stale.unlink()
-        (run_dir / "config.yaml").write_text(dump_config(cfg))
-        cmd = shlex.join(["python", "train.py", *(argv if argv is not None else sys.argv[1:])])
-        with open(run_dir / "command.txt", "a") as f:
-            f.write(cmd + "\n")
         generate_if_configured(cfg.data)
     barrier(info)
 
@@ -283,6 +316,8 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
         text_dim = embedding_width(cfg.clip.arch)
     if args.prepare_domains:
         return {}
+    if info.is_main:
+        record_run(cfg, run_dir, argv)
 
     generator = torch.Generator()
     train_loader, val_loader, sampler = make_loaders(cfg, info, train_text, test_text, generator)
@@ -315,6 +350,16 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
         set_rng_state(resume_ckpt["rng"][min(info.rank, len(resume_ckpt["rng"]) - 1)])
         if info.is_main:
             print(f"resuming {last_path} after epoch {start_epoch} (best PSNR {best_psnr:.2f})")
+        planned = resume_ckpt["config"]["train"]["epochs"]
+        if planned != cfg.train.epochs:
+            before = optimizer.param_groups[0]["lr"]
+            replan_schedule(optimizer, scheduler, cfg.train.epochs, start_epoch)
+            if info.is_main:
+                print(
+                    f"train.epochs {planned} -> {cfg.train.epochs}: the cosine schedule is "
+                    f"re-planned for {cfg.train.epochs} epochs, so the learning rate goes from "
+                    f"{before:.3g} to {optimizer.param_groups[0]['lr']:.3g}"
+                )
 
     model: nn.Module = net
     if cfg.speed.compile:
@@ -459,7 +504,12 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
     finally:
         if writer is not None:
             writer.close()
-    if info.is_main:
+    if info.is_main and end_epoch < cfg.train.epochs:
+        print(
+            f"stopped after epoch {end_epoch} of {cfg.train.epochs}; continue with --resume "
+            f"(best validation PSNR so far {best_psnr:.2f} dB, checkpoints in {run_dir})"
+        )
+    elif info.is_main:
         print(f"done: best validation PSNR {best_psnr:.2f} dB, checkpoints in {run_dir}")
     return result
 

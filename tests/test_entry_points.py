@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -275,3 +276,32 @@ def test_test_py_keeps_differently_configured_results_apart(trained, tmp_path, m
     assert not (results / "synthetic-test" / "images").exists()  # no stale images left
     with pytest.raises(SystemExit):
         evaluate.main(["--ckpt", "best.pth", "--data-dir", "a", "--dataset", "b"])
+
+
+def test_resume_honours_or_refuses_changed_settings(data_root, tmp_path, trained, capsys):
+    args = train_args(data_root, tmp_path)  # train.epochs=2
+    train.main([*args, "--stop-after-epochs", "1"])
+    assert "stopped after epoch 1 of 2; continue with --resume" in capsys.readouterr().out
+    run = tmp_path / "run"
+    config_yaml = (run / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"train\.lr=0\.0005 but the config says train\.lr=1e-05"):
+        train.main([*args, "--resume", "train.lr=1e-5"])
+    assert (run / "config.yaml").read_text() == config_yaml
+
+    train.main([*args, "--resume", "train.epochs=4", "--stop-after-epochs", "1"])
+    out = capsys.readouterr().out
+    assert "re-planned for 4 epochs" in out and "stopped after epoch 2 of 4" in out
+    ckpt = load_checkpoint(run / "last.pth")
+    lr, eta = 5e-4, 5e-4 * 1e-2
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(
+        eta + (lr - eta) * (1 + math.cos(math.pi * 2 / 4)) / 2  # a 4-epoch cosine after epoch 2
+    )
+    assert ckpt["scheduler"]["T_max"] == ckpt["config"]["train"]["epochs"] == 4
+    assert "epochs: 4" in (run / "config.yaml").read_text()
+    assert "train.epochs=4" in (run / "command.txt").read_text().splitlines()[-1]
+
+    finished = load_checkpoint(trained / "last.pth")["epoch"]
+    train.main([*train_args(data_root, trained.parent), "--resume"])
+    assert f"nothing to do: {trained / 'last.pth'} has finished all {finished}" in (
+        capsys.readouterr().out
+    )

@@ -32,11 +32,12 @@ RENAMED_KEYS = {
 }
 
 # Settings a checkpoint's config may take new values for in a later call, one place for all:
-# where files are and how many workers read them (never changes a result) ...
+# where files are, how absent data is made, how many workers read it (never changes a result) ...
 LOCATION_KEYS = (
     "exp_name",
     "output_dir",
     "data.root",
+    "data.synthetic",
     "data.num_workers",
     "data.verify_images",
     "clip.pretrained",
@@ -357,7 +358,9 @@ def config_changes(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
     return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
 
 
-def refuse_changes(old: Config, new: Config, allowed: Sequence[str], source: str) -> dict:
+def refuse_changes(
+    old: Config, new: Config, allowed: Sequence[str], source: str, hint: str = ""
+) -> dict:
     """The changes from `old` to `new`; a ConfigError naming those outside `allowed`.
 
     `allowed` holds dotted keys or whole sections; `source` says what `old` comes from.
@@ -369,6 +372,6 @@ def refuse_changes(old: Config, new: Config, allowed: Sequence[str], source: str
         now = ", ".join(f"{k}={changes[k][1]!r}" for k in refused)
         raise ConfigError(
             f"{source} was trained with {was} but the config says {now}; only these may "
-            f"differ: {', '.join(allowed)}"
+            f"differ: {', '.join(allowed)}{hint}"
         )
     return changes
