@@ -66,6 +66,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
     p.add_argument(
+        "--print-test-ckpt",
+        action="store_true",
+        help="print the run's best.pth if it has trained all its epochs (else nothing), exit",
+    )
+    p.add_argument(
         "--prepare-domains",
         action="store_true",
         help="check the data and build the CLIP domain caches of both splits, then exit",
@@ -119,6 +124,14 @@ def checkpoint_to_resume(cfg: Config, path: Path) -> dict[str, Any]:
             f"train.epochs={cfg.train.epochs}"
         )
     return ckpt
+
+
+def checkpoint_to_test(cfg: Config) -> Path | None:
+    """best.pth once the run has trained all its epochs; None while some remain."""
+    last = cfg.run_dir / "last.pth"
+    if last.is_file() and load_checkpoint(last)["epoch"] >= cfg.train.epochs:
+        return cfg.run_dir / "best.pth"
+    return None
 
 
 def replan_schedule(
@@ -273,6 +286,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     check_names(cfg)
     if args.print_config:
         print(dump_config(cfg), end="")
+        return {}
+    if args.print_test_ckpt:
+        print(checkpoint_to_test(cfg) or "")
         return {}
     info = init_distributed()
     try:
@@ -505,9 +521,10 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
         if writer is not None:
             writer.close()
     if info.is_main and end_epoch < cfg.train.epochs:
+        best = f"best validation PSNR so far {best_psnr:.2f} dB, " if best_psnr > -math.inf else ""
         print(
             f"stopped after epoch {end_epoch} of {cfg.train.epochs}; continue with --resume "
-            f"(best validation PSNR so far {best_psnr:.2f} dB, checkpoints in {run_dir})"
+            f"({best}checkpoints in {run_dir})"
         )
     elif info.is_main:
         print(f"done: best validation PSNR {best_psnr:.2f} dB, checkpoints in {run_dir}")

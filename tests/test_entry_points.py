@@ -282,6 +282,8 @@ def test_resume_honours_or_refuses_changed_settings(data_root, tmp_path, trained
     args = train_args(data_root, tmp_path)  # train.epochs=2
     train.main([*args, "--stop-after-epochs", "1"])
     assert "stopped after epoch 1 of 2; continue with --resume" in capsys.readouterr().out
+    train.main([*args, "--print-test-ckpt"])  # what train.sh tests: nothing yet
+    assert capsys.readouterr().out == "\n"
     run = tmp_path / "run"
     config_yaml = (run / "config.yaml").read_text()
     with pytest.raises(ConfigError, match=r"train\.lr=0\.0005 but the config says train\.lr=1e-05"):
@@ -305,3 +307,18 @@ def test_resume_honours_or_refuses_changed_settings(data_root, tmp_path, trained
     assert f"nothing to do: {trained / 'last.pth'} has finished all {finished}" in (
         capsys.readouterr().out
     )
+    train.main([*train_args(data_root, trained.parent), "--print-test-ckpt"])
+    assert capsys.readouterr().out == f"{trained / 'best.pth'}\n"
+
+
+def test_train_sh_help_is_printed_once(tmp_path):
+    proc = subprocess.run(
+        ["bash", str(REPO / "train.sh"), "configs/quickstart.yaml", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and not proc.stderr
+    assert proc.stdout.count("bash train.sh [CONFIG]") == 1
+    assert not (tmp_path / "runs").exists()
