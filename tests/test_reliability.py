@@ -311,3 +311,17 @@ def test_checkpoints_get_the_permissions_of_the_other_files(trained):
     mode = (trained / "config.yaml").stat().st_mode & 0o777
     for name in ("best.pth", "last.pth"):
         assert (trained / name).stat().st_mode & 0o777 == mode, name
+
+
+def test_test_py_from_another_folder_names_the_relative_path_and_the_way_out(
+    trained, tmp_path, monkeypatch
+):
+    ckpt = load_checkpoint(trained / "best.pth")
+    ckpt["config"]["data"]["root"] = "data/synthetic"  # as the quickstart records it
+    torch.save(ckpt, tmp_path / "best.pth")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as e:
+        evaluate.main(["--ckpt", "best.pth"])
+    msg = str(e.value)
+    assert "data/synthetic/test" in msg and "data.root" in msg
+    assert str(tmp_path) in msg and "--data-dir" in msg
