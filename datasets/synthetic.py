@@ -201,7 +201,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.min_side > args.max_side:
         parser.error("need --min-side <= --max-side")
     syn = SyntheticConfig(
-        enabled=True,
         train=args.train,
         test=args.test,
         min_side=args.min_side,

@@ -11,7 +11,7 @@ file in a dataset is visible rather than silently different:
 - 16-bit -> round(value / 257), which maps 65535 to 255 exactly.
 The EXIF orientation is applied, as cv2.imread (the authors' reader) does, so a portrait phone
 photo is upright; `image_size` reports the size after it. A PNG's EXIF counts only when it
-precedes the pixel data (where PNG puts it), so a header check never decodes the pixels.
+precedes the pixel data, so that a header check never decodes the pixels.
 """
 
 import io
