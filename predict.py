@@ -2,6 +2,7 @@
 
     python predict.py --ckpt runs/reside6k-mixcl-s/best.pth photo.jpg more_photos/ --out dehazed
     python predict.py --ckpt best.pth photos/ --out dehazed --compare   # side by side
+    python predict.py --ckpt best.pth photos/ --out dehazed clip.pretrained=/path/ViT-B-32.pt
 
 Each image's domain (indoor/outdoor) is classified by the checkpoint's CLIP on the fly.
 """
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -26,9 +29,16 @@ from utils.builders import (
     needs_text,
     pick_device,
 )
-from utils.cli import run
+from utils.cli import positive_int, run
 from utils.clip_domains import classify, domain_feature, domain_prompts, text_embeddings
-from utils.image import from_model_range, read_rgb, to_model_range, uint8_to_tensor, write_rgb
+from utils.image import (
+    from_model_range,
+    png_names,
+    read_rgb,
+    to_model_range,
+    uint8_to_tensor,
+    write_rgb,
+)
 from utils.memory import available_memory
 
 # Peak memory of a full-resolution fp32 forward pass grows linearly with the pixel count;
@@ -39,19 +49,35 @@ BYTES_PER_PIXEL = 1300
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("inputs", nargs="+", help="image files and/or folders")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        help="image files and/or folders, and section.key=value overrides of the checkpoint's "
+        "paths, speed and precision (an existing file is always an input)",
+    )
     p.add_argument("--ckpt", required=True, help="checkpoint from train.py, or released weights")
     p.add_argument("--model", help="model name for released weights (e.g. mixcl-s)")
     p.add_argument("--config", help="YAML config for released weights (CLIP settings)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--compare", action="store_true", help="also write hazy|dehazed side by side")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs already in --out")
     p.add_argument(
         "--max-side",
-        type=int,
+        type=positive_int,
         default=None,
         help="downscale images whose longer side exceeds this before dehazing",
     )
-    return p.parse_intermixed_args(argv)
+    args = p.parse_intermixed_args(argv)
+    args.overrides = [a for a in args.inputs if is_override(a)]
+    args.inputs = [a for a in args.inputs if not is_override(a)]
+    if not args.inputs:
+        p.error("no input images given")
+    return args
+
+
+def is_override(arg: str) -> bool:
+    """`section.key=value`, unless a file or folder of that name exists."""
+    return re.match(r"\w+(\.\w+)*=", arg) is not None and not Path(arg).exists()
 
 
 class PredictError(RuntimeError):
@@ -78,6 +104,36 @@ def check_memory(h: int, w: int, device: torch.device) -> None:
         )
 
 
+def plan_outputs(inputs: list[Path], out: Path, compare: bool, overwrite: bool) -> list[list[Path]]:
+    """The output files of every input, after refusing anything that would touch an input,
+    write two outputs to one file, or replace an earlier output without --overwrite."""
+    holding = [p for p in inputs if p.parent == out.resolve()]
+    if holding:
+        raise FileExistsError(
+            f"--out {out} holds input images ({holding[0]}): their outputs could replace them "
+            f"and be dehazed again on the next run; choose another folder, e.g. {out / 'dehazed'}"
+        )
+    names = png_names([p.name for p in inputs])
+    plan = []
+    for p in inputs:
+        png = out / names[p.name]
+        plan.append([png, png.with_name(f"{png.stem}_compare.png")] if compare else [png])
+    targets = [t for files in plan for t in files]
+    clashes = sorted(str(t) for t, n in Counter(targets).items() if n > 1)
+    if clashes:
+        raise ValueError(f"two outputs would share a file name: {', '.join(clashes)}")
+    earlier = [t for t in targets if t.exists()]
+    if earlier and not overwrite:
+        shown = ", ".join(t.name for t in earlier[:5]) + (" ..." if len(earlier) > 5 else "")
+        raise FileExistsError(
+            f"{len(earlier)} output(s) already exist in {out} ({shown}): pass --overwrite to "
+            "replace them, or choose another --out"
+        )
+    if earlier:
+        print(f"replacing {len(earlier)} earlier output(s) in {out}")
+    return plan
+
+
 def _check_out_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -92,11 +148,12 @@ def main(argv: list[str] | None = None) -> list[Path]:
     """Dehaze every input image; returns the written output paths."""
     args = parse_args(argv)
     out_dir = Path(args.out)
+    dataset = ImageFolderDataset(args.inputs)
+    plan = plan_outputs(dataset.paths, out_dir, args.compare, args.overwrite)
     _check_out_dir(out_dir)
-    net, cfg = model_from_checkpoint(args.ckpt, args.model, args.config)
+    net, cfg, _ = model_from_checkpoint(args.ckpt, args.model, args.config, args.overrides)
     device = pick_device()
     run_net = inference_network(net, cfg, device)
-    dataset = ImageFolderDataset(args.inputs)
 
     clip = None
     if needs_text(cfg):
@@ -107,9 +164,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     written: list[Path] = []
     failed: list[str] = []
-    for path, name in tqdm(
-        zip(dataset.paths, dataset.names, strict=True), total=len(dataset), desc="dehazing"
-    ):
+    jobs = zip(dataset.paths, plan, strict=True)
+    for path, targets in tqdm(jobs, "dehazing", len(plan), disable=None):
         try:
             img = read_rgb(path)
             if args.max_side and max(img.shape[:2]) > args.max_side:
@@ -126,12 +182,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
             probs = classify(clip_model, preprocess, [img], text_emb)
             text = domain_feature(probs[0], text_emb, cfg.clip.mode)[None].to(device)
         out01 = from_model_range(run_net(to_model_range(hazy), text))[0].cpu()
-        target = out_dir / f"{Path(name).stem}.png"
-        write_rgb(target, out01)
-        written.append(target)
+        write_rgb(targets[0], out01)
+        written.append(targets[0])
         if args.compare:
-            side = torch.cat([hazy[0].cpu(), out01], dim=-1)
-            write_rgb(out_dir / f"{Path(name).stem}_compare.png", side)
+            write_rgb(targets[1], torch.cat([hazy[0].cpu(), out01], dim=-1))
     print(f"wrote {len(written)} image(s) to {out_dir}")
     if failed:
         raise PredictError(f"{len(failed)} image(s) not dehazed:\n  " + "\n  ".join(failed))

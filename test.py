@@ -11,7 +11,9 @@ import argparse
 import csv
 import json
 import math
-from collections import Counter, defaultdict
+import re
+import shutil
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -27,8 +29,11 @@ from utils.builders import (
     pick_device,
 )
 from utils.cli import run
-from utils.image import from_model_range, write_rgb
+from utils.config import LOCATION_KEYS, Config, config_to_dict, covers
+from utils.image import from_model_range, png_names, write_rgb
 from utils.metrics import psnr, ssim
+
+RESULT_FILES = ("per_image.csv", "metrics.json", "images")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,19 +41,70 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ckpt", required=True, help="checkpoint from train.py, or released weights")
     p.add_argument("--model", help="model name for released weights (e.g. mixcl-s)")
     p.add_argument("--config", help="YAML config for released weights (CLIP and data settings)")
-    p.add_argument("--data-dir", help="dataset root holding <split>/GT and <split>/hazy")
-    p.add_argument("--dataset", help="dataset name beside the configured one, e.g. RESIDE-IN")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--data-dir", help="dataset root holding <split>/GT and <split>/hazy")
+    data.add_argument("--dataset", help="dataset name beside the configured one, e.g. RESIDE-IN")
     p.add_argument("--split", help="split folder (default: the config's data.test_split)")
-    p.add_argument("--out", help="result folder (default: results/<run>_<ckpt>/<dataset>-<split>)")
+    p.add_argument(
+        "--out",
+        help="result folder (default: results/<run>_<ckpt>/<dataset>-<split>, followed by the "
+        "settings the overrides change)",
+    )
     p.add_argument("--save-images", action="store_true", help="also write the dehazed PNGs")
-    p.add_argument("overrides", nargs="*", help="section.key=value config overrides")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="section.key=value overrides of the checkpoint's paths, speed and precision",
+    )
     return p.parse_intermixed_args(argv)
 
 
-def png_names(names: list[str]) -> dict[str, str]:
-    """Output file per input: `a.jpg` -> `a.png`, unless that collides with another input."""
-    stems = Counter(Path(n).stem for n in names)
-    return {n: f"{Path(n).stem if stems[Path(n).stem] == 1 else n}.png" for n in names}
+def data_to_test(args: argparse.Namespace, cfg: Config) -> tuple[Path, str]:
+    """The dataset root and split to evaluate; a missing one is named with where it came from."""
+    root = Path(args.data_dir or cfg.data.root)
+    if args.dataset:
+        root = Path(cfg.data.root).parent / args.dataset
+    split = args.split or cfg.data.test_split
+    if not (root / split).is_dir():
+        origin = "--data-dir" if args.data_dir else "--dataset" if args.dataset else "data.root"
+        raise FileNotFoundError(
+            f"test split not found: {root / split} (from {origin}; relative paths are relative "
+            f"to the folder you run from, {Path.cwd()}); pass --data-dir DIR [--split NAME]"
+        )
+    return root, split
+
+
+def results_dir(args: argparse.Namespace, root: Path, split: str, changes: dict) -> Path:
+    """--out, or a folder per checkpoint, dataset and the settings the overrides change."""
+    if args.out:
+        return Path(args.out)
+    ckpt = Path(args.ckpt).resolve()
+    name = f"{root.resolve().name}-{split}"
+    settings = [
+        f"{key}={new}"
+        for key, (_, new) in sorted(changes.items())
+        if not covers(LOCATION_KEYS, key)
+    ]
+    if settings:
+        name += "_" + re.sub(r"[^\w.=-]+", "-", "_".join(settings))
+    return Path("results") / f"{ckpt.parent.name}_{ckpt.stem}" / name
+
+
+def clear_results(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to mix with earlier results in `out_dir`, or remove them with --overwrite."""
+    earlier = [out_dir / f for f in RESULT_FILES if (out_dir / f).exists()]
+    if earlier and not overwrite:
+        raise FileExistsError(
+            f"{out_dir} already holds results ({', '.join(p.name for p in earlier)}): pass "
+            "--overwrite to replace them, or --out DIR"
+        )
+    for path in earlier:
+        print(f"replacing {path}")
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _mean(values: list[float]) -> float:
@@ -83,14 +139,12 @@ def summarise(rows: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     """Evaluate; returns the summary written to metrics.json."""
     args = parse_args(argv)
-    net, cfg = model_from_checkpoint(args.ckpt, args.model, args.config, args.overrides)
+    net, cfg, changes = model_from_checkpoint(args.ckpt, args.model, args.config, args.overrides)
+    root, split = data_to_test(args, cfg)
+    out_dir = results_dir(args, root, split, changes)
+    clear_results(out_dir, args.overwrite)
     device = pick_device()
     run_net = inference_network(net, cfg, device)
-
-    root = Path(args.data_dir or cfg.data.root)
-    if args.dataset:
-        root = Path(cfg.data.root).parent / args.dataset
-    split = args.split or cfg.data.test_split
 
     text_features, domains = None, {}
     if needs_text(cfg):
@@ -99,13 +153,10 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = PairedDataset(root, split, "test", text_features=text_features)
     loader = DataLoader(dataset, batch_size=1, num_workers=min(4, cfg.data.num_workers))
 
-    ckpt = Path(args.ckpt)
-    default_out = Path("results") / f"{ckpt.parent.name}_{ckpt.stem}" / f"{root.name}-{split}"
-    out_dir = Path(args.out or default_out)
     out_dir.mkdir(parents=True, exist_ok=True)
     output_names = png_names(dataset.names)
     rows = []
-    for batch in tqdm(loader, desc=f"testing {root.name}/{split}", dynamic_ncols=True):
+    for batch in tqdm(loader, f"testing {root.name}/{split}", disable=None, dynamic_ncols=True):
         hazy, gt = batch["hazy"].to(device), batch["gt"].to(device)
         text = batch["text"].to(device) if "text" in batch else None
         out01 = from_model_range(run_net(hazy, text))
@@ -130,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
         writer.writerows(rows)
     summary = summarise(rows)
     summary.update(checkpoint=str(args.ckpt), model=cfg.model.name, data=str(root / split))
+    summary.update(overrides=list(args.overrides), config=config_to_dict(cfg))
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     print(f"{root.name}/{split}: {summary['count']} images, {cfg.model.name}")

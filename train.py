@@ -25,13 +25,22 @@ from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from datasets import PairedDataset
-from datasets.synthetic import make_synthetic_dataset
+from datasets.synthetic import DEFAULT_ROOT, generate_if_configured
 from models import load_pretrained
-from utils.builders import autocast, build_network, domain_cache_for, needs_text
+from utils.builders import autocast, build_network, check_names, domain_cache_for, needs_text
 from utils.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_atomic
-from utils.cli import run
+from utils.cli import positive_int, run
 from utils.clip_domains import embedding_width
-from utils.config import Config, ConfigError, config_to_dict, dump_config, load_config
+from utils.config import (
+    RESUME_KEYS,
+    Config,
+    ConfigError,
+    config_from_checkpoint,
+    config_to_dict,
+    dump_config,
+    load_config,
+    refuse_changes,
+)
 from utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from utils.image import from_model_range, write_rgb
 from utils.losses import build_contrastive_loss
@@ -51,11 +60,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from <run>/last.pth")
     p.add_argument(
         "--stop-after-epochs",
-        type=int,
+        type=positive_int,
         default=None,
         help="train at most this many epochs in this invocation, then exit (time-limited queues)",
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
+    p.add_argument(
+        "--print-test-ckpt",
+        action="store_true",
+        help="print the run's best.pth if it has trained all its epochs (else nothing), exit",
+    )
     p.add_argument(
         "--prepare-domains",
         action="store_true",
@@ -96,17 +110,52 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def check_resume_matches(cfg: Config, ckpt: Mapping[str, Any], path: Path) -> None:
-    """Refuse to resume a checkpoint into a different network than the config describes."""
-    saved = ckpt["config"]["model"]
-    for key in ("name", "fusion", "depths"):
-        want = getattr(cfg.model, key)
-        want = list(want) if isinstance(want, tuple) else want
-        if saved.get(key) != want:
-            raise ConfigError(
-                f"--resume: {path} was trained with model.{key}={saved.get(key)!r} but the "
-                f"config says model.{key}={want!r}; use the run's own config or another exp_name"
-            )
+def checkpoint_to_resume(cfg: Config, path: Path) -> dict[str, Any]:
+    """The run's last checkpoint, after refusing settings that a resumed run cannot honour."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {path} to continue from")
+    ckpt = load_checkpoint(path)
+    saved = config_from_checkpoint(ckpt["config"])
+    hint = "; to train with other settings, start a new run (another exp_name=...)"
+    refuse_changes(saved, cfg, RESUME_KEYS, f"--resume: {path}", hint)
+    if cfg.train.epochs < ckpt["epoch"]:
+        raise ConfigError(
+            f"--resume: {path} has trained {ckpt['epoch']} epochs already, more than "
+            f"train.epochs={cfg.train.epochs}"
+        )
+    return ckpt
+
+
+def checkpoint_to_test(cfg: Config) -> Path | None:
+    """best.pth once the run has trained all its epochs; None while some remain."""
+    last = cfg.run_dir / "last.pth"
+    if last.is_file() and load_checkpoint(last)["epoch"] >= cfg.train.epochs:
+        return cfg.run_dir / "best.pth"
+    return None
+
+
+def replan_schedule(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.CosineAnnealingLR,
+    epochs: int,
+    done: int,
+) -> None:
+    """Continue the cosine decay as a run planned for `epochs` epochs does after `done` epochs."""
+    scheduler.T_max = epochs
+    progress = (1 + math.cos(math.pi * done / epochs)) / 2
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * progress
+
+
+def record_run(cfg: Config, run_dir: Path, argv: list[str] | None) -> None:
+    """config.yaml: the settings the run trains with from now on; command.txt: every command."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob(".*.pth.*.tmp"):  # left by a process killed while saving
+        stale.unlink()
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    cmd = shlex.join(["python", "train.py", *(argv if argv is not None else sys.argv[1:])])
+    with open(run_dir / "command.txt", "a") as f:
+        f.write(cmd + "\n")
 
 
 def text_features(cfg: Config, split: str, info: DistInfo) -> dict[str, torch.Tensor]:
@@ -155,11 +204,34 @@ def validate(
     return totals[0].item() / n, totals[1].item() / n, grid
 
 
+def open_splits(cfg: Config) -> tuple[PairedDataset, PairedDataset]:
+    """The training and validation splits (headers only), every problem of both reported at once."""
+    d = cfg.data
+    splits, problems = [], []
+    for split, mode in ((d.train_split, "train"), (d.test_split, "valid")):
+        try:
+            splits.append(PairedDataset(d.root, split, mode, d.patch_size))
+        except ValueError as e:
+            problems.append(str(e))
+    if not Path(d.root).is_dir():
+        problems.append(
+            f"data.root={d.root} is not a folder (relative paths are relative to the folder "
+            f"you run from, {Path.cwd()}); set data.root=/path/to/dataset"
+        )
+        if d.synthetic.enabled:
+            problems.append(
+                f"data.synthetic.enabled generates data only in {DEFAULT_ROOT}; "
+                f"`python -m datasets.synthetic --out {d.root}` writes it elsewhere"
+            )
+    if problems:
+        raise ValueError("\n".join(problems))
+    return splits[0], splits[1]
+
+
 def check_data(cfg: Config, info: DistInfo) -> None:
     """Find every problem with the data before anything slow (CLIP, training) starts."""
     d = cfg.data
-    train_set = PairedDataset(d.root, d.train_split, "train", d.patch_size)
-    val_set = PairedDataset(d.root, d.test_split, "valid", d.patch_size)
+    train_set, val_set = open_splits(cfg)
     if not any(h >= d.patch_size and w >= d.patch_size for h, w in train_set.sizes.values()):
         largest = max(min(hw) for hw in train_set.sizes.values())
         raise ConfigError(
@@ -211,8 +283,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train; returns the best validation PSNR/SSIM and the run folder's checkpoints."""
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
+    check_names(cfg)
     if args.print_config:
         print(dump_config(cfg), end="")
+        return {}
+    if args.print_test_ckpt:
+        print(checkpoint_to_test(cfg) or "")
         return {}
     info = init_distributed()
     try:
@@ -228,10 +304,14 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
 
     resume_ckpt = None
     if args.resume:
-        if not last_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {last_path} to continue from")
-        resume_ckpt = load_checkpoint(last_path)
-        check_resume_matches(cfg, resume_ckpt, last_path)
+        resume_ckpt = checkpoint_to_resume(cfg, last_path)
+        if resume_ckpt["epoch"] == cfg.train.epochs:
+            if info.is_main and not args.prepare_domains:
+                print(
+                    f"nothing to do: {last_path} has finished all {cfg.train.epochs} epochs "
+                    "(train.epochs=N with --resume trains it longer)"
+                )
+            return {"best_psnr": resume_ckpt["best_psnr"], "run_dir": str(run_dir)}
     elif last_path.exists() or best_path.exists():
         raise FileExistsError(
             f"{run_dir} already holds checkpoints: pass --resume to continue that run, "
@@ -239,18 +319,7 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
         )
 
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in run_dir.glob(".*.pth.*.tmp"):  # left by a process killed while saving
-            stale.unlink()
-        (run_dir / "config.yaml").write_text(dump_config(cfg))
-        cmd = shlex.join(["python", "train.py", *(argv if argv is not None else sys.argv[1:])])
-        with open(run_dir / "command.txt", "a") as f:
-            f.write(cmd + "\n")
-        syn = cfg.data.synthetic
-        if syn.enabled and not Path(cfg.data.root).exists():
-            print(f"generating a synthetic dataset in {cfg.data.root}")
-            sides = (syn.min_side, syn.max_side)
-            make_synthetic_dataset(cfg.data.root, syn.train, syn.test, (sides, sides), syn.seed)
+        generate_if_configured(cfg.data)
     barrier(info)
 
     check_data(cfg, info)
@@ -263,6 +332,8 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
         text_dim = embedding_width(cfg.clip.arch)
     if args.prepare_domains:
         return {}
+    if info.is_main:
+        record_run(cfg, run_dir, argv)
 
     generator = torch.Generator()
     train_loader, val_loader, sampler = make_loaders(cfg, info, train_text, test_text, generator)
@@ -295,6 +366,16 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
         set_rng_state(resume_ckpt["rng"][min(info.rank, len(resume_ckpt["rng"]) - 1)])
         if info.is_main:
             print(f"resuming {last_path} after epoch {start_epoch} (best PSNR {best_psnr:.2f})")
+        planned = resume_ckpt["config"]["train"]["epochs"]
+        if planned != cfg.train.epochs:
+            before = optimizer.param_groups[0]["lr"]
+            replan_schedule(optimizer, scheduler, cfg.train.epochs, start_epoch)
+            if info.is_main:
+                print(
+                    f"train.epochs {planned} -> {cfg.train.epochs}: the cosine schedule is "
+                    f"re-planned for {cfg.train.epochs} epochs, so the learning rate goes from "
+                    f"{before:.3g} to {optimizer.param_groups[0]['lr']:.3g}"
+                )
 
     model: nn.Module = net
     if cfg.speed.compile:
@@ -359,7 +440,7 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
             bar = tqdm(
                 train_loader,
                 desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-                disable=not info.is_main,
+                disable=None if info.is_main else True,  # no bar on other ranks or in logs
                 leave=False,
                 dynamic_ncols=True,
             )
@@ -439,7 +520,13 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
     finally:
         if writer is not None:
             writer.close()
-    if info.is_main:
+    if info.is_main and end_epoch < cfg.train.epochs:
+        best = f"best validation PSNR so far {best_psnr:.2f} dB, " if best_psnr > -math.inf else ""
+        print(
+            f"stopped after epoch {end_epoch} of {cfg.train.epochs}; continue with --resume "
+            f"({best}checkpoints in {run_dir})"
+        )
+    elif info.is_main:
         print(f"done: best validation PSNR {best_psnr:.2f} dB, checkpoints in {run_dir}")
     return result
 

@@ -1,27 +1,37 @@
 #!/usr/bin/env bash
-# Train, then test the best checkpoint:  bash train.sh [CONFIG] [section.key=value ...]
-# Uses torchrun with one process per GPU when more than one GPU is visible.
+# Train, then test the best checkpoint once every epoch is trained:
+#   bash train.sh [CONFIG] [section.key=value ...] [--resume] [--stop-after-epochs N]
+# CONFIG defaults to configs/reside6k/mixcl-s.yaml. Relative paths (CONFIG, data, runs) are
+# relative to the folder you run it from, as with `python train.py` (--help lists its options).
+# A --stop-after-epochs chunk that ends before the last epoch is not tested; the same command
+# with --resume continues it. With several GPUs visible, torchrun runs one process per GPU.
 set -euo pipefail
-cd "$(dirname "$0")"
+here=$(cd "$(dirname "$0")" && pwd)
 
-config=configs/reside6k/mixcl-s.yaml
-if [[ $# -gt 0 && "$1" != *=* && "$1" != --* ]]; then
+for arg in "$@"; do
+  if [[ "$arg" == -h || "$arg" == --help ]]; then
+    sed -n '2,7p' "$0" | cut -c3-
+    exit 0
+  fi
+done
+
+config=$here/configs/reside6k/mixcl-s.yaml
+if [[ $# -gt 0 && "$1" != *=* && "$1" != -* ]]; then
   config=$1
   shift
 fi
 
 # Check the data and classify every image with CLIP once, in one process, before training.
-python train.py "$config" "$@" --prepare-domains
+python "$here/train.py" "$config" "$@" --prepare-domains
 
 gpus=$(python -c "import torch; print(torch.cuda.device_count())")
 if [[ "$gpus" -gt 1 ]]; then
-  torchrun --standalone --nproc_per_node="$gpus" train.py "$config" "$@"
+  torchrun --standalone --nproc_per_node="$gpus" "$here/train.py" "$config" "$@"
 else
-  python train.py "$config" "$@"
+  python "$here/train.py" "$config" "$@"
 fi
 
-run_dir=$(python train.py "$config" "$@" --print-config | python -c "
-import sys, yaml
-c = yaml.safe_load(sys.stdin)
-print(f\"{c['output_dir']}/{c['exp_name']}\")")
-python test.py --ckpt "$run_dir/best.pth"
+best=$(python "$here/train.py" "$config" "$@" --print-test-ckpt)
+if [[ -n "$best" ]]; then
+  python "$here/test.py" --ckpt "$best" --overwrite
+fi

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from bench.common import report, time_calls
+from utils.cli import positive_int
 from utils.clip_domains import classify, domain_prompts, load_clip, text_embeddings
 
 ARCH = "tiny-clip"
@@ -27,10 +28,10 @@ ARCH = "tiny-clip"
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
-    parser.add_argument("--side", type=int, default=480, help="side of the input images")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per setting")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--batches", nargs="+", type=positive_int, default=[1, 8, 32])
+    parser.add_argument("--side", type=positive_int, default=480, help="side of the input images")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed calls per setting")
+    parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

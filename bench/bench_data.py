@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from bench.common import report, time_calls
 from datasets import PairedDataset
 from datasets.synthetic import make_synthetic_dataset
+from utils.cli import positive_int
 
 
 def measure_loader(dataset: PairedDataset, workers: int, batch: int, repeats: int) -> dict:
@@ -53,12 +54,14 @@ def measure_loader(dataset: PairedDataset, workers: int, batch: int, repeats: in
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", nargs="+", type=int, default=[0, 2, 4])
-    parser.add_argument("--pairs", type=int, default=64, help="training pairs in the dataset")
-    parser.add_argument("--side", type=int, default=320, help="image side in pixels")
-    parser.add_argument("--patch", type=int, default=256, help="training crop size")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3, help="timed epochs per setting")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--pairs", type=positive_int, default=64, help="training pairs in the dataset"
+    )
+    parser.add_argument("--side", type=positive_int, default=320, help="image side in pixels")
+    parser.add_argument("--patch", type=positive_int, default=256, help="training crop size")
+    parser.add_argument("--batch", type=positive_int, default=4)
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed epochs per setting")
+    parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

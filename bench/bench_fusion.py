@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from bench.common import STRAIGHTFORWARD, inference_call, measure, report, run_isolated
+from utils.cli import positive_int
 
 SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "mixdehazenet-t": ("mixdehazenet-t", {}),
@@ -46,9 +47,9 @@ def run_setting(setting: str, size: int, threads: int, repeats: int) -> dict[str
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=1024, help="image side in pixels")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per setting")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--size", type=positive_int, default=1024, help="image side in pixels")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed calls per setting")
+    parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     parser.add_argument(
         "--settings", nargs="+", choices=sorted(SETTINGS), default=list(DEFAULT_SETTINGS)
     )

@@ -40,6 +40,7 @@ from bench.common import (
     run_isolated,
 )
 from models import build_model
+from utils.cli import positive_int
 from utils.memory import available_memory
 
 SETTINGS: dict[str, dict[str, Any]] = SPEED_SETTINGS
@@ -57,11 +58,13 @@ def run_setting(name: str, setting: str, size: int, threads: int, repeats: int) 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["mixcl-t"])
-    parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512, 1024, 2048])
-    parser.add_argument("--option-size", type=int, default=512, help="size for every setting")
+    parser.add_argument("--sizes", nargs="+", type=positive_int, default=[256, 512, 1024, 2048])
+    parser.add_argument(
+        "--option-size", type=positive_int, default=512, help="size for every setting"
+    )
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per setting")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed calls per setting")
+    parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
 

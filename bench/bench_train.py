@@ -38,6 +38,7 @@ from bench.common import (
     report,
 )
 from models import build_model
+from utils.cli import positive_int
 from utils.image import to_model_range
 
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -46,8 +47,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
 
 
 def parse_shape(text: str) -> tuple[int, int]:
-    batch, _, patch = text.partition("x")
-    return int(batch), int(patch)
+    """argparse type for a BATCHxPATCH shape such as 4x256."""
+    batch, sep, patch = text.partition("x")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected BATCHxPATCH such as 4x256, got {text!r}")
+    return positive_int(batch), positive_int(patch)
 
 
 def make_step(name: str, overrides: dict[str, Any], batch: int, patch: int):
@@ -84,10 +88,14 @@ def time_round_robin(steps: dict[str, Any], repeats: int) -> dict[str, list[floa
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["mixcl-s"])
-    parser.add_argument("--shapes", nargs="+", default=["2x128", "4x128", "2x256", "4x256"])
-    parser.add_argument("--option-shape", default="2x256", help="shape that runs every setting")
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps per setting")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--shapes", nargs="+", type=parse_shape, default=[(2, 128), (4, 128), (2, 256), (4, 256)]
+    )
+    parser.add_argument(
+        "--option-shape", type=parse_shape, default=(2, 256), help="shape that runs every setting"
+    )
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed steps per setting")
+    parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -96,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in args.models:
         has_text = build_model(name).needs_text
         for shape in args.shapes:
-            batch, patch = parse_shape(shape)
+            batch, patch = shape
             chosen = list(SETTINGS) if shape == args.option_shape else [BASELINE, "optimised"]
             chosen = [s for s in chosen if has_text or s not in FUSION_ONLY]
             steps = {s: make_step(name, SETTINGS[s], batch, patch) for s in chosen}

@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import format_table
 from models import MODEL_NAMES, build_model
+from utils.cli import positive_int
 
 COLUMNS = ("model", "fusion", "params", "params with unused text branch")
 
@@ -61,7 +62,7 @@ def rows(size: int) -> list[dict[str, str]]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
-    parser.add_argument("--size", type=int, default=256, help="image side for MACs")
+    parser.add_argument("--size", type=positive_int, default=256, help="image side for MACs")
     args = parser.parse_args(argv)
     columns = (*COLUMNS, macs_column(args.size))
     print(format_table(rows(args.size), columns, markdown=args.markdown))

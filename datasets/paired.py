@@ -227,7 +227,8 @@ class PairedDataset(Dataset):
             return None
 
         with ThreadPoolExecutor(max(1, workers)) as pool:  # cv2 decodes without the GIL
-            results = list(tqdm(pool.map(problem, paths), total=len(paths), desc="checking images"))
+            bar = tqdm(pool.map(problem, paths), "checking images", len(paths), disable=None)
+            results = list(bar)
         bad = [r for r in results if r is not None]
         if bad:
             raise ValueError(

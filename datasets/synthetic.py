@@ -6,16 +6,22 @@ build RESIDE: I = J * t + A * (1 - t), t = exp(-beta * d). Each image has its ow
 generator seeded by (seed, split, index), so a file depends only on those three values and
 repeated runs write byte-identical PNGs.
 
-    python -m datasets.synthetic --out data/synthetic --train 64 --test 16
+    python -m datasets.synthetic --out data/synthetic   # what configs/quickstart.yaml trains on
 """
 
 import argparse
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from utils.cli import positive_int, run
+from utils.config import DataConfig, SyntheticConfig
 from utils.image import PathLike, write_rgb
+
+# The command's output folder, and the only place a config's data.synthetic.enabled writes to.
+DEFAULT_ROOT = "data/synthetic"
 
 SPLITS = {"train": 0, "test": 1}
 
@@ -149,22 +155,62 @@ def make_synthetic_dataset(
     return root
 
 
+def write_new_dataset(root: PathLike, syn: SyntheticConfig) -> Path:
+    """Generate into `root`, which must be absent or empty; its files appear all at once.
+
+    Writing into a temporary sibling and renaming it means an interrupted run leaves no
+    half-written dataset that a later run would mistake for a complete one.
+    """
+    root = Path(root)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise FileExistsError(
+            f"{root} already exists and is not empty: remove it, or write somewhere else"
+        )
+    partial = root.with_name(f".{root.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    sides = (syn.min_side, syn.max_side)
+    make_synthetic_dataset(partial, syn.train, syn.test, (sides, sides), syn.seed)
+    if root.exists():
+        root.rmdir()
+    partial.rename(root)
+    return root
+
+
+def generate_if_configured(data: DataConfig) -> None:
+    """Write the synthetic dataset a config asks for (data.synthetic.enabled), only at
+    DEFAULT_ROOT and only when it is absent: any other data.root is never made up."""
+    syn = data.synthetic
+    at_default = Path(data.root).absolute() == Path(DEFAULT_ROOT).absolute()
+    if syn.enabled and at_default and not Path(DEFAULT_ROOT).exists():
+        print(f"generating a synthetic dataset in {DEFAULT_ROOT} ({syn.train}+{syn.test} pairs)")
+        write_new_dataset(DEFAULT_ROOT, syn)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    default = SyntheticConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="dataset folder to write")
-    parser.add_argument("--train", type=int, default=64, help="number of training pairs")
-    parser.add_argument("--test", type=int, default=16, help="number of test pairs")
-    parser.add_argument("--min-size", type=int, default=40, help="smallest image side")
-    parser.add_argument("--max-size", type=int, default=72, help="largest image side")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=DEFAULT_ROOT, help="new dataset folder to write")
+    parser.add_argument(
+        "--train", type=positive_int, default=default.train, help="number of training pairs"
+    )
+    parser.add_argument("--test", type=positive_int, default=default.test, help="test pairs")
+    parser.add_argument("--min-side", type=positive_int, default=default.min_side)
+    parser.add_argument("--max-side", type=positive_int, default=default.max_side)
+    parser.add_argument("--seed", type=int, default=default.seed)
     args = parser.parse_args(argv)
-    if not 1 <= args.min_size <= args.max_size:
-        parser.error("need 1 <= --min-size <= --max-size")
-    side = (args.min_size, args.max_size)
-    root = make_synthetic_dataset(args.out, args.train, args.test, (side, side), args.seed)
+    if args.min_side > args.max_side:
+        parser.error("need --min-side <= --max-side")
+    syn = SyntheticConfig(
+        train=args.train,
+        test=args.test,
+        min_side=args.min_side,
+        max_side=args.max_side,
+        seed=args.seed,
+    )
+    root = write_new_dataset(args.out, syn)
     print(f"wrote {args.train} train and {args.test} test pairs to {root}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

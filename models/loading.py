@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 FUSION_PREFIX = "text_emb."
 EMBED_WEIGHT = "patch_embed.proj.weight"
 DATA_PARALLEL_PREFIX = "module."
+# At most this many keys are named per kind of problem in an error message.
+MAX_KEYS_SHOWN = 5
 
 
 def _state_dict_of(source: Mapping) -> dict[str, torch.Tensor]:
@@ -40,6 +42,11 @@ def _state_dict_of(source: Mapping) -> dict[str, torch.Tensor]:
     return state
 
 
+def _some(keys: list[str]) -> str:
+    more = len(keys) - MAX_KEYS_SHOWN
+    return ", ".join(keys[:MAX_KEYS_SHOWN]) + (f" ... and {more} more" if more > 0 else "")
+
+
 def _is_text_branch_key(key: str) -> bool:
     parts = key.split(".")
     return key.startswith(FUSION_PREFIX) and parts[1] in TEXT_BRANCH_MODULES
@@ -48,7 +55,7 @@ def _is_text_branch_key(key: str) -> bool:
 def load_pretrained(
     model: nn.Module, path_or_state_dict: str | PathLike | Mapping[str, torch.Tensor]
 ) -> None:
-    """Load weights in place; raise ValueError naming any missing, unexpected or misshaped key.
+    """Load weights in place; raise ValueError naming missing, unexpected or misshaped keys.
 
     A MixDehazeNet file loaded into a model with text fusion is a warm start: the fusion keeps
     its initial weights and the extra input channels of `patch_embed` get zero weights, so the
@@ -92,7 +99,7 @@ def load_pretrained(
         if state[k].shape != target[k].shape
     )
     problems = [
-        f"{label}: {', '.join(keys)}"
+        f"{label}: {_some(keys)}"
         for label, keys in (
             ("missing keys", missing),
             ("unexpected keys", unexpected),

@@ -177,3 +177,15 @@ def test_truncated_cache_is_rebuilt(synthetic_root, tmp_path, capsys):
     assert "unreadable or truncated" in capsys.readouterr().out
     assert torch.equal(first.probs, second.probs)
     assert not any(p.name.startswith("domains.pt.tmp") for p in tmp_path.iterdir())
+
+
+def test_cache_of_an_earlier_format_is_rebuilt(synthetic_root, tmp_path, capsys):
+    """Earlier caches classified EXIF-rotated photos as stored, not upright."""
+    paths = list_images(synthetic_root / "test" / "hazy")
+    cache_file = tmp_path / "domains.pt"
+    _prepare(paths, cache_file)
+    data = torch.load(cache_file, weights_only=True)
+    torch.save({**data, "format": 1}, cache_file)
+    capsys.readouterr()
+    _prepare(paths, cache_file)
+    assert "written by an earlier version" in capsys.readouterr().out

@@ -6,11 +6,22 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from datasets import ImageFolderDataset, PairedDataset
+from datasets import ImageFolderDataset, PairedDataset, synthetic
 from datasets.synthetic import main as synthetic_main
 from datasets.synthetic import make_synthetic_dataset
-from utils.image import from_model_range, list_images, read_rgb, to_model_range, write_rgb
+from utils.config import load_config
+from utils.image import (
+    from_model_range,
+    image_size,
+    list_images,
+    read_rgb,
+    to_model_range,
+    write_rgb,
+)
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 
 
 def _noise(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -81,6 +92,20 @@ def test_read_rgb_converts_odd_formats_with_a_warning(tmp_path):
     cv2.imwrite(str(tmp_path / "deep.png"), np.full((6, 6, 3), 65535, np.uint16))
     with pytest.warns(UserWarning, match="deep.png.*16-bit"):
         assert (read_rgb(tmp_path / "deep.png") == 255).all()
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_exif_orientation_applied_as_the_authors_reader_does(tmp_path, suffix):
+    stored = _noise(20, 30)
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        path = tmp_path / f"o{orientation}{suffix}"
+        Image.fromarray(stored).save(path, exif=exif, quality=100)
+        upright = cv2.imread(str(path))[..., ::-1]  # cv2.imread applies the orientation
+        assert upright.shape[:2] == ((20, 30) if orientation < 5 else (30, 20))
+        assert np.array_equal(read_rgb(path), upright), orientation
+        assert image_size(path) == upright.shape[:2], orientation
 
 
 def test_read_rgb_errors_name_the_file(tmp_path):
@@ -286,3 +311,41 @@ def test_synthetic_cli(tmp_path, capsys):
     assert len(list_images(tmp_path / "d" / "train" / "hazy")) == 2
     assert len(list_images(tmp_path / "d" / "test" / "GT")) == 1
     assert "2 train" in capsys.readouterr().out
+
+
+def test_synthetic_cli_refuses_a_folder_that_is_not_empty(tmp_path):
+    mine = tmp_path / "d" / "notes.txt"
+    mine.parent.mkdir()
+    mine.write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty"):
+        synthetic_main(["--out", str(tmp_path / "d"), "--train", "1", "--test", "1"])
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["notes.txt"]
+
+
+def test_the_command_and_the_quickstart_generate_the_same_data(tmp_path, monkeypatch):
+    calls = []
+
+    def record(root, *args):
+        calls.append(args)
+        Path(root).mkdir(parents=True)
+
+    monkeypatch.setattr(synthetic, "make_synthetic_dataset", record)
+    for where in ("cli", "quickstart"):
+        (tmp_path / where).mkdir()
+        monkeypatch.chdir(tmp_path / where)
+        if where == "cli":
+            synthetic_main([])
+        else:
+            synthetic.generate_if_configured(load_config(QUICKSTART).data)
+        assert (tmp_path / where / synthetic.DEFAULT_ROOT).is_dir()
+    assert len(calls) == 2 and calls[0] == calls[1]
+
+
+def test_synthetic_data_only_at_the_default_root_and_only_when_absent(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for root in ("data/synth", "elsewhere", str(tmp_path / "data" / "synthetic-typo")):
+        synthetic.generate_if_configured(load_config(QUICKSTART, [f"data.root={root}"]).data)
+    assert not (tmp_path / "data").exists() and not (tmp_path / "elsewhere").exists()
+    (tmp_path / "data" / "synthetic").mkdir(parents=True)
+    synthetic.generate_if_configured(load_config(QUICKSTART).data)
+    assert not any((tmp_path / "data" / "synthetic").iterdir())

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -195,3 +198,127 @@ def test_test_py_speed_switches_keep_the_metrics(trained, tmp_path):
     bf16 = evaluate.main(["--ckpt", ckpt, "--out", str(tmp_path / "c"), "precision.eval=bf16"])
     assert fast["psnr"] == pytest.approx(plain["psnr"], abs=1e-4)
     assert bf16["psnr"] == pytest.approx(plain["psnr"], abs=0.1)  # bf16 keeps ~3 digits
+
+
+def test_predict_never_touches_an_input_nor_writes_two_outputs_to_one_file(trained, tmp_path):
+    photos = tmp_path / "photos"
+    write_rgb(photos / "photo.jpg", np.full((20, 30, 3), 90, np.uint8))
+    write_rgb(photos / "photo.png", np.full((24, 28, 3), 150, np.uint8))
+    before = {p: p.read_bytes() for p in photos.iterdir()}
+    ckpt = str(trained / "last.pth")
+    for inputs in ([str(photos)], [str(photos / "photo.jpg")]):
+        with pytest.raises(FileExistsError, match="holds input images"):
+            predict.main(["--ckpt", ckpt, *inputs, "--out", str(photos), "--compare"])
+    assert {p: p.read_bytes() for p in photos.iterdir()} == before
+
+    out = photos / "dehazed"  # inside the input folder, which is not searched recursively
+    args = ["--ckpt", ckpt, str(photos), "--out", str(out), "--compare"]
+    predict.main(args)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "photo.jpg.png",
+        "photo.jpg_compare.png",
+        "photo.png.png",
+        "photo.png_compare.png",
+    ]
+    assert read_rgb(out / "photo.jpg.png").shape == (20, 30, 3)
+    assert read_rgb(out / "photo.png.png").shape == (24, 28, 3)
+    with pytest.raises(FileExistsError, match=r"4 output.*--overwrite"):
+        predict.main(args)
+    (out / "photo.png.png").write_bytes(b"stale")
+    assert len(predict.main([*args, "--overwrite"])) == 2
+    assert read_rgb(out / "photo.png.png").shape == (24, 28, 3)
+    assert {p: p.read_bytes() for p in photos.iterdir() if p.is_file()} == before
+
+
+def test_a_moved_clip_file_is_overridden_and_the_network_settings_are_not(
+    trained, tmp_path, tiny_clip_weights
+):
+    moved = load_checkpoint(trained / "last.pth")
+    moved["config"]["clip"]["pretrained"] = str(tmp_path / "old-machine" / "tiny-clip.pt")
+    torch.save(moved, tmp_path / "moved.pth")
+    write_rgb(tmp_path / "in" / "a.png", np.full((20, 24, 3), 120, np.uint8))
+    args = ["--ckpt", str(tmp_path / "moved.pth"), str(tmp_path / "in")]
+    with pytest.raises(RuntimeError, match="old-machine"):
+        predict.main([*args, "--out", str(tmp_path / "a")])
+    override = f"clip.pretrained={tiny_clip_weights}"
+    assert len(predict.main([*args, "--out", str(tmp_path / "b"), override])) == 1
+
+    best = str(trained / "best.pth")
+    with pytest.raises(ConfigError, match=r"model\.name='mixcl-t'.*model\.name='mixcl-s'") as e:
+        evaluate.main(["--ckpt", best, "model.name=mixcl-s"])
+    assert len(str(e.value)) < 500
+    with pytest.raises(ConfigError, match=r"train\.lr"):
+        predict.main([*args, "--out", str(tmp_path / "c"), "train.lr=1"])
+    quickstart = str(REPO / "configs" / "quickstart.yaml")
+    with pytest.raises(ConfigError, match=r"--config.*section\.key=value"):
+        evaluate.main(["--ckpt", best, "--config", quickstart])
+
+
+def test_test_py_keeps_differently_configured_results_apart(trained, tmp_path, monkeypatch):
+    run = tmp_path / "myrun"
+    run.mkdir()
+    shutil.copy(trained / "best.pth", run)
+    monkeypatch.chdir(run)  # `--ckpt best.pth` from inside the run folder
+    evaluate.main(["--ckpt", "best.pth"])
+    evaluate.main(["--ckpt", "best.pth", "precision.eval=bf16"])
+    results = run / "results" / "myrun_best"
+    plain = json.loads((results / "synthetic-test" / "metrics.json").read_text())
+    bf16 = json.loads((results / "synthetic-test_precision.eval=bf16" / "metrics.json").read_text())
+    assert plain["overrides"] == [] and plain["config"]["precision"]["eval"] == "none"
+    assert bf16["overrides"] == ["precision.eval=bf16"]
+    assert bf16["config"]["precision"]["eval"] == "bf16"
+    assert bf16["config"]["model"]["name"] == "mixcl-t"
+
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        evaluate.main(["--ckpt", "best.pth", "--save-images"])
+    evaluate.main(["--ckpt", "best.pth", "--overwrite", "--save-images"])
+    evaluate.main(["--ckpt", "best.pth", "--overwrite"])
+    assert not (results / "synthetic-test" / "images").exists()  # no stale images left
+    with pytest.raises(SystemExit):
+        evaluate.main(["--ckpt", "best.pth", "--data-dir", "a", "--dataset", "b"])
+
+
+def test_resume_honours_or_refuses_changed_settings(data_root, tmp_path, trained, capsys):
+    args = train_args(data_root, tmp_path)  # train.epochs=2
+    train.main([*args, "--stop-after-epochs", "1"])
+    assert "stopped after epoch 1 of 2; continue with --resume" in capsys.readouterr().out
+    train.main([*args, "--print-test-ckpt"])  # what train.sh tests: nothing yet
+    assert capsys.readouterr().out == "\n"
+    run = tmp_path / "run"
+    config_yaml = (run / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"train\.lr=0\.0005 but the config says train\.lr=1e-05"):
+        train.main([*args, "--resume", "train.lr=1e-5"])
+    assert (run / "config.yaml").read_text() == config_yaml
+
+    train.main([*args, "--resume", "train.epochs=4", "--stop-after-epochs", "1"])
+    out = capsys.readouterr().out
+    assert "re-planned for 4 epochs" in out and "stopped after epoch 2 of 4" in out
+    ckpt = load_checkpoint(run / "last.pth")
+    lr, eta = 5e-4, 5e-4 * 1e-2
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(
+        eta + (lr - eta) * (1 + math.cos(math.pi * 2 / 4)) / 2  # a 4-epoch cosine after epoch 2
+    )
+    assert ckpt["scheduler"]["T_max"] == ckpt["config"]["train"]["epochs"] == 4
+    assert "epochs: 4" in (run / "config.yaml").read_text()
+    assert "train.epochs=4" in (run / "command.txt").read_text().splitlines()[-1]
+
+    finished = load_checkpoint(trained / "last.pth")["epoch"]
+    train.main([*train_args(data_root, trained.parent), "--resume"])
+    assert f"nothing to do: {trained / 'last.pth'} has finished all {finished}" in (
+        capsys.readouterr().out
+    )
+    train.main([*train_args(data_root, trained.parent), "--print-test-ckpt"])
+    assert capsys.readouterr().out == f"{trained / 'best.pth'}\n"
+
+
+def test_train_sh_help_is_printed_once(tmp_path):
+    proc = subprocess.run(
+        ["bash", str(REPO / "train.sh"), "configs/quickstart.yaml", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and not proc.stderr
+    assert proc.stdout.count("bash train.sh [CONFIG]") == 1
+    assert not (tmp_path / "runs").exists()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
+import importlib
 import os
 import shutil
 import signal
@@ -243,3 +245,83 @@ def test_command_line_errors_are_one_line_not_a_traceback(tmp_path):
     )
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"error: checkpoint not found: {tmp_path / 'missing.pth'}"
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_line_of_our_own(tmp_path):
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    torch.save({"args": argparse.Namespace(lr=1), "state_dict": {}}, tmp_path / "pickled.pth")
+    for name, expected in (("notes.pth", "not a readable"), ("pickled.pth", "argparse.Namespace")):
+        with pytest.raises(CheckpointError) as e:
+            evaluate.main(["--ckpt", str(tmp_path / name)])
+        msg = str(e.value)
+        assert name in msg and expected in msg
+        assert "\n" not in msg and "weights_only" not in msg
+
+
+def test_weights_of_another_model_are_a_short_message(trained, tmp_path):
+    released = tmp_path / "released.pth"
+    torch.save({"state_dict": load_checkpoint(trained / "best.pth")["model"]}, released)
+    with pytest.raises(ValueError, match=r"cannot load weights.*and \d+ more") as e:
+        evaluate.main(["--ckpt", str(released), "--model", "mixdehazenet-b"])
+    assert len(str(e.value)) < 1000
+
+
+def test_unknown_clip_arch_is_rejected_before_the_data_check(tmp_path):
+    args = train_args(tmp_path / "no-data", tmp_path, "clip.arch=ViT-B-23")
+    with pytest.raises(ConfigError, match=r"clip\.arch.*'ViT-B-23'.*ViT-B-32") as e:
+        train.main(args)
+    assert len(str(e.value)) < 200
+
+
+def test_missing_dataset_names_every_split_and_the_key(tmp_path):
+    with pytest.raises(ValueError) as e:
+        train.main(train_args(tmp_path / "no-data", tmp_path))
+    msg = str(e.value)
+    for missing in ("no-data/train", "no-data/test", "data.root", "data.synthetic"):
+        assert missing in msg
+    assert not (tmp_path / "no-data").exists()  # no synthetic data made up in its place
+
+
+@pytest.mark.parametrize(
+    ("entry", "argv"),
+    [
+        ("train", ["--stop-after-epochs", "0"]),
+        ("predict", ["--ckpt", "x.pth", "--out", "o", "in.png", "--max-side", "-5"]),
+        ("bench.bench_inference", ["--sizes", "256", "0"]),
+        ("bench.bench_train", ["--shapes", "2x0"]),
+        ("bench.bench_data", ["--pairs", "0"]),
+    ],
+)
+def test_counts_and_sizes_below_one_are_refused(entry, argv, capsys):
+    module = load_entry(entry) if "." not in entry else importlib.import_module(entry)
+    with pytest.raises(SystemExit) as e:
+        module.main(argv)
+    assert e.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_no_progress_bars_when_output_is_not_a_terminal(trained, tmp_path, capsys):
+    evaluate.main(["--ckpt", str(trained / "best.pth"), "--out", str(tmp_path / "r")])
+    out, err = capsys.readouterr()
+    assert "it/s" not in out + err and "\r" not in out + err
+    assert "PSNR" in out
+
+
+def test_checkpoints_get_the_permissions_of_the_other_files(trained):
+    mode = (trained / "config.yaml").stat().st_mode & 0o777
+    for name in ("best.pth", "last.pth"):
+        assert (trained / name).stat().st_mode & 0o777 == mode, name
+
+
+def test_test_py_from_another_folder_names_the_relative_path_and_the_way_out(
+    trained, tmp_path, monkeypatch
+):
+    ckpt = load_checkpoint(trained / "best.pth")
+    ckpt["config"]["data"]["root"] = "data/synthetic"  # as the quickstart records it
+    torch.save(ckpt, tmp_path / "best.pth")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as e:
+        evaluate.main(["--ckpt", "best.pth"])
+    msg = str(e.value)
+    assert "data/synthetic/test" in msg and "data.root" in msg
+    assert str(tmp_path) in msg and "--data-dir" in msg

@@ -18,14 +18,23 @@ from torch import nn
 from models import build_model, load_pretrained
 from models.factory import FAMILIES, MODEL_NAMES
 from utils.checkpoint import is_project_checkpoint, read_file
-from utils.clip_domains import DomainCache, embedding_width, load_clip, prepare_domains
+from utils.clip_domains import (
+    DomainCache,
+    check_arch,
+    embedding_width,
+    load_clip,
+    prepare_domains,
+)
 from utils.config import (
+    EVALUATION_KEYS,
     ClipConfig,
     Config,
     ConfigError,
+    config_changes,
     config_from_checkpoint,
     load_config,
     override_config,
+    refuse_changes,
 )
 from utils.image import list_images
 
@@ -37,6 +46,12 @@ def needs_text(cfg: Config) -> bool:
     if cfg.model.name not in MODEL_NAMES:
         raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; known: {MODEL_NAMES}")
     return FAMILIES[cfg.model.name.rsplit("-", 1)[0]] != "none"
+
+
+def check_names(cfg: Config) -> None:
+    """Refuse an unknown model or CLIP architecture as soon as the config is read."""
+    if needs_text(cfg):
+        check_arch(cfg.clip.arch)
 
 
 def domain_cache_file(clip: ClipConfig, hazy_dir: Path) -> Path:
@@ -89,11 +104,13 @@ def model_from_checkpoint(
     model_name: str | None = None,
     config: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
-) -> tuple[nn.Module, Config]:
+) -> tuple[nn.Module, Config, dict]:
     """Rebuild the network (in eval mode) and its config from a checkpoint.
 
-    A checkpoint written by train.py carries its config; the authors' released .pth files do
-    not, so they need `model_name` (and optionally a config for the CLIP and data settings).
+    A checkpoint written by train.py carries its config, of which `overrides` may change only
+    EVALUATION_KEYS; the authors' released .pth files do not, so they need `model_name` (and
+    optionally a config file for the CLIP and data settings). Also returns the settings that
+    the overrides changed, {key: (old, new)}.
     """
     obj = read_file(ckpt_path)
     if is_project_checkpoint(obj):
@@ -101,7 +118,14 @@ def model_from_checkpoint(
             raise ConfigError(
                 f"--model {model_name} does not match {ckpt_path}, which holds {obj['model_name']}"
             )
-        cfg = override_config(config_from_checkpoint(obj["config"]), overrides)
+        if config is not None:
+            raise ConfigError(
+                f"--config {config}: {ckpt_path} was written by train.py and carries its own "
+                "config; change single settings as section.key=value instead"
+            )
+        saved = config_from_checkpoint(obj["config"])
+        cfg = override_config(saved, overrides)
+        changes = refuse_changes(saved, cfg, EVALUATION_KEYS, str(ckpt_path))
         text_dim = obj["text_dim"]
     else:
         if model_name is None:
@@ -109,11 +133,17 @@ def model_from_checkpoint(
                 f"{ckpt_path} was not written by train.py (no config inside): pass --model NAME "
                 "(e.g. --model mixcl-s) to evaluate released weights"
             )
-        cfg = load_config(config, [*overrides, f"model.name={model_name}"])
+        named = f"model.name={model_name}"
+        cfg = load_config(config, [*overrides, named])
+        changes = config_changes(load_config(config, [named]), cfg)
+        check_names(cfg)
         text_dim = embedding_width(cfg.clip.arch) if needs_text(cfg) else None
     net = build_network(cfg, text_dim)
-    load_pretrained(net, obj)
-    return net.eval(), cfg
+    try:
+        load_pretrained(net, obj)
+    except ValueError as e:
+        raise ValueError(f"{ckpt_path} does not fit {cfg.model.name}: {e}") from e
+    return net.eval(), cfg, changes
 
 
 def autocast(device: torch.device, amp: str) -> AbstractContextManager:

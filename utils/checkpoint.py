@@ -7,7 +7,9 @@ A checkpoint holds the weights plus the resolved config, so `test.py --ckpt` and
 from __future__ import annotations
 
 import os
-import tempfile
+import pickle
+import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +26,13 @@ class CheckpointError(ValueError):
 def save_atomic(obj: Any, path: str | Path) -> None:
     """Write with torch.save to a temporary file beside `path`, fsync, then rename over it.
 
-    A crash, SIGKILL or full disk mid-write leaves the previous file untouched.
+    A crash, SIGKILL or full disk mid-write leaves the previous file untouched. The file gets
+    the permissions of any other new file (the umask's), like the rest of the run folder.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
@@ -49,9 +52,16 @@ def read_file(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        unsafe = isinstance(e, pickle.UnpicklingError)
+        found = re.search(r"GLOBAL (\S+)", str(e)) if unsafe else None
+        what = (
+            f"holds Python objects ({found[1]}) that are not loaded, for safety"
+            if found
+            else "is not a readable PyTorch checkpoint (truncated or another kind of file)"
+        )
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e}); "
-            "pass a .pth written by train.py or a released MixCLDehazeNet/MixDehazeNet file"
+            f"{path} {what}; pass a .pth written by train.py or released MixCLDehazeNet or "
+            "MixDehazeNet weights"
         ) from e
 
 

@@ -1,7 +1,8 @@
-"""How the entry points end on a user's mistake: one clear line instead of a traceback."""
+"""How the entry points read numbers and end on a user's mistake: one clear line, no traceback."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable
@@ -20,3 +21,14 @@ def run(main: Callable[[], object]) -> None:
         if os.environ.get("MIXCL_TRACEBACK"):
             raise
         sys.exit(f"error: {e}")
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts and sizes: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

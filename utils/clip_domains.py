@@ -9,6 +9,7 @@ probabilities and embeddings, so switching hard/soft never needs CLIP again.
     python -m utils.clip_domains --data-dir data/RESIDE-6K --split test --pretrained openai
 """
 
+import difflib
 import hashlib
 import os
 import zipfile
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from utils.config import DEFAULT_DOMAINS, DEFAULT_TEMPLATE
+from utils.config import DEFAULT_DOMAINS, DEFAULT_TEMPLATE, ConfigError
 from utils.image import PathLike, read_rgb
 
 FEATURE_MODES = ("hard", "soft")
@@ -32,7 +33,7 @@ LOGIT_SCALE = 100.0
 # Seed of randomly initialised CLIP models, so that every process builds the same one.
 RANDOM_INIT_SEED = 0
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "clip"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: images read upright (EXIF orientation applied)
 
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
 
@@ -45,15 +46,21 @@ def register_model_configs() -> None:
         open_clip.add_model_config(CONFIG_DIR)
 
 
+def check_arch(arch: str) -> None:
+    """Refuse a CLIP architecture open_clip does not know, naming the closest known ones."""
+    register_model_configs()
+    known = {name.lower(): name for name in open_clip.list_models()}
+    if arch in known.values():
+        return
+    close = [known[n] for n in difflib.get_close_matches(arch.lower(), known, n=4, cutoff=0.6)]
+    hint = f"did you mean {', '.join(close)}?" if close else "see open_clip.list_models()"
+    raise ConfigError(f"clip.arch: unknown CLIP architecture {arch!r}; {hint}")
+
+
 def embedding_width(arch: str) -> int:
     """D, the width of the CLIP text embedding of `arch`, read from its config (no weights)."""
-    register_model_configs()
-    config = open_clip.get_model_config(arch)
-    if config is None:
-        raise ValueError(
-            f"clip.arch: unknown CLIP architecture {arch!r}; see open_clip.list_models()"
-        )
-    return int(config["embed_dim"])
+    check_arch(arch)
+    return int(open_clip.get_model_config(arch)["embed_dim"])
 
 
 def _is_file_spec(pretrained: str) -> bool:
@@ -92,12 +99,7 @@ def load_clip(
             weights, identical in every process (fixed seed; the caller's RNG state is kept).
     Raises RuntimeError, saying what was tried, when the weights cannot be loaded.
     """
-    register_model_configs()
-    if arch not in open_clip.list_models():
-        raise ValueError(
-            f"unknown CLIP architecture {arch!r}; open_clip knows "
-            f"{', '.join(open_clip.list_models())}"
-        )
+    check_arch(arch)
     if not pretrained:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
@@ -306,10 +308,11 @@ def _load_cache(cache_file: Path) -> tuple[dict | None, str]:
         return None, "no cache file yet"
     try:
         data = torch.load(cache_file, map_location="cpu", weights_only=True)
+        if data["format"] != CACHE_FORMAT:
+            return None, f"cache format {data['format']} was written by an earlier version"
         n, k = len(data["names"]), len(data["record"]["prompts"])
         ok = (
-            data["format"] == CACHE_FORMAT
-            and data["probs"].shape == (n, k)
+            data["probs"].shape == (n, k)
             and data["text_emb"].shape[0] == k
             and len(data["record"]["images"]) == n
         )
@@ -392,7 +395,8 @@ def prepare_domains(
     images = [{**_stat(p), "sha1": _sha1(p)} for p in paths]
     probs = []
     with ThreadPoolExecutor(max(1, num_workers)) as pool:
-        for start in tqdm(range(0, len(paths), batch_size), desc="CLIP domains", unit="batch"):
+        starts = range(0, len(paths), batch_size)
+        for start in tqdm(starts, "CLIP domains", unit="batch", disable=None):
             chunk = paths[start : start + batch_size]
             batch = torch.stack(list(pool.map(lambda p: _read_for_clip(p, preprocess), chunk)))
             probs.append(classify(model, preprocess, batch, text_emb))

@@ -31,6 +31,37 @@ RENAMED_KEYS = {
     "speed.amp": "precision.eval",
 }
 
+# Settings a checkpoint's config may take new values for in a later call, one place for all:
+# where files are, how absent data is made, how many workers read it (never changes a result) ...
+LOCATION_KEYS = (
+    "exp_name",
+    "output_dir",
+    "data.root",
+    "data.synthetic",
+    "data.num_workers",
+    "data.verify_images",
+    "clip.pretrained",
+    "clip.cache_dir",
+    "clip.batch_size",
+    "loss.resnet_weights",
+    "model.init_from",
+)
+# ... how fast and how precisely the network runs (changes results within float tolerance) ...
+SPEED_KEYS = ("speed", "precision.eval")
+# ... in test.py and predict.py also the domain features, soft for a hard-trained network ...
+EVALUATION_KEYS = (*LOCATION_KEYS, *SPEED_KEYS, "clip.mode")
+# ... and with train.py --resume the number of epochs (the cosine schedule is re-planned), how
+# often to validate and log, and what to do on a non-finite loss. Every other key describes the
+# network or how it is trained, and a different value is refused.
+RESUME_KEYS = (
+    *LOCATION_KEYS,
+    *SPEED_KEYS,
+    "train.epochs",
+    "train.eval_freq",
+    "train.log_images",
+    "train.nonfinite",
+)
+
 
 class ConfigError(ValueError):
     """A configuration file or override is wrong; the message names the key."""
@@ -48,10 +79,14 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """A procedurally generated hazy dataset, written to `data.root` when it is absent."""
+    """The procedural hazy dataset of `python -m datasets.synthetic` (these are its defaults).
+
+    `enabled` generates it when data.root is that command's default folder and absent; any
+    other data.root is the user's data and is never generated.
+    """
 
     enabled: bool = False
-    train: int = 96
+    train: int = 64
     test: int = 16
     min_side: int = 72  # each image side is drawn from [min_side, max_side]
     max_side: int = 120
@@ -302,3 +337,41 @@ def config_to_dict(cfg: Config) -> dict:
 
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, f"{key}.") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def covers(keys: Sequence[str], key: str) -> bool:
+    """Whether the dotted `key` is one of `keys` or lies in a section among them."""
+    return any(key == k or key.startswith(f"{k}.") for k in keys)
+
+
+def config_changes(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
+    """Every dotted key whose value differs, with its (old, new) values."""
+    a, b = _flat(config_to_dict(old)), _flat(config_to_dict(new))
+    return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
+def refuse_changes(
+    old: Config, new: Config, allowed: Sequence[str], source: str, hint: str = ""
+) -> dict:
+    """The changes from `old` to `new`; a ConfigError naming those outside `allowed`.
+
+    `allowed` holds dotted keys or whole sections; `source` says what `old` comes from.
+    """
+    changes = config_changes(old, new)
+    refused = [k for k in changes if not covers(allowed, k)]
+    if refused:
+        was = ", ".join(f"{k}={changes[k][0]!r}" for k in refused)
+        now = ", ".join(f"{k}={changes[k][1]!r}" for k in refused)
+        raise ConfigError(
+            f"{source} was trained with {was} but the config says {now}; only these may "
+            f"differ: {', '.join(allowed)}{hint}"
+        )
+    return changes

@@ -9,12 +9,16 @@ file in a dataset is visible rather than silently different:
 - grayscale -> the gray value replicated into R, G and B;
 - RGBA / gray+alpha -> alpha dropped (not composited);
 - 16-bit -> round(value / 257), which maps 65535 to 255 exactly.
-EXIF orientation is ignored on purpose: a hazy/clear pair must stay pixel-aligned even if only
-one of the two files carries an orientation tag.
+The EXIF orientation is applied, as cv2.imread (the authors' reader) does, so a portrait phone
+photo is upright; `image_size` reports the size after it. A PNG's EXIF counts only when it
+precedes the pixel data, so that a header check never decodes the pixels.
 """
 
+import io
 import os
 import warnings
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -23,6 +27,18 @@ import torch
 from PIL import Image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+EXIF_ORIENTATION = 0x0112
+
+# EXIF orientation -> what makes the stored (H, W, ...) array upright.
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
 
 PathLike = str | os.PathLike
 
@@ -63,8 +79,23 @@ def list_images(folder: PathLike) -> list[Path]:
     )
 
 
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1 to 8, 1 = as stored) of an opened, not yet decoded image."""
+    if im.format == "PNG" and "exif" not in im.info:
+        return 1  # Pillow would decode the pixels to look for EXIF after them
+    orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+    return orientation if orientation in _UPRIGHT else 1
+
+
+def png_names(names: Sequence[str]) -> dict[str, str]:
+    """Output file name per input name: `a.jpg` -> `a.png`, or `a.jpg.png` when another input
+    has the stem `a` too, so that no two outputs share a file."""
+    stems = Counter(Path(n).stem for n in names)
+    return {n: f"{Path(n).stem if stems[Path(n).stem] == 1 else n}.png" for n in names}
+
+
 def image_size(path: PathLike) -> tuple[int, int]:
-    """(height, width) read from the file header only, without decoding the pixels.
+    """(height, width) as displayed (EXIF orientation applied), from the file header only.
 
     Cheap enough to check thousands of files when a dataset is opened. Raises ValueError
     naming the file when the header cannot be parsed.
@@ -72,11 +103,25 @@ def image_size(path: PathLike) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             w, h = im.size
+            if _orientation(im) >= 5:  # a quarter turn
+                w, h = h, w
     except FileNotFoundError:
         raise
     except Exception as e:
         raise ValueError(f"cannot read image header of {path}: {e}") from e
     return h, w
+
+
+def _upright(img: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """`img` decoded from the file bytes `data`, turned as its EXIF orientation says."""
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as im:
+            orientation = _orientation(im)
+    except Exception:  # a format Pillow cannot parse carries no orientation it could read
+        return img
+    if orientation == 1:
+        return img
+    return np.ascontiguousarray(_UPRIGHT[orientation](img))
 
 
 def read_rgb(path: PathLike) -> np.ndarray:
@@ -98,14 +143,19 @@ def read_rgb(path: PathLike) -> np.ndarray:
     elif img.dtype != np.uint8:
         raise ValueError(f"{path}: unsupported pixel type {img.dtype} (expected 8 or 16 bit)")
 
+    return _upright(_to_rgb(img, path), data)
+
+
+def _to_rgb(img: np.ndarray, path: Path) -> np.ndarray:
+    """A decoded 8-bit image (gray, gray+alpha, BGR or BGRA) as RGB, warning when converted."""
     if img.ndim == 2 or img.shape[2] == 1:
-        warnings.warn(f"{path}: grayscale image converted to RGB", stacklevel=2)
+        warnings.warn(f"{path}: grayscale image converted to RGB", stacklevel=3)
         return cv2.cvtColor(img.reshape(img.shape[0], img.shape[1]), cv2.COLOR_GRAY2RGB)
     if img.shape[2] == 2:
-        warnings.warn(f"{path}: gray+alpha image converted to RGB, alpha dropped", stacklevel=2)
+        warnings.warn(f"{path}: gray+alpha image converted to RGB, alpha dropped", stacklevel=3)
         return cv2.cvtColor(np.ascontiguousarray(img[:, :, 0]), cv2.COLOR_GRAY2RGB)
     if img.shape[2] == 4:
-        warnings.warn(f"{path}: RGBA image converted to RGB, alpha dropped", stacklevel=2)
+        warnings.warn(f"{path}: RGBA image converted to RGB, alpha dropped", stacklevel=3)
         return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
