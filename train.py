@@ -27,7 +27,7 @@ from tqdm import tqdm
 from datasets import PairedDataset
 from datasets.synthetic import make_synthetic_dataset
 from models import load_pretrained
-from utils.builders import autocast, build_network, domain_cache_for, needs_text
+from utils.builders import autocast, build_network, domain_text_features, needs_text
 from utils.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_atomic
 from utils.cli import run
 from utils.clip_domains import embedding_width
@@ -110,14 +110,14 @@ def check_resume_matches(cfg: Config, ckpt: Mapping[str, Any], path: Path) -> No
 
 
 def text_features(cfg: Config, split: str, info: DistInfo) -> dict[str, torch.Tensor]:
-    """Per-image CLIP text features of a split: rank 0 builds the cache, the others read it."""
-    hazy_dir = Path(cfg.data.root) / split / "hazy"
+    """Per-image text features of a split: rank 0 builds the CLIP cache, the others read it."""
+    split_dir = Path(cfg.data.root) / split
     if info.is_main:
-        cache = domain_cache_for(cfg.clip, hazy_dir)
+        features, _ = domain_text_features(cfg, split_dir)
     barrier(info)
     if not info.is_main:
-        cache = domain_cache_for(cfg.clip, hazy_dir)
-    return cache.features(cfg.clip.mode)
+        features, _ = domain_text_features(cfg, split_dir)
+    return features
 
 
 def train_amp(cfg: Config, device: torch.device) -> str:

@@ -1,13 +1,25 @@
 """Domain labels files: strict reading, CLIP accuracy against them, the oracle features."""
 
-import pytest
+import csv
+import json
+import shutil
+from pathlib import Path
 
+import pytest
+import torch
+
+from utils.builders import domain_text_features
+from utils.config import load_config
 from utils.domain_labels import (
     domain_confusion,
     labels_file,
     read_domain_labels,
     write_domain_labels,
 )
+
+from .helpers import REPO, load_entry, train_args
+
+train, evaluate = load_entry("train"), load_entry("test")
 
 DOMAINS = ("indoor", "outdoor")
 
@@ -56,3 +68,65 @@ def test_synthetic_data_comes_with_its_true_domains(synthetic_root):
         names = sorted(p.name for p in (synthetic_root / split / "hazy").iterdir())
         labels = read_domain_labels(synthetic_root / split / "domains.csv", DOMAINS, names)
         assert sorted(labels) == names
+
+
+def oracle_config(root: Path, cache: Path, source: str):
+    return load_config(
+        REPO / "configs" / "quickstart.yaml",
+        [f"data.root={root}", f"clip.cache_dir={cache}", f"clip.domain_source={source}"],
+    )
+
+
+def test_oracle_labels_feed_exactly_the_labelled_domains_prompt_embedding(synthetic_root, tmp_path):
+    split = synthetic_root / "test"
+    guessed, cache = domain_text_features(oracle_config(synthetic_root, tmp_path, "clip"), split)
+    # Labels that contradict CLIP on every image: each feature must change to the other prompt's.
+    flipped = {n: DOMAINS[1 - DOMAINS.index(d)] for n, d in cache.domains.items()}
+    write_domain_labels(labels_file(split), flipped)
+    oracle, _ = domain_text_features(oracle_config(synthetic_root, tmp_path, "labels"), split)
+    assert sorted(oracle) == sorted(guessed) == sorted(flipped)
+    for name, domain in flipped.items():
+        assert oracle[name].shape == (1, cache.text_emb.shape[1])
+        assert torch.equal(oracle[name][0], cache.text_emb[DOMAINS.index(domain)])
+        assert not torch.equal(oracle[name], guessed[name])
+
+
+def test_oracle_labels_fail_before_clip_runs_when_the_file_is_missing(synthetic_root, tmp_path):
+    (synthetic_root / "test" / "domains.csv").unlink()
+    cfg = oracle_config(synthetic_root, tmp_path / "cache", "labels")
+    with pytest.raises(FileNotFoundError, match=r"test/domains\.csv"):
+        domain_text_features(cfg, synthetic_root / "test")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_run_trained_on_oracle_domains_feeds_them_to_the_network_in_test_py(
+    data_root, tmp_path, monkeypatch
+):
+    root = shutil.copytree(data_root, tmp_path / "data")
+    args = train_args(root, tmp_path, "train.epochs=1", exp="oracle")
+    _, cache = domain_text_features(load_config(args[0], args[1:]), root / "test")
+    flipped = {n: DOMAINS[1 - DOMAINS.index(d)] for n, d in cache.domains.items()}
+    write_domain_labels(labels_file(root / "test"), flipped)
+    train.main([*args, "clip.domain_source=labels"])
+
+    fed = []
+    real = evaluate.inference_network
+
+    def spy(net, cfg, device):
+        run = real(net, cfg, device)
+        return lambda hazy, text: fed.append(text.clone()) or run(hazy, text)
+
+    monkeypatch.setattr(evaluate, "inference_network", spy)
+    out = tmp_path / "result"
+    summary = evaluate.main(["--ckpt", str(tmp_path / "oracle" / "last.pth"), "--out", str(out)])
+    names = sorted(flipped)  # test.py evaluates in file name order
+    assert len(fed) == len(names)
+    for name, text in zip(names, fed, strict=True):
+        assert torch.equal(text[0], cache.text_emb[DOMAINS.index(flipped[name])].reshape(1, -1))
+    # CLIP guessed the opposite of every label.
+    assert summary["clip_domains"]["accuracy"] == 0.0
+    assert json.loads((out / "metrics.json").read_text())["config"]["clip"]["domain_source"] == (
+        "labels"
+    )
+    with open(out / "per_image.csv") as f:
+        assert {r["name"]: r["true_domain"] for r in csv.DictReader(f)} == flipped

@@ -82,6 +82,9 @@ class ClipConfig:
     domains: tuple[str, ...] = DEFAULT_DOMAINS
     template: str = DEFAULT_TEMPLATE
     mode: Literal["hard", "soft"] = "hard"
+    # "labels": each image's domain from <split folder>/domains.csv instead of CLIP's guess
+    # (oracle domains; the feature is that domain's prompt embedding, `mode` does not apply).
+    domain_source: Literal["clip", "labels"] = "clip"
     batch_size: int = 64
     cache_dir: str = "cache/clip_domains"
 
