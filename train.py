@@ -38,6 +38,7 @@ from utils.losses import build_contrastive_loss
 from utils.metrics import psnr, ssim
 
 DEFAULT_CONFIG = "configs/reside6k/mixcl-s.yaml"
+STREAMS_PER_SEED = 1_000_000  # more than any run's epochs or processes
 
 
 class NonFiniteLossError(RuntimeError):
@@ -66,6 +67,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.overrides.insert(0, args.config)
         args.config = DEFAULT_CONFIG
     return args
+
+
+def stream_seed(seed: int, index: int) -> int:
+    """Seed of a run's random stream `index` (an epoch's shuffling, a process's RNGs).
+
+    `seed + index` would make seed 1 replay seed 0's stream of epoch (or rank) 1, so runs
+    repeated with other seeds would not be independent; seed 0 keeps seeds equal to `index`.
+    """
+    return seed * STREAMS_PER_SEED + index
 
 
 def seed_everything(seed: int) -> None:
@@ -190,7 +200,8 @@ def make_loaders(
             f"train.batch_size={cfg.train.batch_size} must be a multiple of the "
             f"{info.world_size} processes"
         )
-    sampler = DistributedSampler(train_set, seed=cfg.train.seed) if info.enabled else None
+    data_seed = stream_seed(cfg.train.seed, 0)  # the sampler adds the epoch
+    sampler = DistributedSampler(train_set, seed=data_seed) if info.enabled else None
     val_sampler = DistributedSampler(val_set, shuffle=False) if info.enabled else None
     common = {"num_workers": d.num_workers, "pin_memory": torch.cuda.is_available()}
     train_loader = DataLoader(
@@ -254,7 +265,7 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
     barrier(info)
 
     check_data(cfg, info)
-    seed_everything(cfg.train.seed + info.rank)
+    seed_everything(stream_seed(cfg.train.seed, info.rank))
     train_text = test_text = None
     text_dim = None
     if needs_text(cfg):
@@ -352,7 +363,7 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
     epoch, step = start_epoch, 0
     try:
         for epoch in range(start_epoch, end_epoch):
-            generator.manual_seed(cfg.train.seed + epoch)
+            generator.manual_seed(stream_seed(cfg.train.seed, epoch))
             if sampler is not None:
                 sampler.set_epoch(epoch)
             model.train()

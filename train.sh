@@ -22,6 +22,6 @@ fi
 
 run_dir=$(python train.py "$config" "$@" --print-config | python -c "
 import sys, yaml
-c = yaml.safe_load(sys.stdin)
-print(f\"{c['output_dir']}/{c['exp_name']}\")")
+from utils.config import config_from_dict
+print(config_from_dict(yaml.safe_load(sys.stdin)).run_dir)")
 python test.py --ckpt "$run_dir/best.pth"

@@ -147,7 +147,11 @@ class Config:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.exp_name
+        """<output_dir>/<exp_name>, plus `-seed<N>` for a seed other than the default, so that
+        repeating a run with `train.seed=N` never writes into (or resumes) the default run."""
+        if self.train.seed == TrainConfig.seed:
+            return Path(self.output_dir) / self.exp_name
+        return Path(self.output_dir) / f"{self.exp_name}-seed{self.train.seed}"
 
 
 def _convert(value: Any, tp: Any, key: str) -> Any:
