@@ -50,7 +50,8 @@ def read_domain_labels(
     if not path.is_file():
         raise FileNotFoundError(
             f"domain labels file not found: {path} (a CSV with columns name,domain, one row "
-            "per image; `python -m datasets.synthetic` writes one for its data)"
+            "per image, as `python -m datasets.synthetic` writes; without one, use CLIP's "
+            "domains: clip.domain_source=clip)"
         )
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
