@@ -30,8 +30,7 @@ from utils.comparison import (
     ComparisonError,
     Result,
     build_report,
-    load_result,
-    short_labels,
+    load_results,
 )
 
 
@@ -49,6 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0 < args.confidence < 1:
         p.error("--confidence must be between 0 and 1")
+    if args.resamples < 1:
+        p.error("--resamples must be positive")
     return args
 
 
@@ -134,8 +135,9 @@ def _differences_section(report: dict) -> list[str]:
     lines = [
         f"### Paired differences against {report['baseline']}",
         "",
-        f"Mean of run − baseline per image, over the images both hold, with a {level} paired "
-        f"bootstrap confidence interval (BCa, {b['resamples']} resamples, seed {b['seed']}).",
+        f"Mean of run − baseline per image over the {report['images']} common images, with a "
+        f"{level} paired bootstrap confidence interval (BCa, {b['resamples']} resamples, seed "
+        f"{b['seed']}).",
         "",
     ]
     with_seeds = any("seed_sd_psnr" in d for d in diffs)
@@ -333,16 +335,7 @@ def plot_curves(report: dict, out_dir: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> dict:
     """Compare; returns the report written to compare.json."""
     args = parse_args(argv)
-    folders = [Path(f) for f in args.results]
-    resolved = [f.resolve() for f in folders]
-    repeated = sorted(
-        {str(f) for f, r in zip(folders, resolved, strict=True) if resolved.count(r) > 1}
-    )
-    if repeated:
-        raise ComparisonError(f"result folder given more than once: {', '.join(repeated)}")
-    results = [load_result(f) for f in folders]
-    for r, label in zip(results, short_labels(folders), strict=True):
-        r.label = label
+    results = load_results([Path(f) for f in args.results])
     report, rows = build_report(results, Bootstrap(args.confidence, args.resamples, args.seed))
     report["validation_psnr"], report["notes"] = validation_curves(results)
 

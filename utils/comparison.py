@@ -55,7 +55,13 @@ class Result:
         return np.array([self.rows[n][key] for n in names], dtype=np.float64)
 
     def column(self, key: str, names: list[str]) -> list[str]:
-        return [self.rows[n].get(key, "") for n in names]
+        return [self.rows[n].get(key) or "" for n in names]
+
+    @property
+    def config(self) -> dict | None:
+        """The resolved config test.py recorded (None in results written before it did)."""
+        config = self.metrics.get("config")
+        return config if isinstance(config, dict) else None
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,8 @@ def _number(raw: str, where: str) -> float:
 
 
 def _result_hint(folder: Path) -> str:
-    found = sorted(p.parent for p in folder.glob("**/per_image.csv"))[:5]
+    inside = [*folder.glob("*/per_image.csv"), *folder.glob("*/*/per_image.csv")]
+    found = sorted(p.parent for p in inside)[:5]
     if found:
         return " (result folders inside it: " + ", ".join(map(str, found)) + ")"
     return " (pass folders written by test.py: results/<run>_<checkpoint>/<dataset>-<split>)"
@@ -95,9 +102,10 @@ def load_result(folder: str | Path) -> Result:
     """Read a result folder; any problem is an error naming the file."""
     folder = Path(folder)
     csv_path = folder / "per_image.csv"
+    if not folder.is_dir():
+        raise ComparisonError(f"result folder not found: {folder}")
     if not csv_path.is_file():
-        what = "not a folder" if not folder.is_dir() else "no per_image.csv"
-        raise ComparisonError(f"{folder}: {what}{_result_hint(folder) if folder.is_dir() else ''}")
+        raise ComparisonError(f"{folder}: no per_image.csv{_result_hint(folder)}")
     with open(csv_path, newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
@@ -123,6 +131,8 @@ def load_result(folder: str | Path) -> Result:
             metrics = json.loads(metrics_path.read_text())
         except json.JSONDecodeError as e:
             raise ComparisonError(f"{metrics_path}: not valid JSON ({e})") from None
+        if not isinstance(metrics, dict):
+            raise ComparisonError(f"{metrics_path}: expected a JSON object, as test.py writes")
     return Result(folder, rows, metrics)
 
 
@@ -139,6 +149,18 @@ def short_labels(folders: list[Path]) -> list[str]:
         if len(set(labels)) == len(labels):
             return labels
     return [str(f) for f in folders]
+
+
+def load_results(folders: list[Path]) -> list[Result]:
+    """Read result folders (a folder given twice is refused) and label each one."""
+    resolved = [f.resolve() for f in folders]
+    repeated = sorted({str(f) for f in folders if resolved.count(f.resolve()) > 1})
+    if repeated:
+        raise ComparisonError(f"result folder given more than once: {', '.join(repeated)}")
+    results = [load_result(f) for f in folders]
+    for r, label in zip(results, short_labels(folders), strict=True):
+        r.label = label
+    return results
 
 
 def common_images(results: list[Result]) -> list[str]:
@@ -260,7 +282,7 @@ def run_summaries(
             "label": r.label,
             "folder": str(r.folder),
             "images": len(r.rows),
-            "seed": r.metrics.get("config", {}).get("train", {}).get("seed"),
+            "seed": (r.config or {}).get("train", {}).get("seed"),
             **_means(r, names),
             "per_domain": {d: _means(r, ns) for d, ns in subsets.items() if d != "all"},
             "clip_domains": None,
@@ -301,12 +323,11 @@ def _flat(config: dict, prefix: str = "") -> dict:
 def repeat_key(result: Result) -> str | None:
     """What a run computes (its config without REPEAT_IGNORES, and which checkpoint was tested),
     or None when its metrics.json records no config."""
-    config = result.metrics.get("config")
-    if not isinstance(config, dict):
+    if result.config is None:
         return None
     kept = {
         k: v
-        for k, v in _flat(config).items()
+        for k, v in _flat(result.config).items()
         if not any(k == i or k.startswith(f"{i}.") for i in REPEAT_IGNORES)
     }
     return json.dumps([kept, Path(result.metrics.get("checkpoint", "")).name], sort_keys=True)
@@ -327,7 +348,7 @@ def seed_groups(results: list[Result], runs: list[dict]) -> list[dict]:
         first = results[idx[0]]
         ckpt = Path(first.metrics.get("checkpoint", "")).name
         group = {
-            "config": f"{first.metrics['config'].get('exp_name', first.label)} ({ckpt})",
+            "config": f"{first.config.get('exp_name', first.label)} ({ckpt})",
             "runs": [runs[i]["label"] for i in idx],
             "seeds": seeds,
         }
