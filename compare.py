@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from utils.cli import run
@@ -78,6 +79,8 @@ def validation_curves(results: list[Result]) -> tuple[dict[str, list], list[str]
 def _num(x: float | None, digits: int, sign: bool = False) -> str:
     if x is None or math.isnan(x):
         return "n/a"
+    if sign and x != 0 and abs(x) < 0.5 * 10**-digits:
+        return f"{x:+.2g}"  # a difference too small for `digits` decimals, yet not zero
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 
@@ -115,7 +118,8 @@ def _metric_cells(means: dict, domains: list[str]) -> list[str]:
 def _means_section(report: dict) -> list[str]:
     domains, runs = list(report["domain_counts"]), report["runs"]
     lines = [
-        f"## {len(runs)} runs on {report['images']} common images (baseline: {report['baseline']})",
+        f"## {len(runs)} run{'s' * (len(runs) > 1)} on {report['images']} common images "
+        f"(baseline: {report['baseline']})",
         "",
         f"Per-domain columns: {_source_text(report)}.",
     ]
@@ -148,7 +152,9 @@ def _differences_section(report: dict) -> list[str]:
         row = [d["run"], d["domain"], str(d["images"])]
         row += [_num(d["d_psnr"], 2, True), _ci(d, "psnr", 2)]
         row += [_num(d["d_ssim"], 4, True), _ci(d, "ssim", 4)]
-        rows.append(row + ([_num(d.get("seed_sd_psnr"), 2)] if with_seeds else []))
+        if with_seeds:
+            row.append(_num(d["seed_sd_psnr"], 2) if "seed_sd_psnr" in d else "")
+        rows.append(row)
     lines += _table(header, rows, right_from=2)
     if any(d[f"d_{m}_method"] == "percentile" for d in diffs for m in METRICS):
         lines += ["", "\\* percentile interval: BCa was undefined for these differences."]
@@ -325,6 +331,7 @@ def plot_curves(report: dict, out_dir: Path) -> list[str]:
         marker = "o" if len(points) <= 40 else None
         ax.plot(epochs, values, marker=marker, markersize=3, label=label)
     ax.set(xlabel="epoch", ylabel="validation PSNR (dB)", title="Validation PSNR during training")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
