@@ -69,6 +69,15 @@ def test_a_run_compared_with_itself_gives_zero_with_a_zero_width_interval(tmp_pa
     assert "| copy_best | all | 30 | +0.00 | [+0.00, +0.00] | +0.0000 |" in capsys.readouterr().out
 
 
+def test_a_tiny_difference_is_never_printed_as_zero(tmp_path, capsys):
+    a = write_result(tmp_path / "a")
+    b = write_result(tmp_path / "b", BASE_PSNR + 0.001)
+    run_compare(tmp_path, a, b)
+    assert "| b | all | 30 | +0.001 | [+0.001, +0.001] | +0.0000 | [+0.0000, +0.0000] |" in (
+        capsys.readouterr().out
+    )
+
+
 def test_a_known_margin_lies_inside_the_interval(tmp_path):
     noise = RNG.normal(0, 0.3, N)
     noise -= noise.mean()  # the true mean difference is exactly the margin
