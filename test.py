@@ -98,6 +98,7 @@ def label_summary(rows: list[dict], domains: Sequence[str], labels_path: Path) -
 
 
 def print_label_summary(report: dict) -> None:
+    """The true-domain lines of the printed summary."""
     for domain, m in report["per_true_domain"].items():
         print(
             f"  true {domain:<10} PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}  "

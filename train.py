@@ -80,7 +80,7 @@ def stream_seed(seed: int, index: int) -> int:
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)  # numpy takes 32-bit seeds only (stream_seed may be larger)
     torch.manual_seed(seed)
 
 
