@@ -238,13 +238,12 @@ def test_validation_curves_come_from_the_runs_tensorboard_events(tmp_path):
 
 
 def test_compare_reads_what_test_py_writes(trained, tmp_path):
-    results = []
-    for ckpt in ("best", "last"):
-        out = tmp_path / "results" / f"run_{ckpt}" / "synthetic-test"
-        evaluate.main(["--ckpt", str(trained / f"{ckpt}.pth"), "--out", str(out)])
-        results.append(out)
-    report = run_compare(tmp_path, *results)
-    assert [r["label"] for r in report["runs"]] == ["run_best", "run_last"]
+    best = tmp_path / "results" / "run_best" / "synthetic-test"
+    evaluate.main(["--ckpt", str(trained / "best.pth"), "--out", str(best)])
+    again = shutil.copytree(best, tmp_path / "results" / "again_best" / "synthetic-test")
+    report = run_compare(tmp_path, best, again)
+    assert [r["label"] for r in report["runs"]] == ["run_best", "again_best"]
     assert report["images"] == 3 and report["domain_source"] == "true"
     assert len(report["validation_psnr"]["run_best"]) == 2  # the fixture's two validations
     assert all(r["clip_domains"] is not None for r in report["runs"])
+    assert report["seed_groups"] == []  # the same run twice is no seed repeat
