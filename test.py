@@ -14,6 +14,7 @@ import math
 import re
 import shutil
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from datasets import PairedDataset
 from utils.builders import (
-    domain_cache_for,
+    domain_text_features,
     inference_network,
     model_from_checkpoint,
     needs_text,
@@ -30,6 +31,7 @@ from utils.builders import (
 )
 from utils.cli import run
 from utils.config import LOCATION_KEYS, Config, config_to_dict, covers
+from utils.domain_labels import domain_confusion, labels_file, read_domain_labels
 from utils.image import from_model_range, png_names, write_rgb
 from utils.metrics import psnr, ssim
 
@@ -111,20 +113,13 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-def summarise(rows: list[dict]) -> dict:
-    """Means over images, overall and per predicted domain (the reported figures)."""
-    out = {
-        "psnr": _mean([r["psnr"] for r in rows]),
-        "ssim": _mean([r["ssim"] for r in rows]),
-        "count": len(rows),
-        "hazy_psnr": _mean([r["hazy_psnr"] for r in rows]),
-        "hazy_ssim": _mean([r["hazy_ssim"] for r in rows]),
-    }
+def _per_domain(rows: list[dict], key: str) -> dict:
+    """Means per value of the column `key` ("domain" or "true_domain"), empty values left out."""
     by_domain: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
-        if r["domain"]:
-            by_domain[r["domain"]].append(r)
-    out["per_domain"] = {
+        if r[key]:
+            by_domain[r[key]].append(r)
+    return {
         d: {
             "psnr": _mean([r["psnr"] for r in rs]),
             "ssim": _mean([r["ssim"] for r in rs]),
@@ -132,7 +127,47 @@ def summarise(rows: list[dict]) -> dict:
         }
         for d, rs in sorted(by_domain.items())
     }
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Means over images, overall and per predicted domain (the reported figures)."""
+    return {
+        "psnr": _mean([r["psnr"] for r in rows]),
+        "ssim": _mean([r["ssim"] for r in rows]),
+        "count": len(rows),
+        "hazy_psnr": _mean([r["hazy_psnr"] for r in rows]),
+        "hazy_ssim": _mean([r["hazy_ssim"] for r in rows]),
+        "per_domain": _per_domain(rows, "domain"),
+    }
+
+
+def label_summary(rows: list[dict], domains: Sequence[str], labels_path: Path) -> dict:
+    """Means per true domain (from the split's labels file) and, when CLIP classified the
+    images, its zero-shot accuracy against the labels and the confusion between domains."""
+    out: dict = {"labels": str(labels_path), "per_true_domain": _per_domain(rows, "true_domain")}
+    if any(r["domain"] for r in rows):
+        true = {r["name"]: r["true_domain"] for r in rows}
+        predicted = {r["name"]: r["domain"] for r in rows}
+        out["clip_domains"] = domain_confusion(true, predicted, domains)
     return out
+
+
+def print_label_summary(report: dict) -> None:
+    """The true-domain lines of the printed summary."""
+    for domain, m in report["per_true_domain"].items():
+        print(
+            f"  true {domain:<10} PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}  "
+            f"({m['count']} images)"
+        )
+    if "clip_domains" in report:
+        c = report["clip_domains"]
+        confusion = ", ".join(
+            f"{t}->{p} {n}" for t, row in c["confusion"].items() for p, n in row.items()
+        )
+        print(
+            f"  CLIP domains vs {report['labels']}: {c['accuracy']:.1%} correct "
+            f"({c['correct']}/{c['count']}; true->predicted: {confusion})"
+        )
 
 
 @torch.no_grad()
@@ -148,9 +183,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     text_features, domains = None, {}
     if needs_text(cfg):
-        cache = domain_cache_for(cfg.clip, root / split / "hazy", device=str(device))
-        text_features, domains = cache.features(cfg.clip.mode), cache.domains
+        text_features, cache = domain_text_features(cfg, root / split, device=str(device))
+        domains = cache.domains
     dataset = PairedDataset(root, split, "test", text_features=text_features)
+    labels_path = labels_file(root / split)
+    true_domains = {}
+    if labels_path.is_file():
+        true_domains = read_domain_labels(labels_path, cfg.clip.domains, dataset.names)
     loader = DataLoader(dataset, batch_size=1, num_workers=min(4, cfg.data.num_workers))
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -170,6 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "ssim": ssim(out01, gt01).item(),
                 "hazy_psnr": psnr(hazy01, gt01).item(),
                 "hazy_ssim": ssim(hazy01, gt01).item(),
+                "true_domain": true_domains.get(name, ""),
             }
         )
         if args.save_images:
@@ -180,6 +220,8 @@ def main(argv: list[str] | None = None) -> dict:
         writer.writeheader()
         writer.writerows(rows)
     summary = summarise(rows)
+    if true_domains:
+        summary.update(label_summary(rows, cfg.clip.domains, labels_path))
     summary.update(checkpoint=str(args.ckpt), model=cfg.model.name, data=str(root / split))
     summary.update(overrides=list(args.overrides), config=config_to_dict(cfg))
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -191,6 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(
             f"  {domain:<10} PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}  ({m['count']} images)"
         )
+    if true_domains:
+        print_label_summary(summary)
     print(f"results in {out_dir}")
     return summary
 

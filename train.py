@@ -27,7 +27,13 @@ from tqdm import tqdm
 from datasets import PairedDataset
 from datasets.synthetic import DEFAULT_ROOT, generate_if_configured
 from models import load_pretrained
-from utils.builders import autocast, build_network, check_names, domain_cache_for, needs_text
+from utils.builders import (
+    autocast,
+    build_network,
+    check_names,
+    domain_text_features,
+    needs_text,
+)
 from utils.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_atomic
 from utils.cli import positive_int, run
 from utils.clip_domains import embedding_width
@@ -47,6 +53,7 @@ from utils.losses import build_contrastive_loss
 from utils.metrics import psnr, ssim
 
 DEFAULT_CONFIG = "configs/reside6k/mixcl-s.yaml"
+STREAMS_PER_SEED = 1_000_000  # more than any run's epochs or processes
 
 
 class NonFiniteLossError(RuntimeError):
@@ -82,9 +89,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def stream_seed(seed: int, index: int) -> int:
+    """Seed of a run's random stream `index` (an epoch's shuffling, a process's RNGs).
+
+    `seed + index` would make seed 1 replay seed 0's stream of epoch (or rank) 1, so runs
+    repeated with other seeds would not be independent; seed 0 keeps seeds equal to `index`.
+    """
+    return seed * STREAMS_PER_SEED + index
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)  # numpy takes 32-bit seeds only (stream_seed may be larger)
     torch.manual_seed(seed)
 
 
@@ -159,14 +175,14 @@ def record_run(cfg: Config, run_dir: Path, argv: list[str] | None) -> None:
 
 
 def text_features(cfg: Config, split: str, info: DistInfo) -> dict[str, torch.Tensor]:
-    """Per-image CLIP text features of a split: rank 0 builds the cache, the others read it."""
-    hazy_dir = Path(cfg.data.root) / split / "hazy"
+    """Per-image text features of a split: rank 0 builds the CLIP cache, the others read it."""
+    split_dir = Path(cfg.data.root) / split
     if info.is_main:
-        cache = domain_cache_for(cfg.clip, hazy_dir)
+        features, _ = domain_text_features(cfg, split_dir)
     barrier(info)
     if not info.is_main:
-        cache = domain_cache_for(cfg.clip, hazy_dir)
-    return cache.features(cfg.clip.mode)
+        features, _ = domain_text_features(cfg, split_dir)
+    return features
 
 
 def train_amp(cfg: Config, device: torch.device) -> str:
@@ -262,7 +278,8 @@ def make_loaders(
             f"train.batch_size={cfg.train.batch_size} must be a multiple of the "
             f"{info.world_size} processes"
         )
-    sampler = DistributedSampler(train_set, seed=cfg.train.seed) if info.enabled else None
+    data_seed = stream_seed(cfg.train.seed, 0)  # the sampler adds the epoch
+    sampler = DistributedSampler(train_set, seed=data_seed) if info.enabled else None
     val_sampler = DistributedSampler(val_set, shuffle=False) if info.enabled else None
     common = {"num_workers": d.num_workers, "pin_memory": torch.cuda.is_available()}
     train_loader = DataLoader(
@@ -323,7 +340,7 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
     barrier(info)
 
     check_data(cfg, info)
-    seed_everything(cfg.train.seed + info.rank)
+    seed_everything(stream_seed(cfg.train.seed, info.rank))
     train_text = test_text = None
     text_dim = None
     if needs_text(cfg):
@@ -433,7 +450,7 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
     epoch, step = start_epoch, 0
     try:
         for epoch in range(start_epoch, end_epoch):
-            generator.manual_seed(cfg.train.seed + epoch)
+            generator.manual_seed(stream_seed(cfg.train.seed, epoch))
             if sampler is not None:
                 sampler.set_epoch(epoch)
             model.train()

@@ -18,6 +18,7 @@ import numpy as np
 
 from utils.cli import positive_int, run
 from utils.config import DataConfig, SyntheticConfig
+from utils.domain_labels import labels_file, write_domain_labels
 from utils.image import PathLike, write_rgb
 
 # The command's output folder, and the only place a config's data.synthetic.enabled writes to.
@@ -116,20 +117,23 @@ def _indoor(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.nd
     return img, np.clip(depth, 0.15, 1.0) * rng.uniform(0.8, 1.5)
 
 
+SCENES = {"indoor": _indoor, "outdoor": _outdoor}
+
+
 def _to_uint8(img: np.ndarray) -> np.ndarray:
     return np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
-def synthetic_pair(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """One (clear, hazy) pair of uint8 (h, w, 3) RGB images."""
-    scene = _indoor if rng.random() < 0.5 else _outdoor
-    clear, depth = scene(rng, h, w)
+def synthetic_pair(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """One (clear, hazy) pair of uint8 (h, w, 3) RGB images and its scene's domain."""
+    domain = "indoor" if rng.random() < 0.5 else "outdoor"
+    clear, depth = SCENES[domain](rng, h, w)
     clear = np.clip(clear + rng.normal(0, 0.02, clear.shape), 0, 1)
     beta = rng.uniform(0.5, 1.5)
     airlight = rng.uniform(0.75, 1.0) * rng.uniform(0.95, 1.0, 3)
     t = np.exp(-beta * depth)[..., None]
     hazy = clear * t + airlight * (1 - t)
-    return _to_uint8(clear), _to_uint8(hazy)
+    return _to_uint8(clear), _to_uint8(hazy), domain
 
 
 def make_synthetic_dataset(
@@ -139,19 +143,25 @@ def make_synthetic_dataset(
     size: Size = ((40, 72), (40, 72)),
     seed: int = 0,
 ) -> Path:
-    """Write `<root>/{train,test}/{GT,hazy}/NNNN.png` and return `root` as a Path.
+    """Write `<root>/{train,test}/{GT,hazy}/NNNN.png` and each split's true domains
+    (`domains.csv`, see utils.domain_labels), and return `root` as a Path.
 
     `size` is (height, width); each side is a fixed int or an inclusive (lo, hi) range drawn
     per image, so the default gives varied sizes, odd ones included.
     """
     root = Path(root)
     for split, n in (("train", n_train), ("test", n_test)):
+        labels = {}
         for i in range(n):
             rng = np.random.default_rng([seed, SPLITS[split], i])
             h, w = _draw_side(rng, size[0]), _draw_side(rng, size[1])
-            clear, hazy = synthetic_pair(rng, h, w)
-            write_rgb(root / split / "GT" / f"{i:04d}.png", clear)
-            write_rgb(root / split / "hazy" / f"{i:04d}.png", hazy)
+            clear, hazy, domain = synthetic_pair(rng, h, w)
+            name = f"{i:04d}.png"
+            write_rgb(root / split / "GT" / name, clear)
+            write_rgb(root / split / "hazy" / name, hazy)
+            labels[name] = domain
+        if labels:
+            write_domain_labels(labels_file(root / split), labels)
     return root
 
 

@@ -36,6 +36,7 @@ from utils.config import (
     override_config,
     refuse_changes,
 )
+from utils.domain_labels import labels_file, read_domain_labels
 from utils.image import list_images
 
 
@@ -76,6 +77,26 @@ def domain_cache_for(clip: ClipConfig, hazy_dir: Path, device: str = "cpu") -> D
         batch_size=clip.batch_size,
         device=device,
     )
+
+
+def domain_text_features(
+    cfg: Config, split_dir: Path, device: str = "cpu"
+) -> tuple[dict[str, torch.Tensor], DomainCache]:
+    """Per-image text features of a split and CLIP's domain results for it.
+
+    The features are those of CLIP's zero-shot domains, or with `clip.domain_source: labels`
+    exactly the prompt embedding of each image's domain in `<split>/domains.csv` (read first,
+    so a bad labels file fails before CLIP runs).
+    """
+    hazy_dir = split_dir / "hazy"
+    labels = None
+    if cfg.clip.domain_source == "labels":
+        names = [p.name for p in list_images(hazy_dir)]
+        labels = read_domain_labels(labels_file(split_dir), cfg.clip.domains, names)
+    cache = domain_cache_for(cfg.clip, hazy_dir, device=device)
+    if labels is None:
+        return cache.features(cfg.clip.mode), cache
+    return cache.labelled_features(labels), cache
 
 
 def load_clip_for(clip: ClipConfig, device: str = "cpu"):

@@ -259,6 +259,12 @@ class DomainCache:
         feats = domain_features(self.probs, self.text_emb, mode or self.mode)
         return {n: feats[i : i + 1] for i, n in enumerate(self.names)}
 
+    def labelled_features(self, labels: dict[str, str]) -> dict[str, torch.Tensor]:
+        """Image file name -> (1, D) prompt embedding of its labelled domain (oracle domains),
+        in place of CLIP's guess; `labels` maps every image name to one of `domain_names`."""
+        index = {d: k for k, d in enumerate(self.domain_names)}
+        return {n: self.text_emb[index[labels[n]]].reshape(1, -1).clone() for n in self.names}
+
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()

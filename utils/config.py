@@ -117,6 +117,9 @@ class ClipConfig:
     domains: tuple[str, ...] = DEFAULT_DOMAINS
     template: str = DEFAULT_TEMPLATE
     mode: Literal["hard", "soft"] = "hard"
+    # "labels": each image's domain from <split folder>/domains.csv instead of CLIP's guess
+    # (oracle domains; the feature is that domain's prompt embedding, `mode` does not apply).
+    domain_source: Literal["clip", "labels"] = "clip"
     batch_size: int = 64
     cache_dir: str = "cache/clip_domains"
 
@@ -179,7 +182,11 @@ class Config:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.exp_name
+        """<output_dir>/<exp_name>, plus `-seed<N>` for a seed other than the default, so that
+        repeating a run with `train.seed=N` never writes into (or resumes) the default run."""
+        if self.train.seed == TrainConfig.seed:
+            return Path(self.output_dir) / self.exp_name
+        return Path(self.output_dir) / f"{self.exp_name}-seed{self.train.seed}"
 
 
 def _convert(value: Any, tp: Any, key: str) -> Any:

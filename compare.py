@@ -1,0 +1,362 @@
+"""Compare test.py result folders: is a difference larger than the noise?
+
+python compare.py BASELINE_RESULT RUN_RESULT [RUN_RESULT ...] [--out DIR]
+
+Each RESULT is a folder written by test.py (per_image.csv, metrics.json); the first is the
+baseline. Prints a markdown report: mean PSNR/SSIM overall and per domain, the paired
+per-image difference of every run against the baseline with a bootstrap confidence interval,
+the spread of runs repeated with other seeds, and CLIP's zero-shot accuracy where the data has
+true domains. Writes the report, CSV and JSON files and PNG plots to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from utils.cli import run
+from utils.comparison import (
+    METRICS,
+    Bootstrap,
+    ComparisonError,
+    Result,
+    build_report,
+    load_results,
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "results", nargs="+", help="result folders of test.py; the first is the baseline"
+    )
+    p.add_argument(
+        "--out", help="folder for the report, CSV/JSON and PNGs (default under results/)"
+    )
+    p.add_argument("--confidence", type=float, default=0.95, help="confidence level (0.95)")
+    p.add_argument("--resamples", type=int, default=9999, help="bootstrap resamples (9999)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap random seed (0)")
+    args = p.parse_args(argv)
+    if not 0 < args.confidence < 1:
+        p.error("--confidence must be between 0 and 1")
+    if args.resamples < 1:
+        p.error("--resamples must be positive")
+    return args
+
+
+def validation_curves(results: list[Result]) -> tuple[dict[str, list], list[str]]:
+    """Validation PSNR per epoch of each run, from the TensorBoard events of the run folder
+    that holds the tested checkpoint; and a note for each run without them."""
+    curves, notes = {}, []
+    for r in results:
+        ckpt = r.metrics.get("checkpoint")
+        if not ckpt:
+            notes.append(f"{r.label}: no metrics.json naming the checkpoint")
+            continue
+        events = Path(ckpt).parent / "tensorboard"
+        if not any(events.glob("events.out.tfevents.*")):
+            notes.append(f"{r.label}: no TensorBoard events in {events}")
+            continue
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        if "val/psnr" not in acc.Tags()["scalars"]:
+            notes.append(f"{r.label}: no val/psnr in {events}")
+            continue
+        curves[r.label] = [[e.step, e.value] for e in acc.Scalars("val/psnr")]
+    return curves, notes
+
+
+def _num(x: float | None, digits: int, sign: bool = False) -> str:
+    if x is None or math.isnan(x):
+        return "n/a"
+    if sign and x != 0 and abs(x) < 0.5 * 10**-digits:
+        return f"{x:+.2g}"  # a difference too small for `digits` decimals, yet not zero
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def _ci(row: dict, m: str, digits: int) -> str:
+    low, high = row[f"d_{m}_low"], row[f"d_{m}_high"]
+    if low is None:
+        return "n/a"
+    mark = "*" if row[f"d_{m}_method"] == "percentile" else ""
+    return f"[{_num(low, digits, True)}, {_num(high, digits, True)}]{mark}"
+
+
+def _table(header: list[str], rows: list[list[str]], right_from: int = 1) -> list[str]:
+    align = ["---" if i < right_from else "---:" for i in range(len(header))]
+    return ["| " + " | ".join(r) + " |" for r in (header, align, *rows)]
+
+
+def _source_text(report: dict) -> str:
+    source = report["domain_source"]
+    counts = ", ".join(f"{d} {n}" for d, n in report["domain_counts"].items())
+    if source == "true":
+        return f"true domains from the labels file ({counts})"
+    if source.startswith("clip:"):
+        return f"CLIP's zero-shot domains in {source[5:]} ({counts})"
+    return "no domains recorded"
+
+
+def _metric_cells(means: dict, domains: list[str]) -> list[str]:
+    """PSNR and SSIM overall, then per domain (means: {psnr, ssim, per_domain})."""
+    cells = [_num(means["psnr"], 2), _num(means["ssim"], 4)]
+    for d in domains:
+        cells += [_num(means["per_domain"][d]["psnr"], 2), _num(means["per_domain"][d]["ssim"], 4)]
+    return cells
+
+
+def _means_section(report: dict) -> list[str]:
+    domains, runs = list(report["domain_counts"]), report["runs"]
+    lines = [
+        f"## {len(runs)} run{'s' * (len(runs) > 1)} on {report['images']} common images "
+        f"(baseline: {report['baseline']})",
+        "",
+        f"Per-domain columns: {_source_text(report)}.",
+    ]
+    partial = [r for r in runs if r["images"] != report["images"]]
+    if partial:
+        left_out = ", ".join(f"{r['label']} {r['images'] - report['images']}" for r in partial)
+        lines.append(f"Images left out (not in every run): {left_out}.")
+    header = ["run", "PSNR", "SSIM"] + [f"{m.upper()} {d}" for d in domains for m in METRICS]
+    rows = [["hazy input", *_metric_cells(report["hazy"], domains)]]
+    rows += [[r["label"], *_metric_cells(r, domains)] for r in runs]
+    return [*lines, "", *_table(header, rows)]
+
+
+def _differences_section(report: dict) -> list[str]:
+    diffs, b = report["differences"], report["bootstrap"]
+    level = f"{b['confidence']:.0%}"
+    lines = [
+        f"### Paired differences against {report['baseline']}",
+        "",
+        f"Mean of run − baseline per image over the {report['images']} common images, with a "
+        f"{level} paired bootstrap confidence interval (BCa, {b['resamples']} resamples, seed "
+        f"{b['seed']}).",
+        "",
+    ]
+    with_seeds = any("seed_sd_psnr" in d for d in diffs)
+    header = ["run", "domain", "images", "ΔPSNR (dB)", f"{level} CI", "ΔSSIM", f"{level} CI"]
+    header += ["PSNR sd over seeds"] if with_seeds else []
+    rows = []
+    for d in diffs:
+        row = [d["run"], d["domain"], str(d["images"])]
+        row += [_num(d["d_psnr"], 2, True), _ci(d, "psnr", 2)]
+        row += [_num(d["d_ssim"], 4, True), _ci(d, "ssim", 4)]
+        if with_seeds:
+            row.append(_num(d["seed_sd_psnr"], 2) if "seed_sd_psnr" in d else "")
+        rows.append(row)
+    lines += _table(header, rows, right_from=2)
+    if any(d[f"d_{m}_method"] == "percentile" for d in diffs for m in METRICS):
+        lines += ["", "\\* percentile interval: BCa was undefined for these differences."]
+    return lines
+
+
+def _seeds_section(report: dict) -> list[str]:
+    lines = [
+        "### Runs repeated with other seeds",
+        "",
+        "The spread of a configuration's mean over training seeds; a paired interval narrower "
+        "than it speaks for these weights, not for retraining.",
+        "",
+    ]
+    header = ["config", "seeds", "PSNR mean ± sd", "PSNR min–max", "SSIM mean ± sd"]
+    rows = [
+        [
+            g["config"],
+            ", ".join(map(str, g["seeds"])),
+            f"{g['psnr_mean']:.2f} ± {g['psnr_sd']:.2f}",
+            f"{g['psnr_min']:.2f}–{g['psnr_max']:.2f}",
+            f"{g['ssim_mean']:.4f} ± {g['ssim_sd']:.4f}",
+        ]
+        for g in report["seed_groups"]
+    ]
+    return lines + _table(header, rows, right_from=2)
+
+
+def _clip_section(runs: list[dict]) -> list[str]:
+    known = sorted({d for r in runs for d in r["clip_domains"]["confusion"]})
+    pairs = [(t, p) for t in known for p in known]
+    header = ["run", "accuracy"] + [f"{t} → {p}" for t, p in pairs]
+    rows = [
+        [r["label"], f"{r['clip_domains']['accuracy']:.1%}"]
+        + [str(r["clip_domains"]["confusion"].get(t, {}).get(p, 0)) for t, p in pairs]
+        for r in runs
+    ]
+    title = "### CLIP's zero-shot domains against the true domains (true → predicted)"
+    return [title, "", *_table(header, rows)]
+
+
+def markdown(report: dict) -> str:
+    """The report as markdown, ready to paste into a paper or a README."""
+    sections = [_means_section(report)]
+    if report["differences"]:
+        sections.append(_differences_section(report))
+    if report["seed_groups"]:
+        sections.append(_seeds_section(report))
+    clip = [r for r in report["runs"] if r["clip_domains"]]
+    if clip:
+        sections.append(_clip_section(clip))
+    if report["notes"]:
+        sections.append(["Validation curves: " + "; ".join(report["notes"]) + "."])
+    return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
+
+
+def _safe(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-") or "run"
+
+
+def default_out_dir(labels: list[str]) -> Path:
+    name = "_vs_".join(map(_safe, labels))
+    if len(name) > 100:
+        digest = hashlib.sha1("\n".join(labels).encode()).hexdigest()[:8]
+        name = f"{_safe(labels[0])}_vs_{len(labels) - 1}_runs_{digest}"
+    return Path("results") / "compare" / name
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    """Make `out_dir` ready: files of an earlier comparison there are removed (none of them may
+    outlive it); a folder holding anything else is refused."""
+    previous = out_dir / "compare.json"
+    if previous.is_file():
+        for name in json.loads(previous.read_text()).get("files", []):
+            (out_dir / Path(name).name).unlink(missing_ok=True)
+    elif out_dir.is_dir() and any(out_dir.iterdir()):
+        raise ComparisonError(
+            f"--out {out_dir} is not empty and holds no earlier comparison: choose another folder"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_tables(report: dict, text: str, out_dir: Path) -> list[str]:
+    """report.md, runs.csv, differences.csv and seeds.csv (when there are repeats)."""
+    (out_dir / "report.md").write_text(text)
+    runs = []
+    for r in report["runs"]:
+        row = {k: r[k] for k in ("label", "folder", "images", "seed", "psnr", "ssim")}
+        for d, means in r["per_domain"].items():
+            row.update({f"{m}_{d}": means[m] for m in METRICS})
+        row["clip_accuracy"] = r["clip_domains"]["accuracy"] if r["clip_domains"] else ""
+        runs.append(row)
+    _write_csv(out_dir / "runs.csv", runs)
+    files = ["report.md", "runs.csv"]
+    if report["differences"]:
+        keys = ["run", "baseline", "domain", "images"]
+        keys += [f"d_{m}{s}" for m in METRICS for s in ("", "_low", "_high", "_method")]
+        keys += ["seed_sd_psnr"]
+        _write_csv(
+            out_dir / "differences.csv",
+            [{k: d.get(k) for k in keys} for d in report["differences"]],
+        )
+        files.append("differences.csv")
+    if report["seed_groups"]:
+        groups = [
+            {**g, "runs": " ".join(g["runs"]), "seeds": " ".join(map(str, g["seeds"]))}
+            for g in report["seed_groups"]
+        ]
+        _write_csv(out_dir / "seeds.csv", groups)
+        files.append("seeds.csv")
+    return files
+
+
+def _difference_panel(ax, diff: np.ndarray, row: dict, level: str) -> None:
+    """Sorted per-image differences as bars, their mean and its confidence band."""
+    diff = np.sort(diff[np.isfinite(diff)])
+    x = np.arange(1, len(diff) + 1)
+    colors = np.where(diff >= 0, "#4c9a2a", "#c0392b")
+    ax.bar(x, diff, width=1.0, linewidth=0, color=colors, alpha=0.8)
+    if row["d_psnr_low"] is not None:
+        band = (row["d_psnr_low"], row["d_psnr_high"])
+        ax.axhspan(*band, color="#1f77b4", alpha=0.3, label=f"{level} CI of the mean")
+    ax.axhline(row["d_psnr"], color="#1f77b4", linewidth=1.5, label="mean")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xlim(0.5, len(diff) + 0.5)
+    ax.set_xlabel("images, sorted by difference")
+    ax.set_title(
+        f"{row['domain']} ({row['images']} images)\nmean {_num(row['d_psnr'], 2, True)} dB, "
+        f"CI {_ci(row, 'psnr', 2)}",
+        fontsize=10,
+    )
+    ax.grid(axis="y", alpha=0.3)
+
+
+def plot_differences(
+    results: list[Result], rows: dict[str, list[str]], report: dict, out_dir: Path
+) -> list[str]:
+    """One PNG per run: its sorted per-image PSNR differences against the baseline with the
+    mean and its confidence band, in one panel for all images and one per domain."""
+    base, files = results[0], []
+    differences = {(d["run"], d["domain"]): d for d in report["differences"]}
+    level = f"{report['bootstrap']['confidence']:.0%}"
+    for i, r in enumerate(results[1:], start=1):
+        fig = Figure(figsize=(1 + 4.2 * len(rows), 3.8))
+        axes = fig.subplots(1, len(rows), sharey=True, squeeze=False)[0]
+        for ax, (domain, names) in zip(axes, rows.items(), strict=True):
+            diff = r.values("psnr", names) - base.values("psnr", names)
+            _difference_panel(ax, diff, differences[(r.label, domain)], level)
+        axes[0].set_ylabel("ΔPSNR (dB)")
+        axes[0].legend(loc="best", fontsize=8)
+        fig.suptitle(f"PSNR per image: {r.label} − {base.label}", fontsize=11)
+        fig.tight_layout()
+        files.append(f"psnr_diff_{i}_{_safe(r.label)}.png")
+        fig.savefig(out_dir / files[-1], dpi=120)
+    return files
+
+
+def plot_curves(report: dict, out_dir: Path) -> list[str]:
+    """Validation PSNR against epoch for every run with TensorBoard events."""
+    curves = report["validation_psnr"]
+    if not curves:
+        return []
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.subplots()
+    for label, points in curves.items():
+        epochs, values = zip(*points, strict=True)
+        marker = "o" if len(points) <= 40 else None
+        ax.plot(epochs, values, marker=marker, markersize=3, label=label)
+    ax.set(xlabel="epoch", ylabel="validation PSNR (dB)", title="Validation PSNR during training")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "val_psnr.png", dpi=120)
+    return ["val_psnr.png"]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Compare; returns the report written to compare.json."""
+    args = parse_args(argv)
+    results = load_results([Path(f) for f in args.results])
+    report, rows = build_report(results, Bootstrap(args.confidence, args.resamples, args.seed))
+    report["validation_psnr"], report["notes"] = validation_curves(results)
+
+    out_dir = Path(args.out) if args.out else default_out_dir([r.label for r in results])
+    prepare_out_dir(out_dir)
+    text = markdown(report)
+    files = write_tables(report, text, out_dir)
+    files += plot_differences(results, rows, report, out_dir)
+    files += plot_curves(report, out_dir)
+    report["files"] = [*files, "compare.json"]
+    (out_dir / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(text + f"\nWritten to {out_dir}: {', '.join(report['files'])}")
+    return report
+
+
+if __name__ == "__main__":
+    run(main)
