@@ -27,11 +27,12 @@ from tqdm import tqdm
 from datasets import PairedDataset
 from datasets.synthetic import make_synthetic_dataset
 from models import load_pretrained
-from utils.builders import autocast, build_network, domain_cache_for, needs_text
+from utils.builders import build_network, domain_cache_for, needs_text
 from utils.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_atomic
 from utils.cli import run
 from utils.clip_domains import embedding_width
 from utils.config import Config, ConfigError, config_to_dict, dump_config, load_config
+from utils.devices import autocast, speed_on
 from utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from utils.image import from_model_range, write_rgb
 from utils.losses import build_contrastive_loss
@@ -267,7 +268,8 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
     generator = torch.Generator()
     train_loader, val_loader, sampler = make_loaders(cfg, info, train_text, test_text, generator)
 
-    net = build_network(cfg, text_dim).to(device)
+    speed = speed_on(cfg, device)
+    net = build_network(cfg, text_dim, speed).to(device)
     if cfg.model.init_from and resume_ckpt is None:
         load_pretrained(net, cfg.model.init_from)
     optimizer = torch.optim.AdamW(
@@ -297,7 +299,7 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
             print(f"resuming {last_path} after epoch {start_epoch} (best PSNR {best_psnr:.2f})")
 
     model: nn.Module = net
-    if cfg.speed.compile:
+    if speed.compile:
         model = torch.compile(model)
     if info.enabled:
         model = nn.parallel.DistributedDataParallel(
