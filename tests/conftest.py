@@ -12,11 +12,14 @@ from .helpers import load_entry, train_args
 
 
 @pytest.fixture
-def exact_fp32(monkeypatch):
+def exact_fp32():
     """fp32 on CUDA computed as on the CPU: torch lets cuDNN convolutions use TF32 by default,
     whose 10-bit mantissa is far coarser than the tolerances fp32 comparisons pin."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    yield
+    cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 @pytest.fixture
