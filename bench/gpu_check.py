@@ -85,7 +85,7 @@ def env(device_name: str) -> dict[str, Any]:
         raise SystemExit("CUDA was asked for but torch sees no GPU")
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(0)  # NCCL works on the current device
         info["nccl"] = str(torch.cuda.nccl.version())
     dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     try:
