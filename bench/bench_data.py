@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from bench.common import parse_size, report, size_label, time_calls
+from bench.common import parse_size, report, time_calls
 from datasets import PairedDataset
 from datasets.synthetic import make_synthetic_dataset
 
@@ -105,12 +105,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for r in results
     ]
     title = (
-        f"PairedDataset train mode, {args.pairs} synthetic {size_label(hw)} PNG pairs, "
+        f"PairedDataset train mode, {args.pairs} synthetic {hw[1]}x{hw[0]} PNG pairs, "
         f"{args.patch}x{args.patch} crops, batch {args.batch}, median of {args.repeats} epochs"
     )
     payload = {
         "pairs": args.pairs,
-        "size": size_label(hw),
+        "size": f"{hw[1]}x{hw[0]}",
         "pin_memory": args.pin_memory,
         "patch": args.patch,
         "batch": args.batch,

@@ -361,6 +361,8 @@ def print_summary(payload: dict[str, Any]) -> None:
     if "gpu_waits_for_data" in v["data"]:
         print(f"  GPU waits for data at {TRAIN_WORKERS} workers: {v['data']['gpu_waits_for_data']}")
     print(f"  end to end: {v['end_to_end_ok']}")
+    if payload["ddp"] is not None:
+        print(f"  ddp equality: {json.dumps(payload['ddp'])[:300]}")
     if payload["pytest"]:
         p = payload["pytest"]
         print(

@@ -4,7 +4,7 @@
 #     bash bench/gpu_check.sh OUT_DIR [--rehearse] [--steps a,b,...] [--budget SECONDS]
 #
 # About 5 minutes on one H100. The steps run in this order, each under its own time limit and
-# all within --budget (default 480 s; a step that no longer fits is skipped and says so). A
+# all within --budget (default 540 s; a step that no longer fits is skipped and says so). A
 # failing step is recorded and the next one runs; the exit status is 1 if a step failed, timed
 # out or found no time left, 0 otherwise (a step whose script the tree lacks is only reported).
 #   env        the machine, its packages, one NCCL collective (bench/gpu_check.py env)
@@ -16,13 +16,13 @@
 #   train      mixcl-s training steps, batch 16 at 256x256, fp16 autocast + GradScaler, L1 + CR
 #              (random ResNet-152): the authors' computation against ours, each speed option,
 #              and ours under torch.compile (bench/bench_train.py)
+#   pytest     the test suite with CUDA visible: the CUDA-only tests run instead of skipping
 #   data       data-loader pairs/s on RESIDE-sized synthetic pairs with the machine's cores, to
 #              set beside the training images/s (bench/bench_data.py)
 #   e2e        in a scratch copy: the quickstart through train.sh with AMP, --resume, test.py,
 #              and the training under torchrun with one process (bench/gpu_check.py e2e)
 #   ddp        2 processes sharing the GPU with SyncBatchNorm reach the weights of 1 process,
 #              without it they do not (bench/ddp_equality.py, where the tree has it)
-#   pytest     the test suite with CUDA visible: the CUDA-only tests run instead of skipping
 # OUT_DIR receives three files: gpu_check.log (everything printed), gpu_check.json (every
 # figure, each step's status and the verdicts on the targets) and pytest.xml.
 #
@@ -40,7 +40,6 @@
 # the script between GPU loans (tests/test_gpu_check.py); --steps runs only the named steps,
 # e.g. to redo a failed one.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
 usage() {
   echo "usage: bash bench/gpu_check.sh OUT_DIR [--rehearse] [--steps a,b,...] [--budget SECONDS]"
@@ -51,7 +50,7 @@ out=$1
 shift
 rehearse=0
 steps=all
-budget=480
+budget=540
 while [[ $# -gt 0 ]]; do
   case $1 in
     --rehearse) rehearse=1 ;;
@@ -61,9 +60,11 @@ while [[ $# -gt 0 ]]; do
   esac
   shift
 done
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
-mkdir -p "$out"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 reserve=15  # seconds kept for the summary
@@ -92,7 +93,7 @@ step() {  # step NAME LIMIT COMMAND...: run COMMAND within LIMIT seconds and wha
   echo "== $name (at most $limit s): $*"
   local start=$SECONDS rc=0 status=ok
   timeout --kill-after=10 "$limit" "$@" || rc=$?
-  if ((rc == 124 || rc == 137)); then
+  if ((rc == 124 || (rc == 137 && SECONDS - start >= limit))); then
     status=timeout
   elif ((rc != 0)); then
     status=failed
@@ -140,6 +141,7 @@ main() {
     --json "$work/inference.json"
   step train 210 "$py" -m bench.bench_train --device "$dev" --precision fp16 --cr "${train[@]}" \
     --json "$work/train.json"
+  step pytest 300 "$py" -m pytest "${pytest_args[@]}"
   step data 90 "$py" -m bench.bench_data "${data[@]}" --json "$work/data.json"
   step e2e 240 "$py" -m bench.gpu_check e2e "${e2e[@]}" --timeout 200 --json "$work/e2e.json"
   if [[ -f bench/ddp_equality.py ]]; then
@@ -148,7 +150,6 @@ main() {
     echo "== ddp: skipped, bench/ddp_equality.py is not in this tree"
     record ddp skipped "" 0 "not in this tree"
   fi
-  step pytest 300 "$py" -m pytest "${pytest_args[@]}"
 
   "$py" -m bench.gpu_check summary --work "$work" --junit "$out/pytest.xml" \
     --json "$out/gpu_check.json"
