@@ -95,16 +95,18 @@ def run_case(
         return run
 
     element = 4 if precision == "none" else 2
-    return {
+    r: dict[str, Any] = {
         "batch": batch,
         "size": size_label(hw),
         "precision": precision,
         "backward": backward,
         "map_mib": batch * hw[0] * hw[1] * TEXT_DIM * element / MIB,
         "fusion": attempt(call(fusion, list(backends.values())), device),
-        "backends": {n: attempt(call(fusion, [b]), device)["ok"] for n, b in backends.items()},
         "model": attempt(call(net, list(backends.values())), device),
     }
+    # Last: a backend probed alone could fail in a way that spoils this process's later work.
+    r["backends"] = {n: attempt(call(fusion, [b]), device)["ok"] for n, b in backends.items()}
+    return r
 
 
 def attention_error(precision: str, device: torch.device) -> float:
