@@ -31,6 +31,7 @@ from utils.builders import (
 )
 from utils.cli import positive_int, run
 from utils.clip_domains import classify, domain_feature, domain_prompts, text_embeddings
+from utils.devices import speed_on
 from utils.image import (
     from_model_range,
     png_names,
@@ -41,10 +42,17 @@ from utils.image import (
 )
 from utils.memory import available_memory
 
-# Peak memory of a full-resolution fp32 forward pass grows linearly with the pixel count;
-# bench/bench_inference.py measures it: under 900 bytes per input pixel for every variant, plus
-# a margin for run-to-run variation.
-BYTES_PER_PIXEL = 1300
+# Peak memory of a full-resolution forward pass grows linearly with the pixel count; per
+# (device type, precision), bytes per input pixel that bench/bench_inference.py measured with
+# the default speed settings, plus a margin for run-to-run variation (docs/PERFORMANCE.md).
+BYTES_PER_PIXEL: dict[tuple[str, str], int] = {
+    ("cpu", "none"): 1300,  # measured 720-870 for every variant
+    ("cpu", "bf16"): 2300,  # mixcl-s: 1500 where bf16 is emulated (AVX2); native not measured
+    # Not measured yet: the CPU's fp32 figure until bench/gpu_check.sh has run on a GPU.
+    ("cuda", "none"): 1300,
+    ("cuda", "fp16"): 1300,
+    ("cuda", "bf16"): 1300,
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -92,9 +100,12 @@ def downscale(img: np.ndarray, max_side: int) -> np.ndarray:
     return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
 
 
-def check_memory(h: int, w: int, device: torch.device) -> None:
+def check_memory(h: int, w: int, device: torch.device, precision: str) -> None:
     """Refuse, with a way out, an image that would exhaust memory rather than crash midway."""
-    need, have = h * w * BYTES_PER_PIXEL, available_memory(device)
+    per_pixel = BYTES_PER_PIXEL.get(  # fp16 off CUDA runs in fp32
+        (device.type, precision), BYTES_PER_PIXEL[(device.type, "none")]
+    )
+    need, have = h * w * per_pixel, available_memory(device)
     if need > have:
         side = int(max(h, w) * (have / need) ** 0.5) // 8 * 8
         raise MemoryError(
@@ -153,7 +164,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     _check_out_dir(out_dir)
     net, cfg, _ = model_from_checkpoint(args.ckpt, args.model, args.config, args.overrides)
     device = pick_device()
-    run_net = inference_network(net, cfg, device)
+    precision = speed_on(cfg, device).predict_precision
+    run_net = inference_network(net, cfg, device, precision)
 
     clip = None
     if needs_text(cfg):
@@ -170,7 +182,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             img = read_rgb(path)
             if args.max_side and max(img.shape[:2]) > args.max_side:
                 img = downscale(img, args.max_side)
-            check_memory(*img.shape[:2], device)
+            check_memory(*img.shape[:2], device, precision)
         except (ValueError, MemoryError) as e:
             warnings.warn(f"skipping {path}: {e}", stacklevel=1)
             failed.append(f"{path}: {e}")

@@ -27,13 +27,7 @@ from tqdm import tqdm
 from datasets import PairedDataset
 from datasets.synthetic import DEFAULT_ROOT, generate_if_configured
 from models import load_pretrained
-from utils.builders import (
-    autocast,
-    build_network,
-    check_names,
-    domain_text_features,
-    needs_text,
-)
+from utils.builders import build_network, check_names, domain_text_features, needs_text
 from utils.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_atomic
 from utils.cli import positive_int, run
 from utils.clip_domains import embedding_width
@@ -47,6 +41,7 @@ from utils.config import (
     load_config,
     refuse_changes,
 )
+from utils.devices import autocast, speed_on
 from utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from utils.image import from_model_range, write_rgb
 from utils.losses import build_contrastive_loss
@@ -355,7 +350,8 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
     generator = torch.Generator()
     train_loader, val_loader, sampler = make_loaders(cfg, info, train_text, test_text, generator)
 
-    net = build_network(cfg, text_dim).to(device)
+    speed = speed_on(cfg, device)
+    net = build_network(cfg, text_dim, speed).to(device)
     if cfg.model.init_from and resume_ckpt is None:
         load_pretrained(net, cfg.model.init_from)
     optimizer = torch.optim.AdamW(
@@ -395,7 +391,7 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
                 )
 
     model: nn.Module = net
-    if cfg.speed.compile:
+    if speed.compile:
         model = torch.compile(model)
     if info.enabled:
         model = nn.parallel.DistributedDataParallel(

@@ -1,18 +1,22 @@
-"""Data-loader throughput (training pairs per second) with 0, 2 and 4 worker processes.
+"""Data-loader throughput (training pairs per second) with 0, 2 and 4 worker processes: can
+the loader feed the training step?
 
 A synthetic dataset (datasets.synthetic.make_synthetic_dataset) is written to a temporary
 folder and read through datasets.PairedDataset in training mode (PNG decoding, random crop,
-flips) by a DataLoader as train.py builds it. For each worker count one untimed epoch starts
-the workers (persistent_workers keeps them), then `repeats` epochs are timed; the table gives
-the median and the spread of pairs per second.
+flips) by a DataLoader as train.py builds it (`--pin-memory` as train.py does on CUDA). At most
+32 distinct pairs are drawn (drawing is slow); the others are hard links to them, decoded like
+any file. For each worker count one untimed epoch starts the workers (persistent_workers keeps
+them), then `repeats` epochs are timed; the table gives the median and the spread of pairs per
+second. RESIDE-6K's images are about 620x460 (`--size 620x460`).
 
-Usage: python -m bench.bench_data [--workers 0 2 4] [--pairs 64] [--side 320]
-       [--patch 256] [--batch 4] [--repeats 3] [--threads N] [--json PATH]
+Usage: python -m bench.bench_data [--workers 0 2 4] [--pairs 64] [--size 320]
+       [--patch 256] [--batch 4] [--pin-memory] [--repeats 3] [--threads N] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,13 +24,28 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from bench.common import report, time_calls
+from bench.common import parse_size, report, time_calls
 from datasets import PairedDataset
 from datasets.synthetic import make_synthetic_dataset
 from utils.cli import positive_int
 
+DISTINCT_PAIRS = 32
 
-def measure_loader(dataset: PairedDataset, workers: int, batch: int, repeats: int) -> dict:
+
+def make_pairs(root: Path, pairs: int, hw: tuple[int, int]) -> Path:
+    """`pairs` training pairs of size `hw`, at most DISTINCT_PAIRS of them drawn."""
+    distinct = min(pairs, DISTINCT_PAIRS)
+    make_synthetic_dataset(root, distinct, 0, size=hw)
+    for i in range(distinct, pairs):
+        for folder in ("GT", "hazy"):
+            split = root / "train" / folder
+            os.link(split / f"{i % distinct:04d}.png", split / f"{i:04d}.png")
+    return root
+
+
+def measure_loader(
+    dataset: PairedDataset, workers: int, batch: int, repeats: int, pin_memory: bool
+) -> dict:
     """Pairs per second over whole epochs, after one untimed epoch that starts the workers."""
     loader = DataLoader(
         dataset,
@@ -34,6 +53,7 @@ def measure_loader(dataset: PairedDataset, workers: int, batch: int, repeats: in
         shuffle=True,
         num_workers=workers,
         persistent_workers=workers > 0,
+        pin_memory=pin_memory,
         drop_last=False,
     )
 
@@ -57,22 +77,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--pairs", type=positive_int, default=64, help="training pairs in the dataset"
     )
-    parser.add_argument("--side", type=positive_int, default=320, help="image side in pixels")
+    parser.add_argument("--size", type=parse_size, default="320", help="image side, or WxH")
     parser.add_argument("--patch", type=positive_int, default=256, help="training crop size")
     parser.add_argument("--batch", type=positive_int, default=4)
+    parser.add_argument("--pin-memory", action="store_true", help="as train.py on CUDA")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed epochs per setting")
     parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    hw = args.size
     with tempfile.TemporaryDirectory() as tmp:
-        side = (args.side, args.side)
-        root = make_synthetic_dataset(Path(tmp) / "synthetic", args.pairs, 0, size=side)
+        root = make_pairs(Path(tmp) / "synthetic", args.pairs, hw)
         dataset = PairedDataset(root, "train", "train", patch_size=args.patch, only_h_flip=True)
         results = []
         for workers in args.workers:
-            results.append(measure_loader(dataset, workers, args.batch, args.repeats))
+            r = measure_loader(dataset, workers, args.batch, args.repeats, args.pin_memory)
+            results.append(r)
             print(f"{workers} workers: {results[-1]['pairs_per_s']:.1f} pairs/s", flush=True)
 
     rows = [
@@ -86,12 +108,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for r in results
     ]
     title = (
-        f"PairedDataset train mode, {args.pairs} synthetic {args.side}x{args.side} PNG pairs, "
+        f"PairedDataset train mode, {args.pairs} synthetic {hw[1]}x{hw[0]} PNG pairs, "
         f"{args.patch}x{args.patch} crops, batch {args.batch}, median of {args.repeats} epochs"
     )
     payload = {
         "pairs": args.pairs,
-        "side": args.side,
+        "size": f"{hw[1]}x{hw[0]}",
+        "pin_memory": args.pin_memory,
         "patch": args.patch,
         "batch": args.batch,
         "repeats": args.repeats,

@@ -41,7 +41,7 @@ def run_setting(setting: str, size: int, threads: int, repeats: int) -> dict[str
     """Measure one setting; meant to run in a fresh process."""
     name, overrides = SETTINGS[setting]
     return measure(
-        partial(inference_call, name, overrides, size, threads), repeats=repeats, warmup=1
+        partial(inference_call, name, overrides, (size, size), threads), repeats=repeats, warmup=1
     )
 
 

@@ -1,24 +1,29 @@
-"""Inference time and peak memory against image size, fp32 on CPU, per setting.
+"""Inference time and peak memory against image size, per setting and precision, CPU or CUDA.
 
-Each (setting, size) runs in its own fresh process (bench.common.run_isolated): the model and
-a random square image are built, one warm-up call is made, then the timed calls run under
-torch.inference_mode. Peak memory is the high-water mark of resident memory during the timed
-calls minus the resident size just before them (bench.common.measure): what the forward pass
-adds on top of the loaded model and input. "B/px" is that peak per input pixel; "x prev"
-gives how time and memory grew from the previous size (4x the pixels: linear growth is ~4,
-quadratic ~16). A size whose predicted peak (B/px of the previous size) exceeds half the memory
-available now is skipped and marked so.
+On CPU each (setting, precision, size) runs in its own fresh process (bench.common.run_isolated;
+`--in-process` skips that for quick checks): the model and a random image are built, one
+warm-up call is made, then the timed calls run under torch.inference_mode. Peak memory is the
+high-water mark of resident memory during the timed calls minus the resident size just before
+them (bench.common.measure): what the forward pass adds on top of the loaded model and input.
+On CUDA every measurement runs in this process and the peak is the allocator's
+(bench.common.measure_cuda); a size that runs out of GPU memory is recorded as such. "B/px" is
+that peak per input pixel (predict.py's memory estimate); "x prev" gives how pixels, time and
+memory grew from the previous size (linear growth: time and memory grow as the pixels do). On
+CPU a size whose predicted peak (B/px of the previous size) exceeds half the memory available
+now is skipped and marked so.
 
 Settings (model arguments, see models.MixDehazeNet):
   straightforward   the authors' computation: separate depthwise convs, explicit attention
                     map, the unused text branch computed, NCHW activations, whole maps
-  optimised         the defaults: channels-last, fused attention kernel, no text branch,
-                    row strips in the blocks
-  -channels_last, -strips, +fused_dwconv, +explicit, +text_branch
+  optimised         the device's defaults (utils.config.DEVICE_SPEED): on both devices today
+                    channels-last, fused attention kernel, no text branch, row strips
+  -channels_last, -strips, +fused_dwconv, +explicit, +text_branch, +compile
                     the defaults with one option changed (at --option-size only)
+Sizes are a side ('1024') or WxH ('3840x2160'); precisions are autocast's, 'none' is fp32.
 
 Usage: python -m bench.bench_inference [--models mixcl-t] [--sizes 256 512 1024 2048]
-       [--option-size 512] [--repeats 3] [--threads N] [--json PATH]
+       [--option-size 512] [--settings ...] [--precisions none] [--device cpu]
+       [--repeats 3] [--threads N] [--json PATH]
 """
 
 from __future__ import annotations
@@ -31,13 +36,22 @@ import torch
 
 from bench.common import (
     BASELINE,
+    COMPILED,
     FUSION_ONLY,
     MIB,
+    PRECISIONS,
     SPEED_SETTINGS,
+    fmt,
+    free_cuda_memory,
     inference_call,
     measure,
+    measure_cuda,
+    parse_size,
+    ratio,
     report,
     run_isolated,
+    size_label,
+    write_json,
 )
 from models import build_model
 from utils.cli import positive_int
@@ -46,90 +60,173 @@ from utils.memory import available_memory
 SETTINGS: dict[str, dict[str, Any]] = SPEED_SETTINGS
 # Share of the available memory one setting may take: the machine may be shared with others.
 MEMORY_MARGIN = 0.5
+ALWAYS = (BASELINE, "optimised")  # settings measured at every size
 
 
-def run_setting(name: str, setting: str, size: int, threads: int, repeats: int) -> dict:
-    """Measure one setting at one size; meant to run in a fresh process."""
-    return measure(
-        partial(inference_call, name, SETTINGS[setting], size, threads), repeats=repeats, warmup=1
+def run_setting(
+    name: str, setting: str, hw: tuple[int, int], threads: int, repeats: int, precision: str
+) -> dict:
+    """Measure one CPU setting at one size; meant to run in a fresh process."""
+    call = partial(
+        inference_call, name, SETTINGS[setting], hw, threads, "cpu", precision, setting in COMPILED
     )
+    return measure(call, repeats=repeats, warmup=1)
+
+
+def run_on_cuda(
+    name: str, setting: str, hw: tuple[int, int], repeats: int, precision: str
+) -> dict[str, Any]:
+    """Measure one setting at one size on the GPU; running out of its memory is a result."""
+    device = torch.device("cuda")
+    call = partial(
+        inference_call,
+        name,
+        SETTINGS[setting],
+        hw,
+        torch.get_num_threads(),
+        "cuda",
+        precision,
+        setting in COMPILED,
+    )
+    try:
+        return measure_cuda(call, repeats=repeats, warmup=1, device=device)
+    except torch.OutOfMemoryError as e:
+        return {"oom": str(e).splitlines()[0]}
+    finally:
+        free_cuda_memory()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["mixcl-t"])
-    parser.add_argument("--sizes", nargs="+", type=positive_int, default=[256, 512, 1024, 2048])
     parser.add_argument(
-        "--option-size", type=positive_int, default=512, help="size for every setting"
+        "--sizes", nargs="+", type=parse_size, default=[(n, n) for n in (256, 512, 1024, 2048)]
     )
-    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    parser.add_argument(
+        "--option-size", type=parse_size, default="512", help="size for every setting"
+    )
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        choices=list(SETTINGS),
+        default=[s for s in SETTINGS if s not in COMPILED],
+    )
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["none"])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--in-process", action="store_true", help="CPU: no fresh processes")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed calls per setting")
     parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     results: list[dict[str, Any]] = []
     for name in args.models:
         has_text = build_model(name).needs_text
         settings = [s for s in args.settings if has_text or s not in FUSION_ONLY]
         for setting in settings:
-            sizes = args.sizes if setting in (BASELINE, "optimised") else [args.option_size]
-            prev: dict[str, Any] | None = None
-            for size in sorted(sizes):
-                r: dict[str, Any] = {"model": name, "setting": setting, "size": size}
-                if prev is not None:
-                    predicted = prev["bytes_per_pixel"] * size * size
-                    if predicted > MEMORY_MARGIN * available_memory():
-                        r["skipped"] = f"predicted peak {predicted / 2**30:.1f} GiB"
-                        results.append(r)
-                        print(f"{name} {setting} {size}: skipped ({r['skipped']})", flush=True)
-                        continue
-                r.update(run_isolated(run_setting, name, setting, size, args.threads, args.repeats))
-                r["bytes_per_pixel"] = r["peak_mib"] * MIB / (size * size)
-                if prev is not None:
-                    r["time_growth"] = r["median_s"] / prev["median_s"]
-                    r["memory_growth"] = r["peak_mib"] / prev["peak_mib"]
-                results.append(r)
-                prev = r
-                print(
-                    f"{name} {setting} {size}: {r['median_s']:.2f} s, {r['peak_mib']:.0f} MiB",
-                    flush=True,
-                )
+            sizes = args.sizes if setting in ALWAYS else [args.option_size]
+            for precision in args.precisions:
+                prev: dict[str, Any] | None = None
+                for hw in sorted(sizes, key=lambda hw: hw[0] * hw[1]):
+                    r = measure_size(name, setting, hw, precision, prev, args)
+                    results.append(r)
+                    if args.json:  # a later size may not finish: keep what is measured
+                        write_json(args.json, {"repeats": args.repeats, "results": results})
+                    prev = r if "median_s" in r else None
 
-    by_key = {(r["model"], r["setting"], r["size"]): r for r in results}
+    rows = table_rows(results)
+    columns = list(dict.fromkeys(c for row in rows for c in row))
+    title = (
+        f"{args.device} inference, batch 1, {args.threads} threads, median of {args.repeats}; "
+        "speed-up and memory against straightforward at the same size and precision"
+    )
+    payload = {"device": args.device, "repeats": args.repeats, "results": results}
+    return report(title, rows, payload, args.threads, args.json, columns)
+
+
+def measure_size(
+    name: str,
+    setting: str,
+    hw: tuple[int, int],
+    precision: str,
+    prev: dict[str, Any] | None,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """One (setting, size, precision): its timing and memory, or why it has none."""
+    pixels = hw[0] * hw[1]
+    r: dict[str, Any] = {
+        "model": name,
+        "setting": setting,
+        "size": size_label(hw),
+        "pixels": pixels,
+        "precision": precision,
+    }
+    where = f"{name} {setting} {size_label(hw)} {precision}"
+    if args.device == "cpu" and prev is not None:
+        predicted = prev["bytes_per_pixel"] * pixels
+        if predicted > MEMORY_MARGIN * available_memory():
+            r["skipped"] = f"predicted peak {predicted / 2**30:.1f} GiB"
+            print(f"{where}: skipped ({r['skipped']})", flush=True)
+            return r
+    if args.device == "cuda":
+        r.update(run_on_cuda(name, setting, hw, args.repeats, precision))
+    elif args.in_process:
+        r.update(run_setting(name, setting, hw, args.threads, args.repeats, precision))
+    else:
+        run = (name, setting, hw, args.threads, args.repeats, precision)
+        r.update(run_isolated(run_setting, *run))
+    if "oom" in r:
+        print(f"{where}: out of memory", flush=True)
+        return r
+    r["bytes_per_pixel"] = r["peak_mib"] * MIB / pixels
+    if prev is not None:
+        r["pixel_growth"] = pixels / prev["pixels"]
+        r["time_growth"] = r["median_s"] / prev["median_s"]
+        r["memory_growth"] = ratio(r["peak_mib"], prev["peak_mib"])
+    print(f"{where}: {r['median_s']:.3f} s, {r['peak_mib']:.0f} MiB", flush=True)
+    return r
+
+
+def table_rows(results: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The printed table; adds each result's ratios against the straightforward setting."""
+    by_key = {(r["model"], r["setting"], r["size"], r["precision"]): r for r in results}
     rows = []
     for r in results:
-        row = {"model": r["model"], "setting": r["setting"], "size": str(r["size"])}
-        if "skipped" in r:
-            row["median s"] = f"skipped: {r['skipped']}"
+        row = {
+            "model": r["model"],
+            "setting": r["setting"],
+            "size": r["size"],
+            "precision": r["precision"],
+        }
+        if "median_s" not in r:
+            row["median s"] = f"skipped: {r['skipped']}" if "skipped" in r else "out of memory"
             rows.append(row)
             continue
-        growth = f"{r['time_growth']:.1f}, {r['memory_growth']:.1f}" if "time_growth" in r else ""
+        growth = ""
+        if "time_growth" in r:
+            growth = ", ".join(
+                fmt(r[k], ".1f") for k in ("pixel_growth", "time_growth", "memory_growth")
+            )
         row.update(
             {
-                "median s": f"{r['median_s']:.2f}",
-                "min s": f"{r['min_s']:.2f}",
+                "median s": f"{r['median_s']:.3f}",
+                "min s": f"{r['min_s']:.3f}",
                 "spread": f"{100 * r['spread']:.0f}%",
                 "peak MiB": f"{r['peak_mib']:.0f}",
                 "B/px": f"{r['bytes_per_pixel']:.0f}",
-                "x prev (t, mem)": growth,
+                "x prev (px, t, mem)": growth,
             }
         )
-        base = by_key.get((r["model"], BASELINE, r["size"]))
-        if base is not None and "skipped" not in base:
+        base = by_key.get((r["model"], BASELINE, r["size"], r["precision"]))
+        if base is not None and "median_s" in base:
             r["speedup"] = base["median_s"] / r["median_s"]
             r["min_speedup"] = base["min_s"] / r["min_s"]
-            r["memory_ratio"] = r["peak_mib"] / base["peak_mib"]
+            r["memory_ratio"] = ratio(r["peak_mib"], base["peak_mib"])
             row["speed-up"] = f"{r['speedup']:.2f} ({r['min_speedup']:.2f})"
-            row["memory x"] = f"{r['memory_ratio']:.2f}"
+            row["memory x"] = fmt(r["memory_ratio"], ".2f")
         rows.append(row)
-    columns = list(dict.fromkeys(c for row in rows for c in row))
-    title = (
-        f"fp32 CPU inference, batch 1, square images, {args.threads} threads, median of "
-        f"{args.repeats}; speed-up and memory against straightforward at the same size"
-    )
-    payload = {"repeats": args.repeats, "results": results}
-    return report(title, rows, payload, args.threads, args.json, columns)
+    return rows
 
 
 if __name__ == "__main__":

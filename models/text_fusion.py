@@ -17,12 +17,37 @@ FUSION_MODES = ("none", "concat", "add")
 ATTENTION_MODES = ("sdpa", "explicit")
 # Parameters of the text branch that upstream defines but never uses (see `text_branch`).
 TEXT_BRANCH_MODULES = ("q2", "k1", "v1", "postProj_t")
+# Head-width multiple of the fused attention kernels off the CPU (see `fused_attention`); the CPU
+# kernel takes any width, where padding would only cost time.
+FUSED_HEAD_MULTIPLE = 8
 
 
 def pixel_text_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(P)) v written out; stores the (N x D) map, kept as the reference."""
     attn = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
     return attn @ v
+
+
+def fused_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_multiple: int = 1
+) -> torch.Tensor:
+    """The same softmax(q k^T / sqrt(P)) v through scaled_dot_product_attention's fused kernels,
+    which never store the (N x D) map.
+
+    The fused CUDA kernels take only head widths that are multiples of 8 (flash attention; the
+    memory-efficient kernel needs 4 in fp32 and 8 in fp16/bf16); for any other width SDPA falls
+    back to the math path, which stores the map. With `head_multiple` > 1, q, k and v get zero
+    columns up to a multiple of it: they add nothing to q k^T, the scale stays 1/sqrt(P), and
+    the output's extra columns (weighted sums of zeros) are cut off.
+    """
+    width = q.shape[-1]
+    pad = -width % head_multiple
+    if pad:
+        q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(
+        q[:, None], k[:, None], v[:, None], scale=1 / math.sqrt(width)
+    )
+    return out[:, 0, :, :width]
 
 
 class TextImageFusion(nn.Module):
@@ -104,7 +129,8 @@ class TextImageFusion(nn.Module):
         k = self.k2(text).transpose(1, 2).contiguous()  # (B, D, P)
         v = self.v2(text).transpose(1, 2).contiguous()
         if self.attention == "sdpa":
-            out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+            multiple = 1 if q.device.type == "cpu" else FUSED_HEAD_MULTIPLE
+            out = fused_attention(q, k, v, multiple)
         else:
             out = pixel_text_attention(q, k, v)
         fused = self.postProj_s(out.transpose(1, 2).reshape(b, -1, h, w))

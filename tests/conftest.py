@@ -12,6 +12,17 @@ from .helpers import load_entry, train_args
 
 
 @pytest.fixture
+def exact_fp32():
+    """fp32 on CUDA computed as on the CPU: torch lets cuDNN convolutions use TF32 by default,
+    whose 10-bit mantissa is far coarser than the tolerances fp32 comparisons pin."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    yield
+    cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
+@pytest.fixture
 def synthetic_root(tmp_path: Path) -> Path:
     """A fresh `<root>/{train,test}/{GT,hazy}` dataset (4 train, 3 test pairs, 36-52 px)."""
     return make_synthetic_dataset(

@@ -46,13 +46,25 @@ def test_train_writes_checkpoints_config_and_events(trained):
 def test_resume_matches_uninterrupted_run(data_root, tmp_path, trained):
     args = train_args(data_root, tmp_path)
     train.main([*args, "--stop-after-epochs", "1"])
-    assert load_checkpoint(tmp_path / "run" / "last.pth")["epoch"] == 1
+    halfway = load_checkpoint(tmp_path / "run" / "last.pth")
+    assert halfway["epoch"] == 1
     train.main([*args, "--resume"])
     resumed = load_checkpoint(tmp_path / "run" / "last.pth")
     straight = load_checkpoint(trained / "last.pth")
     assert resumed["epoch"] == 2
-    for key, value in straight["model"].items():
-        assert torch.equal(value, resumed["model"][key]), key
+    if not torch.cuda.is_available():
+        for key, value in straight["model"].items():
+            assert torch.equal(value, resumed["model"][key]), key
+        return
+    # CUDA's backward kernels with atomic adds (reflection padding, pooling) do not repeat bit
+    # for bit: the runs must differ by far less than the second epoch moved the weights.
+    floats = [k for k, v in straight["model"].items() if v.is_floating_point()]
+
+    def distance(a: dict, b: dict) -> float:
+        return torch.stack([(a[k].double() - b[k].double()).norm() for k in floats]).norm().item()
+
+    moved = distance(straight["model"], halfway["model"])
+    assert distance(straight["model"], resumed["model"]) <= 0.01 * moved
 
 
 def test_new_run_refuses_to_overwrite_and_resume_checks_model(data_root, trained):
@@ -166,7 +178,9 @@ def test_test_py_evaluates_released_weights_with_model_flag(trained, data_root, 
             released[f"module.{key}"] = value
     path = tmp_path / "MixCLDehazeNet-T.pth"
     torch.save({"state_dict": released}, path)
-    common = [f"data.root={data_root}", f"clip.cache_dir={tmp_path / 'cache'}"]
+    # The run's own domain cache: CLIP on another device would give features that differ in
+    # the last bits (CUDA test.py classifies on the GPU, train.py on the CPU).
+    common = [f"data.root={data_root}", f"clip.cache_dir={trained.parent / 'cache'}"]
     ours = evaluate.main(["--ckpt", str(trained / "best.pth"), "--out", str(tmp_path / "a")])
     quickstart = str(REPO / "configs" / "quickstart.yaml")
     theirs = evaluate.main(
@@ -191,7 +205,7 @@ def test_prepare_domains_builds_the_caches_training_reuses(data_root, tmp_path, 
     assert out.count("reusing") == 2 and "classifying" not in out
 
 
-def test_test_py_speed_switches_keep_the_metrics(trained, tmp_path):
+def test_test_py_speed_switches_keep_the_metrics(trained, tmp_path, exact_fp32):
     ckpt = str(trained / "best.pth")
     plain = evaluate.main(["--ckpt", ckpt, "--out", str(tmp_path / "a"), "speed.strips=false"])
     fast = evaluate.main(["--ckpt", ckpt, "--out", str(tmp_path / "b"), "speed.strips=true"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import pytest
@@ -11,8 +12,16 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from models import MODEL_NAMES, TextImageFusion, build_model, load_pretrained
 from models.mixdehazenet import MixStructureBlock
+from models.text_fusion import fused_attention, pixel_text_attention
 
 TINY = (1, 1, 1, 1, 1)
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+# SDPA's fused kernels: with only these allowed, a fallback to the math path raises.
+FUSED_CUDA_BACKENDS = [
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.CUDNN_ATTENTION,
+]
 TEXT_DIM = 512
 
 PLAIN_PARAMS = {"t": 1_622_950, "s": 3_164_944, "b": 6_248_932, "l": 12_416_908}
@@ -251,3 +260,45 @@ def test_sdpa_fusion_runs_on_the_fused_kernel(channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
         fusion(x.requires_grad_(), text()).sum().backward()
+
+
+def test_attention_padded_for_the_cuda_kernels_equals_the_explicit_formula(monkeypatch):
+    """Zero columns up to a head width of 8 (what the fused CUDA kernels need) change nothing."""
+    widths = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recording_sdpa(q, *args, **kwargs):
+        widths.append(q.shape[-1])
+        return sdpa(q, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording_sdpa)
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, n, 5, generator=gen).requires_grad_() for n in (300, 512, 512))
+    padded, explicit = fused_attention(q, k, v, head_multiple=8), pixel_text_attention(q, k, v)
+    assert widths == [8]
+    assert padded.shape == (2, 300, 5)
+    assert (padded - explicit).abs().max() <= 1e-5
+    grads = torch.autograd.grad(padded.square().sum(), (q, k, v))
+    grads_ref = torch.autograd.grad(explicit.square().sum(), (q, k, v))
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        assert (g - g_ref).abs().max() <= 1e-5 * max(1.0, g_ref.abs().max())
+
+
+@CUDA
+@pytest.mark.parametrize(
+    ("dtype", "tol"), [(torch.float32, 1e-5), (torch.float16, 5e-3), (torch.bfloat16, 3e-2)]
+)
+def test_fusion_runs_on_a_fused_cuda_kernel_in_every_precision(dtype, tol, exact_fp32):
+    """The math path would store the (H*W x D) map; only the fused kernels are allowed here."""
+    ref_fusion = randomize(TextImageFusion(), seed=3)
+    fusion = copy.deepcopy(ref_fusion).cuda()
+    x, t = image(40, 48, batch=2), text(batch=2) * 3
+    with torch.no_grad():
+        ref = ref_fusion(x, t)
+    low = torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32)
+    with sdpa_kernel(FUSED_CUDA_BACKENDS):
+        with low:
+            out = fusion(x.cuda().requires_grad_(), t.cuda())
+        out.float().sum().backward()
+    assert (out.float().cpu() - ref).abs().max() <= tol * max(1.0, ref.abs().max())
+    assert all(torch.isfinite(p.grad).all() for p in fusion.parameters())

@@ -18,6 +18,9 @@ BF16_TOL = 0.02
 BF16_MEAN_TOL = 0.004
 # fp16 keeps 11 bits: 8x finer than bf16.
 FP16_TOL = 0.005
+# cuDNN's fp32 algorithms (Winograd, FFT) round differently from the CPU's direct convolutions.
+CUDA_FP32_TOL = 1e-4
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 STRAIGHTFORWARD = {
     "fused_dwconv": False,
     "attention": "explicit",
@@ -114,16 +117,33 @@ def test_bf16_autocast_on_cpu_stays_within_tolerance():
     assert err.mean() <= BF16_MEAN_TOL
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@CUDA
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float16, FP16_TOL), (torch.bfloat16, BF16_TOL)])
 def test_cuda_autocast_stays_within_tolerance(dtype, tol):
-    model = randomize(build_model("mixcl-t", depths=TINY)).cuda()
-    x, t = image(64, 64, batch=2).cuda(), text(batch=2).cuda()
+    """Against fp32 on the CPU: the GPU's own fp32 lets cuDNN use TF32 by default."""
+    model = randomize(build_model("mixcl-t", depths=TINY))
+    x, t = image(64, 64, batch=2), text(batch=2)
     with torch.no_grad():
         ref = model(x, t)
         with torch.autocast("cuda", dtype=dtype):
-            low = model(x, t)
-    assert (low.float() - ref).abs().max() <= tol
+            low = model.cuda()(x.cuda(), t.cuda()).float().cpu()
+    assert (low - ref).abs().max() <= tol
+
+
+@CUDA
+@pytest.mark.parametrize("overrides", OPTIONS)
+def test_options_on_cuda_give_the_straightforward_cpu_outputs(overrides, exact_fp32):
+    """Every option's CUDA path (fused attention kernel, strips, channels-last), with and
+    without autograd, computes what the straightforward model computes on the CPU."""
+    ref, model = reference_and(overrides)
+    x, t = image(45, 61, batch=2), text(batch=2)
+    with torch.no_grad():
+        out_ref = ref(x, t)
+    model.cuda()
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            out = model(x.cuda(), t.cuda()).cpu()
+        assert (out - out_ref).abs().max() <= CUDA_FP32_TOL, f"grad enabled: {grad}"
 
 
 def test_torch_compile_inference_matches_eager():

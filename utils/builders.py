@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -30,12 +29,15 @@ from utils.config import (
     ClipConfig,
     Config,
     ConfigError,
+    Precision,
+    SpeedSettings,
     config_changes,
     config_from_checkpoint,
     load_config,
     override_config,
     refuse_changes,
 )
+from utils.devices import autocast, speed_on
 from utils.domain_labels import labels_file, read_domain_labels
 from utils.image import list_images
 
@@ -104,13 +106,10 @@ def load_clip_for(clip: ClipConfig, device: str = "cpu"):
     return load_clip(clip.arch, clip.pretrained, device=device)
 
 
-def build_network(cfg: Config, text_dim: int | None) -> nn.Module:
-    """The configured network; `text_dim` is the CLIP embedding width (None without fusion)."""
-    overrides: dict = {
-        "fused_dwconv": cfg.speed.fused_dwconv,
-        "channels_last": cfg.speed.channels_last,
-        "strips": cfg.speed.strips,
-    }
+def build_network(cfg: Config, text_dim: int | None, speed: SpeedSettings) -> nn.Module:
+    """The configured network with `speed`'s options; `text_dim` is the CLIP embedding width
+    (None without fusion)."""
+    overrides: dict = speed.network_args()
     if cfg.model.fusion is not None:
         overrides["fusion"] = cfg.model.fusion
     if cfg.model.depths is not None:
@@ -126,7 +125,8 @@ def model_from_checkpoint(
     config: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
 ) -> tuple[nn.Module, Config, dict]:
-    """Rebuild the network (in eval mode) and its config from a checkpoint.
+    """Rebuild the network (in eval mode, with the speed settings of the device `pick_device`
+    chooses) and its config from a checkpoint.
 
     A checkpoint written by train.py carries its config, of which `overrides` may change only
     EVALUATION_KEYS; the authors' released .pth files do not, so they need `model_name` (and
@@ -159,7 +159,7 @@ def model_from_checkpoint(
         changes = config_changes(load_config(config, [named]), cfg)
         check_names(cfg)
         text_dim = embedding_width(cfg.clip.arch) if needs_text(cfg) else None
-    net = build_network(cfg, text_dim)
+    net = build_network(cfg, text_dim, speed_on(cfg, pick_device()))
     try:
         load_pretrained(net, obj)
     except ValueError as e:
@@ -167,22 +167,17 @@ def model_from_checkpoint(
     return net.eval(), cfg, changes
 
 
-def autocast(device: torch.device, amp: str) -> AbstractContextManager:
-    """Mixed precision for `amp` ('none', 'fp16', 'bf16'); fp16 only exists on CUDA."""
-    if amp == "none" or (amp == "fp16" and device.type != "cuda"):
-        return nullcontext()
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def inference_network(net: nn.Module, cfg: Config, device: torch.device) -> Callable:
-    """`net` on `device` in eval mode, compiled if configured, run under the configured autocast;
-    its outputs are fp32 whatever precision it computes in."""
+def inference_network(
+    net: nn.Module, cfg: Config, device: torch.device, precision: Precision | None = None
+) -> Callable:
+    """`net` on `device` in eval mode, compiled if configured, run under autocast with
+    `precision` (default: precision.eval); its outputs are fp32 whatever it computes in."""
     net = net.to(device).eval()
-    model = torch.compile(net) if cfg.speed.compile else net
+    model = torch.compile(net) if speed_on(cfg, device).compile else net
+    amp = cfg.precision.eval if precision is None else precision
 
     def run(hazy: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
-        with autocast(device, cfg.precision.eval):
+        with autocast(device, amp):
             return model(hazy, text).float()
 
     return run

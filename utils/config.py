@@ -141,12 +141,15 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SpeedConfig:
-    """Options that change speed, never the numbers beyond float tolerance (docs/PERFORMANCE.md)."""
+    """Options that change speed, never the numbers beyond float tolerance (docs/PERFORMANCE.md).
 
-    channels_last: bool = True  # NHWC activations: CPU depthwise/1x1 convolutions run faster
-    strips: bool = True  # inference: wide intermediates a few rows at a time (less memory)
-    fused_dwconv: bool = False  # the three depthwise convs as one grouped conv (no faster on CPU)
-    compile: bool = False  # torch.compile the network (GPU runs)
+    null (the default) takes the value measured best on the device in use (DEVICE_SPEED).
+    """
+
+    channels_last: bool | None = None  # NHWC activations
+    strips: bool | None = None  # inference: wide intermediates a few rows at a time (less memory)
+    fused_dwconv: bool | None = None  # the three depthwise convs as one grouped conv
+    compile: bool | None = None  # torch.compile the network
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,7 @@ class PrecisionConfig:
 
     train: Precision = "fp16"  # training forward and loss (CUDA; CPU always trains in fp32)
     eval: Precision = "none"  # validation and test.py (the protocol evaluates in fp32)
+    predict: Precision | None = None  # predict.py; null: the device's (DEVICE_SPEED)
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,53 @@ class Config:
         if self.train.seed == TrainConfig.seed:
             return Path(self.output_dir) / self.exp_name
         return Path(self.output_dir) / f"{self.exp_name}-seed{self.train.seed}"
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    """What runs on one device: the `speed.*` keys and predict.py's precision, none left null."""
+
+    channels_last: bool
+    strips: bool
+    fused_dwconv: bool
+    compile: bool
+    predict_precision: Precision
+
+    def network_args(self) -> dict[str, bool]:
+        """The MixDehazeNet arguments among these settings."""
+        return {
+            "channels_last": self.channels_last,
+            "strips": self.strips,
+            "fused_dwconv": self.fused_dwconv,
+        }
+
+
+# The speed defaults of each kind of device, chosen by measurement (docs/PERFORMANCE.md). A null
+# `speed.*` key or `precision.predict` takes the value of the device in use (utils.devices).
+DEVICE_SPEED: dict[str, SpeedSettings] = {
+    # A 2-core x86 CPU: channels-last made the training step 1.45x faster, strips inference
+    # 1.37x faster in 1.8x less memory; the grouped depthwise conv was within noise.
+    "cpu": SpeedSettings(
+        channels_last=True, strips=True, fused_dwconv=False, compile=False, predict_precision="none"
+    ),
+    # CPUs with native bf16 (AVX512-BF16 or AMX): bf16 autocast ran mixcl-s 1.5x faster than
+    # fp32 at 1024x1024, its outputs at 64 dB PSNR against fp32's.
+    "cpu-bf16": SpeedSettings(
+        channels_last=True, strips=True, fused_dwconv=False, compile=False, predict_precision="bf16"
+    ),
+    # Not measured yet: the values before any GPU measurement, until bench/gpu_check.sh has run.
+    "cuda": SpeedSettings(
+        channels_last=True, strips=True, fused_dwconv=False, compile=False, predict_precision="none"
+    ),
+}
+
+
+def speed_settings(cfg: Config, device_kind: str) -> SpeedSettings:
+    """The configured speed keys, each null one replaced by the default of `device_kind`."""
+    chosen = {k: v for k, v in dataclasses.asdict(cfg.speed).items() if v is not None}
+    if cfg.precision.predict is not None:
+        chosen["predict_precision"] = cfg.precision.predict
+    return dataclasses.replace(DEVICE_SPEED[device_kind], **chosen)
 
 
 def _convert(value: Any, tp: Any, key: str) -> Any:

@@ -1,0 +1,124 @@
+"""Speed settings per device: the table's defaults, native-bf16 CPUs, and memory estimates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import utils.builders
+import utils.devices
+from utils.config import DEVICE_SPEED, SpeedSettings, load_config, speed_settings
+from utils.devices import device_kind, speed_on
+from utils.image import read_rgb, write_rgb
+from utils.memory import available_memory
+
+from .helpers import load_entry
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+@pytest.fixture
+def native_bf16(monkeypatch):
+    """Pretend this CPU computes bf16 natively (AMX)."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+
+
+@pytest.fixture
+def no_native_bf16(monkeypatch):
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
+
+
+def test_null_keys_take_the_device_defaults_and_set_keys_win():
+    default = load_config(None)
+    assert default.speed.channels_last is None and default.precision.predict is None
+    for kind, row in DEVICE_SPEED.items():
+        assert speed_settings(default, kind) == row
+    cfg = load_config(None, ["speed.fused_dwconv=true", "precision.predict=none"])
+    mine = speed_settings(cfg, "cpu-bf16")
+    assert mine.fused_dwconv and mine.predict_precision == "none"
+    assert mine.channels_last == DEVICE_SPEED["cpu-bf16"].channels_last
+
+
+def test_the_network_gets_the_resolved_options():
+    settings = SpeedSettings(False, False, True, False, "none")
+    assert settings.network_args() == {
+        "channels_last": False,
+        "strips": False,
+        "fused_dwconv": True,
+    }
+    net = utils.builders.build_network(load_config(None, ["model.name=mixcl-t"]), 512, settings)
+    assert not net.channels_last and net.layer1.blocks[0].fused_dwconv
+
+
+def test_device_kind(native_bf16):
+    assert device_kind(CPU) == "cpu-bf16"
+    assert device_kind(CUDA) == "cuda"
+
+
+def test_predict_precision_is_bf16_only_on_cpus_with_native_bf16(monkeypatch, no_native_bf16):
+    cfg = load_config(None)
+    assert device_kind(CPU) == "cpu"
+    assert speed_on(cfg, CPU).predict_precision == "none"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert speed_on(cfg, CPU).predict_precision == "bf16"
+    pinned = load_config(None, ["precision.predict=none"])
+    assert speed_on(pinned, CPU).predict_precision == "none"
+
+
+def test_cuda_memory_counts_the_allocators_cached_blocks(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (5 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 1 * 2**30)
+    assert available_memory("cuda") == 7 * 2**30
+
+
+def test_memory_estimate_uses_the_devices_own_bytes_per_pixel(monkeypatch):
+    predict = load_entry("predict")
+    monkeypatch.setattr(predict, "available_memory", lambda device: 10**9)
+    monkeypatch.setitem(predict.BYTES_PER_PIXEL, ("cuda", "fp16"), 100)
+    monkeypatch.setitem(predict.BYTES_PER_PIXEL, ("cuda", "none"), 1000)
+    predict.check_memory(3000, 3000, CUDA, "fp16")  # 0.9 GB
+    with pytest.raises(MemoryError, match=r"--max-side 1000"):
+        predict.check_memory(3000, 3000, CUDA, "none")  # 9 GB
+
+
+@pytest.fixture
+def autocast_calls(monkeypatch) -> list[str]:
+    """The precisions the entry points' networks run under, in order."""
+    calls = []
+    real_autocast = utils.builders.autocast
+
+    def recording_autocast(device, amp):
+        calls.append(amp)
+        return real_autocast(device, amp)
+
+    monkeypatch.setattr(utils.builders, "autocast", recording_autocast)
+    return calls
+
+
+def test_predict_runs_bf16_on_native_bf16_cpus(trained, tmp_path, monkeypatch, autocast_calls):
+    """bf16 emulated or native computes the same: within a few grey levels of fp32."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # predict on the CPU
+    photo = tmp_path / "in.png"
+    write_rgb(photo, np.random.default_rng(0).integers(0, 256, (45, 52, 3), np.uint8))
+    predict = load_entry("predict")
+    for native, out in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(utils.devices, "cpu_has_native_bf16", lambda n=native: n)
+        predict.main(
+            ["--ckpt", str(trained / "last.pth"), str(photo), "--out", str(tmp_path / out)]
+        )
+    assert autocast_calls == ["bf16", "none"]
+    low = read_rgb(tmp_path / "bf16" / "in.png").astype(float)
+    full = read_rgb(tmp_path / "fp32" / "in.png").astype(float)
+    assert np.abs(low - full).mean() <= 2 and np.abs(low - full).max() <= 16
+
+
+def test_test_py_keeps_fp32_on_native_bf16_cpus(native_bf16, autocast_calls):
+    """The protocol evaluates in fp32: test.py's network runs under precision.eval."""
+    cfg = load_config(None, ["model.name=mixcl-t", "model.depths=[1,1,1,1,1]"])
+    net = utils.builders.build_network(cfg, 512, speed_on(cfg, CPU))
+    run = utils.builders.inference_network(net, cfg, CPU)
+    run(torch.zeros(1, 3, 40, 40), torch.zeros(1, 1, 512))
+    assert autocast_calls == ["none"]
