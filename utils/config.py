@@ -30,6 +30,13 @@ RENAMED_KEYS = {
     "train.amp": "precision.train",
     "speed.amp": "precision.eval",
 }
+# Keys added since: what a checkpoint written before a key existed was trained with.
+ADDED_KEYS = {
+    "clip.precision": "fp32",
+    "loss.resnet_batchnorm": "frozen",
+    "train.extra_epoch": False,
+    "train.sync_batchnorm": False,
+}
 
 
 class ConfigError(ValueError):
@@ -68,6 +75,7 @@ class DataConfig:
     patch_size: int = 256
     edge_decay: float = 0.0
     only_h_flip: bool = True
+    valid_mode: Literal["valid", "test"] = "valid"  # validation on centre crops or whole images
     num_workers: int = 8
     verify_images: bool = True  # decode every image before training, to fail early on bad files
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -82,6 +90,10 @@ class ClipConfig:
     domains: tuple[str, ...] = DEFAULT_DOMAINS
     template: str = DEFAULT_TEMPLATE
     mode: Literal["hard", "soft"] = "hard"
+    # auto: fp16 on CUDA (as OpenAI's CLIP runs there), fp32 on the CPU
+    precision: Literal["auto", "fp16", "fp32"] = "auto"
+    # auto: QuickGELU for OpenAI-trained weights (see utils/clip_domains.quick_gelu_for)
+    quick_gelu: Literal["auto"] | bool = "auto"
     batch_size: int = 64
     cache_dir: str = "cache/clip_domains"
 
@@ -91,7 +103,8 @@ class TrainConfig:
     """Optimisation schedule (PROTOCOL.md's defaults)."""
 
     batch_size: int = 16
-    epochs: int = 1000
+    epochs: int = 1000  # length of the cosine schedule
+    extra_epoch: bool = True  # then one more epoch at the final lr, as the authors' loop runs
     lr: float = 1e-4
     lr_min_ratio: float = 1e-2
     weight_decay: float = 0.01
@@ -99,6 +112,7 @@ class TrainConfig:
     nonfinite: Literal["stop", "skip"] = "stop"
     seed: int = 0
     log_images: int = 4
+    sync_batchnorm: bool = True  # multi-GPU: BatchNorm statistics over the whole batch
 
 
 @dataclass(frozen=True)
@@ -118,6 +132,9 @@ class LossConfig:
     cr_weight: float = 0.1  # 0: L1 only, the ResNet is never built
     resnet_weights: str | None = None  # local ImageNet ResNet-152 file; None: torchvision's
     resnet_imagenet_norm: bool = False  # upstream feeds [-1, 1] images to ResNet unnormalised
+    # batch: the authors' ResNet BatchNorm in training mode (each call's own batch statistics);
+    # frozen: eval mode, ImageNet running statistics
+    resnet_batchnorm: Literal["batch", "frozen"] = "batch"
 
 
 @dataclass(frozen=True)
@@ -260,12 +277,16 @@ def config_from_dict(data: dict) -> Config:
 
 
 def config_from_checkpoint(data: dict) -> Config:
-    """The config stored in a checkpoint, with keys renamed since it was written moved."""
+    """The config stored in a checkpoint, with keys renamed since it was written moved and keys
+    added since given the values it was trained with."""
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     for old, new in RENAMED_KEYS.items():
         (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
         if old_key in data.get(old_section, {}):
             data.setdefault(new_section, {})[new_key] = data[old_section].pop(old_key)
+    for key, value in ADDED_KEYS.items():
+        section, name = key.split(".")
+        data.setdefault(section, {}).setdefault(name, value)
     return config_from_dict(data)
 
 
