@@ -163,7 +163,11 @@ def validate(
             out = model(hazy, text)
         out01, gt01 = from_model_range(out.float()), from_model_range(gt)
         totals += torch.stack(
-            [psnr(out01, gt01).sum(), ssim(out01, gt01).sum(), torch.tensor(len(hazy))]
+            [
+                psnr(out01, gt01).sum(),
+                ssim(out01, gt01).sum(),
+                torch.tensor(len(hazy), device=device),
+            ]
         ).to(totals)
         if len(triplets) < cfg.train.log_images:
             for h, o, g in zip(from_model_range(hazy), out01, gt01, strict=True):
