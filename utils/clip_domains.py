@@ -161,11 +161,13 @@ def load_clip(
 
 def _activation_note(arch: str, path: Path, quick: bool) -> str:
     """Which activation a state-dict file runs with, and how to choose the other one."""
-    if quick:
+    if quick and _has_openai_weights(arch):
         why = f"{arch} has OpenAI weights in open_clip, which use it"
-        other = "clip.quick_gelu=false for weights trained with GELU"
     else:
         why = f"the activation of {arch}"
+    if quick:
+        other = "clip.quick_gelu=false for weights trained with GELU"
+    else:
         other = "clip.quick_gelu=true for OpenAI-trained weights"
     return (
         f"CLIP: {path.name} holds no activation; using {'QuickGELU' if quick else 'GELU'} "
