@@ -100,7 +100,7 @@ class ClipConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation schedule (PROTOCOL.md's defaults)."""
+    """Optimisation schedule (the authors', docs/PROTOCOL.md)."""
 
     batch_size: int = 16
     epochs: int = 1000  # length of the cosine schedule
