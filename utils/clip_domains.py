@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import open_clip
 import torch
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from utils.config import DEFAULT_DOMAINS, DEFAULT_TEMPLATE
+from utils.config import DEFAULT_DOMAINS, DEFAULT_TEMPLATE, ClipPrecision
 from utils.image import PathLike, read_rgb
 
 FEATURE_MODES = ("hard", "soft")
@@ -33,7 +34,6 @@ LOGIT_SCALE = 100.0
 RANDOM_INIT_SEED = 0
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "clip"
 CACHE_FORMAT = 2  # 2: the record names the activation and the precision
-PRECISIONS = ("fp16", "fp32")
 
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
 
@@ -85,7 +85,7 @@ def clip_precision(setting: str, device: str | torch.device) -> str:
     """CLIP's precision: 'auto' is fp16 on CUDA (where OpenAI's CLIP runs in fp16), else fp32."""
     if setting == "auto":
         return "fp16" if torch.device(device).type == "cuda" else "fp32"
-    if setting not in PRECISIONS:
+    if setting not in get_args(ClipPrecision):
         raise ValueError(f"clip.precision must be auto, fp16 or fp32, got {setting!r}")
     return setting
 

@@ -21,6 +21,8 @@ import yaml
 DEFAULT_DOMAINS = ("indoor", "outdoor")
 DEFAULT_TEMPLATE = "a photo of a {}"
 Precision = Literal["none", "fp16", "bf16"]
+ClipPrecision = Literal["auto", "fp16", "fp32"]  # auto: fp16 on CUDA, fp32 on the CPU
+CRBatchNorm = Literal["batch", "frozen"]  # the CR ResNet's BatchNorm: training or eval mode
 
 # Keys that moved: an old key in a YAML file or an override is an error naming its new place.
 RENAMED_KEYS = {
@@ -90,8 +92,7 @@ class ClipConfig:
     domains: tuple[str, ...] = DEFAULT_DOMAINS
     template: str = DEFAULT_TEMPLATE
     mode: Literal["hard", "soft"] = "hard"
-    # auto: fp16 on CUDA (as OpenAI's CLIP runs there), fp32 on the CPU
-    precision: Literal["auto", "fp16", "fp32"] = "auto"
+    precision: ClipPrecision = "auto"  # auto: fp16 on CUDA, as OpenAI's CLIP runs there
     # auto: QuickGELU for OpenAI-trained weights (see utils/clip_domains.quick_gelu_for)
     quick_gelu: Literal["auto"] | bool = "auto"
     batch_size: int = 64
@@ -134,7 +135,7 @@ class LossConfig:
     resnet_imagenet_norm: bool = False  # upstream feeds [-1, 1] images to ResNet unnormalised
     # batch: the authors' ResNet BatchNorm in training mode (each call's own batch statistics);
     # frozen: eval mode, ImageNet running statistics
-    resnet_batchnorm: Literal["batch", "frozen"] = "batch"
+    resnet_batchnorm: CRBatchNorm = "batch"
 
 
 @dataclass(frozen=True)

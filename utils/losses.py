@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from utils.config import CRBatchNorm
 from utils.distributed import all_reduce_sum_with_grad
 from utils.image import from_model_range
 
-BatchNormMode = Literal["batch", "frozen"]
 CR_LAYER_WEIGHTS = (1 / 16, 1 / 8, 1 / 4, 1.0)
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,14 +42,13 @@ class ContrastiveLoss(nn.Module):
         self,
         slices: nn.ModuleList,
         imagenet_norm: bool = False,
-        batchnorm: BatchNormMode = "batch",
+        batchnorm: CRBatchNorm = "batch",
     ) -> None:
         super().__init__()
-        if batchnorm not in ("batch", "frozen"):
+        if batchnorm not in get_args(CRBatchNorm):
             raise ValueError(f"batchnorm must be 'batch' or 'frozen', got {batchnorm!r}")
         self.slices = slices.train(batchnorm == "batch").requires_grad_(False)
         self.imagenet_norm = imagenet_norm
-        self.batchnorm = batchnorm
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1))
 
@@ -82,7 +81,7 @@ class ContrastiveLoss(nn.Module):
 
 
 def build_contrastive_loss(
-    weights: str | None, imagenet_norm: bool = False, batchnorm: BatchNormMode = "batch"
+    weights: str | None, imagenet_norm: bool = False, batchnorm: CRBatchNorm = "batch"
 ) -> ContrastiveLoss:
     """ResNet-152 with ImageNet weights from a local file, or torchvision's cache/download."""
     if weights is not None:
