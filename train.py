@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 from tqdm import tqdm
@@ -42,10 +41,18 @@ from utils.config import (
     refuse_changes,
 )
 from utils.devices import autocast, speed_on
-from utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from utils.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    cleanup,
+    convert_sync_batchnorm,
+    init_distributed,
+)
 from utils.image import from_model_range, write_rgb
-from utils.losses import build_contrastive_loss
+from utils.losses import ContrastiveLoss, build_contrastive_loss, training_loss
 from utils.metrics import psnr, ssim
+from utils.protocol import protocol_report
 
 DEFAULT_CONFIG = "configs/reside6k/mixcl-s.yaml"
 STREAMS_PER_SEED = 1_000_000  # more than any run's epochs or processes
@@ -167,17 +174,27 @@ def record_run(cfg: Config, run_dir: Path, argv: list[str] | None) -> None:
     cmd = shlex.join(["python", "train.py", *(argv if argv is not None else sys.argv[1:])])
     with open(run_dir / "command.txt", "a") as f:
         f.write(cmd + "\n")
+    write_protocol_report(cfg, run_dir)
 
 
-def text_features(cfg: Config, split: str, info: DistInfo) -> dict[str, torch.Tensor]:
-    """Per-image text features of a split: rank 0 builds the CLIP cache, the others read it."""
+def text_features(
+    cfg: Config, split: str, info: DistInfo, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Per-image text features of a split: rank 0 builds the CLIP cache (on `device`, a GPU
+    when there is one), the others read it."""
     split_dir = Path(cfg.data.root) / split
     if info.is_main:
-        features, _ = domain_text_features(cfg, split_dir)
+        features, _ = domain_text_features(cfg, split_dir, str(device))
     barrier(info)
     if not info.is_main:
-        features, _ = domain_text_features(cfg, split_dir)
+        features, _ = domain_text_features(cfg, split_dir, str(device))
     return features
+
+
+def total_epochs(cfg: Config) -> int:
+    """Epochs trained: the cosine schedule's, then (train.extra_epoch) one more at its final lr,
+    as the authors' `range(start_epoch, epochs + 1)` runs."""
+    return cfg.train.epochs + int(cfg.train.extra_epoch)
 
 
 def train_amp(cfg: Config, device: torch.device) -> str:
@@ -193,18 +210,25 @@ def validate(
     cfg: Config,
     info: DistInfo,
 ) -> tuple[float, float, torch.Tensor | None]:
-    """Mean PSNR/SSIM over the loader (reduced over ranks), and a few hazy|output|GT triplets."""
+    """Mean PSNR/SSIM over the loader (reduced over ranks), and a few hazy|output|GT triplets.
+
+    Runs in `precision.eval` (the protocol's fp32 by default), not the training autocast.
+    """
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)
     triplets: list[torch.Tensor] = []
     for batch in loader:
         hazy, gt = batch["hazy"].to(device), batch["gt"].to(device)
         text = batch["text"].to(device) if "text" in batch else None
-        with autocast(device, train_amp(cfg, device)):
+        with autocast(device, cfg.precision.eval):
             out = model(hazy, text)
         out01, gt01 = from_model_range(out.float()), from_model_range(gt)
         totals += torch.stack(
-            [psnr(out01, gt01).sum(), ssim(out01, gt01).sum(), torch.tensor(len(hazy))]
+            [
+                psnr(out01, gt01).sum(),
+                ssim(out01, gt01).sum(),
+                torch.tensor(len(hazy), device=device),
+            ]
         ).to(totals)
         if len(triplets) < cfg.train.log_images:
             for h, o, g in zip(from_model_range(hazy), out01, gt01, strict=True):
@@ -266,7 +290,9 @@ def make_loaders(
     train_set = PairedDataset(
         d.root, d.train_split, "train", d.patch_size, d.edge_decay, d.only_h_flip, train_text
     )
-    val_set = PairedDataset(d.root, d.test_split, "valid", d.patch_size, text_features=test_text)
+    val_set = PairedDataset(
+        d.root, d.test_split, d.valid_mode, d.patch_size, text_features=test_text
+    )
     per_rank = cfg.train.batch_size // info.world_size
     if per_rank < 1 or per_rank * info.world_size != cfg.train.batch_size:
         raise ConfigError(
@@ -275,7 +301,6 @@ def make_loaders(
         )
     data_seed = stream_seed(cfg.train.seed, 0)  # the sampler adds the epoch
     sampler = DistributedSampler(train_set, seed=data_seed) if info.enabled else None
-    val_sampler = DistributedSampler(val_set, shuffle=False) if info.enabled else None
     common = {"num_workers": d.num_workers, "pin_memory": torch.cuda.is_available()}
     train_loader = DataLoader(
         train_set,
@@ -287,8 +312,33 @@ def make_loaders(
         persistent_workers=False,
         **common,
     )
-    val_loader = DataLoader(val_set, batch_size=per_rank, sampler=val_sampler, **common)
+    # Every image exactly once over the ranks (DistributedSampler would pad with repeats);
+    # whole images ("test") go one at a time, as in test.py.
+    val_shard = Subset(val_set, range(info.rank, len(val_set), info.world_size))
+    val_batch = per_rank if d.valid_mode == "valid" else 1
+    val_loader = DataLoader(val_shard, batch_size=val_batch, **common)
     return train_loader, val_loader, sampler
+
+
+def sync_batchnorm(
+    net: nn.Module,
+    cr_loss: ContrastiveLoss | None,
+    cfg: Config,
+    info: DistInfo,
+    device: torch.device,
+) -> tuple[nn.Module, ContrastiveLoss | None]:
+    """The network and the CR backbone (whose training-mode statistics are part of the loss)
+    with SyncBatchNorm under DDP on GPUs (train.sync_batchnorm)."""
+    parts = nn.ModuleList([net] if cr_loss is None else [net, cr_loss])
+    parts = convert_sync_batchnorm(parts, info, device, cfg.train.sync_batchnorm)
+    return parts[0], (None if cr_loss is None else parts[1])
+
+
+def write_protocol_report(cfg: Config, run_dir: Path) -> None:
+    """Print, and save in the run folder, how this run's config departs from the paper's."""
+    report = protocol_report(cfg)
+    (run_dir / "protocol_differences.txt").write_text(report)
+    print(report, end="")
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -339,8 +389,8 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
     train_text = test_text = None
     text_dim = None
     if needs_text(cfg):
-        train_text = text_features(cfg, cfg.data.train_split, info)
-        test_text = text_features(cfg, cfg.data.test_split, info)
+        train_text = text_features(cfg, cfg.data.train_split, info, device)
+        test_text = text_features(cfg, cfg.data.test_split, info, device)
         text_dim = embedding_width(cfg.clip.arch)
     if args.prepare_domains:
         return {}
@@ -364,9 +414,11 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     cr_loss = None
     if cfg.loss.cr_weight > 0:
-        cr_loss = build_contrastive_loss(cfg.loss.resnet_weights, cfg.loss.resnet_imagenet_norm).to(
-            device
-        )
+        loss_cfg = cfg.loss
+        cr_loss = build_contrastive_loss(
+            loss_cfg.resnet_weights, loss_cfg.resnet_imagenet_norm, loss_cfg.resnet_batchnorm
+        ).to(device)
+    net, cr_loss = sync_batchnorm(net, cr_loss, cfg, info, device)
 
     start_epoch, best_psnr, global_step = 0, -math.inf, 0
     if resume_ckpt is not None:
@@ -439,7 +491,7 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
                 "intact. Free disk space, then continue with --resume"
             ) from e
 
-    end_epoch = cfg.train.epochs
+    end_epoch = total_epochs(cfg)
     if args.stop_after_epochs is not None:
         end_epoch = min(end_epoch, start_epoch + args.stop_after_epochs)
     result: dict[str, Any] = {"best_psnr": best_psnr, "run_dir": str(run_dir)}
@@ -452,7 +504,7 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
             model.train()
             bar = tqdm(
                 train_loader,
-                desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                desc=f"epoch {epoch + 1}/{total_epochs(cfg)}",
                 disable=None if info.is_main else True,  # no bar on other ranks or in logs
                 leave=False,
                 dynamic_ncols=True,
@@ -466,9 +518,7 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
                     saved.copy_(live)
                 with autocast(device, train_amp(cfg, device)):
                     out = model(hazy, text)
-                    loss = F.l1_loss(out.float(), gt)
-                    if cr_loss is not None:
-                        loss = loss + cfg.loss.cr_weight * cr_loss(out.float(), gt, hazy.float())
+                    loss = training_loss(out, gt, hazy, cr_loss, cfg.loss.cr_weight)
                 bad = (~torch.isfinite(loss)).float().reshape(1)
                 if all_reduce_sum(bad, info).item() > 0:
                     for saved, live in zip(stats_before, stats, strict=True):
@@ -499,7 +549,7 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
                     writer.add_scalar("train/lr", lr, global_step)
             scheduler.step()
 
-            if (epoch + 1) % cfg.train.eval_freq == 0 or epoch + 1 == cfg.train.epochs:
+            if (epoch + 1) % cfg.train.eval_freq == 0 or epoch + 1 == total_epochs(cfg):
                 val_psnr, val_ssim, grid = validate(model, val_loader, device, cfg, info)
                 improved = val_psnr > best_psnr
                 best_psnr = max(best_psnr, val_psnr)

@@ -28,6 +28,7 @@ def train_args(data_root: Path, out: Path, *extra: str, exp: str = "run") -> lis
         "model.depths=[1,1,1,1,1]",
         "train.batch_size=4",
         "train.epochs=2",
+        "train.extra_epoch=false",
         "train.eval_freq=1",
         *extra,
     ]

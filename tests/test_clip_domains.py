@@ -1,19 +1,24 @@
 import os
+import zipfile
 
+import open_clip
 import pytest
 import torch
 from PIL import Image
 
 from datasets import PairedDataset
+from utils.builders import domain_cache_for
 from utils.clip_domains import (
     classify,
+    clip_precision,
     domain_feature,
     domain_prompts,
     load_clip,
     prepare_domains,
+    quick_gelu_for,
     text_embeddings,
 )
-from utils.config import DEFAULT_DOMAINS
+from utils.config import DEFAULT_DOMAINS, ClipConfig
 from utils.image import list_images, read_rgb, write_rgb
 
 
@@ -22,7 +27,7 @@ def _states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def _prepare(paths, cache, pretrained=None, template="a photo of a {}", mode="hard"):
+def _prepare(paths, cache, pretrained=None, template="a photo of a {}", mode="hard", **kw):
     return prepare_domains(
         paths,
         cache,
@@ -33,6 +38,7 @@ def _prepare(paths, cache, pretrained=None, template="a photo of a {}", mode="ha
         mode=mode,
         batch_size=2,
         num_workers=1,
+        **kw,
     )
 
 
@@ -189,3 +195,89 @@ def test_cache_of_an_earlier_format_is_rebuilt(synthetic_root, tmp_path, capsys)
     capsys.readouterr()
     _prepare(paths, cache_file)
     assert "written by an earlier version" in capsys.readouterr().out
+
+
+def test_fp16_clip_rounds_as_openai_clip_on_a_gpu(tiny_clip, synthetic_root):
+    """OpenAI's CLIP on a GPU: fp16 weights (LayerNorm in fp32), and fp16 similarities,
+    softmax and text features, which the cache keeps as float32."""
+    model, preprocess, tokenizer = load_clip("tiny-clip", None, precision="fp16")
+    assert model.visual.conv1.weight.dtype == model.text_projection.dtype == torch.float16
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(m.weight.dtype == torch.float32 for m in norms)
+
+    arrays = [read_rgb(p) for p in list_images(synthetic_root / "test" / "hazy")]
+    emb = text_embeddings(model, tokenizer, domain_prompts())
+    probs = classify(model, preprocess, arrays, emb)
+    for t in (emb, probs):
+        assert t.dtype == torch.float32 and torch.equal(t.half().float(), t)
+    emb32 = text_embeddings(tiny_clip[0], tiny_clip[2], domain_prompts())
+    probs32 = classify(tiny_clip[0], tiny_clip[1], arrays, emb32)
+    assert torch.allclose(probs, probs32, atol=1e-2) and not torch.equal(probs, probs32)
+
+
+def test_clip_precision_auto_is_fp16_on_cuda_only():
+    assert clip_precision("auto", "cuda:0") == "fp16"
+    assert clip_precision("auto", torch.device("cpu")) == "fp32"
+    assert clip_precision("fp32", "cuda") == "fp32"
+    with pytest.raises(ValueError, match=r"clip\.precision"):
+        clip_precision("bf16", "cpu")
+
+
+def test_cache_records_precision_and_activation(synthetic_root, tmp_path, capsys):
+    hazy = synthetic_root / "test" / "hazy"
+    clip = ClipConfig(arch="tiny-clip", pretrained=None, cache_dir=str(tmp_path), batch_size=2)
+    first = domain_cache_for(clip, hazy)
+    assert (first.record["precision"], first.record["activation"]) == ("fp32", "GELU")
+    assert _rebuilt(capsys)
+
+    half = domain_cache_for(ClipConfig(**{**clip.__dict__, "precision": "fp16"}), hazy)
+    assert "CLIP precision changed (fp32 -> fp16)" in capsys.readouterr().out
+    assert half.record["precision"] == "fp16"
+    assert torch.equal(half.probs.half().float(), half.probs)
+
+    quick = domain_cache_for(ClipConfig(**{**clip.__dict__, "quick_gelu": True}), hazy)
+    assert "CLIP activation changed (GELU -> QuickGELU)" in capsys.readouterr().out
+    assert not torch.equal(quick.probs, first.probs)
+
+    cache_file = next(tmp_path.glob("*.pt"))
+    data = torch.load(cache_file, weights_only=True)
+    torch.save({**data, "format": 1}, cache_file)  # written before the record named both
+    domain_cache_for(ClipConfig(**{**clip.__dict__, "quick_gelu": True}), hazy)
+    assert "cache format 1" in capsys.readouterr().out
+
+
+def test_quick_gelu_rule(tiny_clip_weights, tmp_path):
+    """QuickGELU for OpenAI-trained weights: tags say so, OpenAI's own files are TorchScript,
+    and a state-dict file counts as OpenAI's for an architecture that has OpenAI weights."""
+    torchscript = tmp_path / "ViT-B-32.pt"
+    with zipfile.ZipFile(torchscript, "w") as z:
+        z.writestr("ViT-B-32/constants.pkl", b"")
+    state_dict = str(tiny_clip_weights)
+    assert quick_gelu_for("ViT-B-32", state_dict)
+    assert not quick_gelu_for("tiny-clip", state_dict)
+    assert quick_gelu_for("tiny-clip", str(torchscript))
+    assert quick_gelu_for("ViT-B-32", "openai")
+    assert not quick_gelu_for("ViT-B-32", "laion2b_s34b_b79k")
+    assert not quick_gelu_for("ViT-B-32", None)
+    assert not quick_gelu_for("ViT-B-32", state_dict, False)
+    assert quick_gelu_for("tiny-clip", None, True)
+    assert quick_gelu_for("ViT-B-32-quickgelu", None, False)  # the architecture's own
+
+
+def test_openai_weights_as_a_state_dict_keep_quick_gelu(tmp_path, monkeypatch, capsys):
+    """A state dict of QuickGELU weights (as open_clip's ViT-B-32/openai file) for an
+    architecture with OpenAI weights runs with QuickGELU, and says so."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        openai_trained = open_clip.create_model("tiny-clip", force_quick_gelu=True).eval()
+    path = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save(openai_trained.state_dict(), path)
+    monkeypatch.setattr(open_clip, "list_pretrained_tags_by_model", lambda arch: ["openai"])
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    expected = openai_trained.encode_image(images)
+
+    model, _, _ = load_clip("tiny-clip", str(path))
+    assert "QuickGELU" in capsys.readouterr().out
+    torch.testing.assert_close(model.encode_image(images), expected)
+    gelu, _, _ = load_clip("tiny-clip", str(path), quick_gelu=False)
+    assert not torch.allclose(gelu.encode_image(images), expected, atol=1e-3)

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from utils.config import (
     Config,
@@ -13,6 +14,8 @@ from utils.config import (
     load_config,
     override_config,
 )
+
+from .helpers import load_entry
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,12 +35,35 @@ def test_paper_config_matches_protocol():
     assert cfg.loss.cr_weight == 0.1
     assert cfg.precision.train == "fp16" and cfg.precision.eval == "none"
     assert cfg.data.patch_size == 256 and cfg.data.only_h_flip and cfg.data.edge_decay == 0
+    assert cfg.data.valid_mode == "valid" and cfg.train.extra_epoch and cfg.train.sync_batchnorm
+    assert cfg.loss.resnet_batchnorm == "batch" and not cfg.loss.resnet_imagenet_norm
+    assert cfg.clip.precision == "auto" and cfg.clip.quick_gelu == "auto"
     assert cfg.clip.arch == "ViT-B-32" and cfg.clip.pretrained == "openai"
     assert cfg.clip.mode == "hard"
     assert [cfg.clip.template.format(d) for d in cfg.clip.domains] == [
         "a photo of a indoor",
         "a photo of a outdoor",
     ]
+
+
+@pytest.mark.parametrize(
+    ("config", "authors"),  # the authors' configs/indoor and configs/outdoor MixDehazeNet-s.json
+    [
+        ("reside-in/mixcl-s.yaml", (36, 2e-4, 500, 1, False, "test")),
+        ("reside-out/mixcl-s.yaml", (49, 2e-4, 50, 1, True, "valid")),
+    ],
+)
+def test_reside_in_and_out_configs_are_the_authors(config, authors, capsys):
+    load_entry("train").main([str(REPO / "configs" / config), "--print-config"])
+    c = yaml.safe_load(capsys.readouterr().out)
+    t, d = c["train"], c["data"]
+    assert (t["batch_size"], t["lr"], t["epochs"], t["eval_freq"]) == authors[:4]
+    assert (d["only_h_flip"], d["valid_mode"], d["patch_size"], d["edge_decay"]) == (
+        *authors[4:],
+        256,
+        0.0,
+    )
+    assert c["model"]["name"] == "mixcl-s" and c["loss"]["cr_weight"] == 0.1
 
 
 def test_base_inheritance_and_overrides():
@@ -103,5 +129,9 @@ def test_checkpoint_configs_written_before_a_rename_still_load():
     old["train"]["cr_weight"] = old.pop("loss")["cr_weight"]
     old["train"]["amp"] = "bf16"
     del old["precision"]
+    del old["clip"]["precision"]
     cfg = config_from_checkpoint(old)
     assert cfg.loss.cr_weight == 0.1 and cfg.precision.train == "bf16"
+    # what such a run was trained with: CLIP in fp32, the CR backbone in eval mode
+    assert cfg.clip.precision == "fp32" and cfg.loss.resnet_batchnorm == "frozen"
+    assert config_from_checkpoint(config_to_dict(Config())) == Config()

@@ -141,6 +141,7 @@ def test_ddp_two_cpu_processes(data_root, tmp_path):
     ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("normalises BatchNorm over its own share of the batch") == 1
     ckpt = load_checkpoint(tmp_path / "ddp" / "last.pth")
     assert ckpt["epoch"] == 1 and len(ckpt["rng"]) == 2
     assert not any(k.startswith("module.") for k in ckpt["model"])

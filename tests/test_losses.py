@@ -1,43 +1,128 @@
-"""Contrastive regularisation: frozen backbone, the published formula, clear weight errors."""
+"""Contrastive regularisation: the authors' loss (ResNet-152 BatchNorm in training mode) by
+default, the frozen-statistics variant, the weights file, ImageNet normalisation, clear errors."""
+
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from torch import nn
 
 from utils.losses import CR_LAYER_WEIGHTS, ContrastiveLoss, build_contrastive_loss, resnet_slices
 
 
 @pytest.fixture(scope="module")
-def cr() -> ContrastiveLoss:
+def resnet152_file(tmp_path_factory) -> tuple[torchvision.models.ResNet, Path]:
+    """A random ResNet-152 (parameters frozen, as the authors' are) and a file of its weights."""
     torch.manual_seed(0)
-    return ContrastiveLoss(resnet_slices(torchvision.models.resnet18(weights=None)))
+    resnet = torchvision.models.resnet152(weights=None).requires_grad_(False)
+    path = tmp_path_factory.mktemp("resnet") / "resnet152.pth"
+    torch.save(resnet.state_dict(), path)
+    return resnet, path
 
 
-def test_cr_matches_the_formula_and_only_the_output_gets_gradients(cr):
-    gen = torch.Generator().manual_seed(1)
-    out = (torch.rand(2, 3, 64, 64, generator=gen) * 2 - 1).requires_grad_()
-    gt, hazy = torch.rand(2, 2, 3, 64, 64, generator=gen) * 2 - 1
-    loss = cr(out, gt, hazy)
+def _images(seed: int, side: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Output, GT and hazy batches of two images in [-1, 1]."""
+    gen = torch.Generator().manual_seed(seed)
+    out, gt, hazy = torch.rand(3, 2, 3, side, side, generator=gen) * 2 - 1
+    return out, gt, hazy
+
+
+def _authors_cr(resnet: nn.Module, out: torch.Tensor, gt: torch.Tensor, hazy: torch.Tensor):
+    """The CR as the authors' code computes it: the ResNet's children cut at the same places
+    (stem to layer1, layer2, layer3, layer4), three separate calls, weights 1/16 ... 1."""
+    children = list(resnet.children())
+    stages = [nn.Sequential(*children[:-5]), *(nn.Sequential(c) for c in children[-5:-2])]
+
+    def features(x):
+        feats = []
+        for stage in stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+    a_f, p_f, n_f = features(out), features(gt), features(hazy)
+    loss = 0
+    for w, a, p, n in zip((1 / 16, 1 / 8, 1 / 4, 1.0), a_f, p_f, n_f, strict=True):
+        loss = loss + w * F.l1_loss(a, p.detach()) / (F.l1_loss(a, n.detach()) + 1e-7)
+    return loss
+
+
+def _loss_and_grad(cr, out, gt, hazy) -> tuple[float, torch.Tensor]:
+    x = out.clone().requires_grad_()
+    loss = cr(x, gt, hazy)
     loss.backward()
-    assert out.grad is not None and out.grad.abs().sum() > 0
-    assert all(p.grad is None and not p.requires_grad for p in cr.parameters())
+    return loss.item(), x.grad
 
-    expected = torch.zeros(())
-    a, p, n = out.detach(), gt, hazy
+
+def test_layer_weights_are_the_authors():
+    assert CR_LAYER_WEIGHTS == (1 / 16, 1 / 8, 1 / 4, 1)
+
+
+def test_default_cr_is_the_authors_loss_over_the_given_weights(resnet152_file):
+    resnet, path = resnet152_file
+    cr = build_contrastive_loss(str(path))  # its own random init is replaced by the file's
+    loaded, saved = cr.slices.state_dict(), resnet.state_dict()
+    assert torch.equal(loaded["0.0.weight"], saved["conv1.weight"])
+    assert torch.equal(loaded["3.2.conv3.weight"], saved["layer4.2.conv3.weight"])
+
+    out, gt, hazy = _images(1)
+    value, grad = _loss_and_grad(cr, out, gt, hazy)
+    ref_value, ref_grad = _loss_and_grad(
+        lambda x, p, n: _authors_cr(resnet.train(), x, p, n), out, gt, hazy
+    )
+    assert value == pytest.approx(ref_value, rel=1e-5)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-9)
+    assert all(p.grad is None for p in cr.parameters())
+
     with torch.no_grad():
-        for w, stage in zip(CR_LAYER_WEIGHTS, cr.slices, strict=True):
-            a, p, n = stage(a), stage(p), stage(n)
-            expected += w * F.l1_loss(a, p) / (F.l1_loss(a, n) + 1e-7)
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+        frozen = ContrastiveLoss(resnet_slices(resnet), batchnorm="frozen")(out, gt, hazy)
+    assert abs(frozen.item() - value) > 1e-3 * value
+
+
+def test_batchnorm_mode_is_fixed_whatever_train_or_eval_asks():
+    resnet = torchvision.models.resnet18()
+    batch = ContrastiveLoss(resnet_slices(torchvision.models.resnet18()))
+    frozen = ContrastiveLoss(resnet_slices(resnet), batchnorm="frozen")
+    batch.eval()
+    frozen.train()
+    assert all(m.training for m in batch.slices.modules())
+    assert not any(m.training for m in frozen.slices.modules())
+    assert not any(p.requires_grad for p in [*batch.parameters(), *frozen.parameters()])
+
+    before = {k: v.clone() for k, v in frozen.state_dict().items()}
+    out, gt, hazy = _images(2)
+    value = frozen(out, gt, hazy).item()
+    assert all(torch.equal(before[k], v) for k, v in frozen.state_dict().items())
+    with torch.no_grad():
+        expected = _authors_cr(resnet.eval(), out, gt, hazy)
+    assert value == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="batchnorm"):
+        ContrastiveLoss(resnet_slices(torchvision.models.resnet18()), batchnorm="eval")
+
+
+def test_cr_of_the_target_is_zero():
+    cr = ContrastiveLoss(resnet_slices(torchvision.models.resnet18()))
+    _, gt, hazy = _images(3)
     assert cr(gt, gt, hazy).item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_backbone_statistics_never_change(cr):
-    before = {k: v.clone() for k, v in cr.state_dict().items()}
-    cr.train()
-    cr(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32))
-    assert all(torch.equal(before[k], v) for k, v in cr.state_dict().items())
+def test_imagenet_normalisation_feeds_the_resnet_normalised_images():
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18().requires_grad_(False)
+    out, gt, hazy = _images(4)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+    def imagenet(x):
+        return ((x + 1) / 2 - mean) / std
+
+    normed = ContrastiveLoss(resnet_slices(resnet), imagenet_norm=True)(out, gt, hazy)
+    expected = _authors_cr(resnet.train(), imagenet(out), imagenet(gt), imagenet(hazy))
+    assert normed.item() == pytest.approx(expected.item(), rel=1e-5)
+    plain = ContrastiveLoss(resnet_slices(resnet))(out, gt, hazy)
+    assert abs(plain.item() - normed.item()) > 1e-3 * plain.item()
 
 
 def test_missing_weights_file_says_what_to_do(tmp_path):

@@ -78,6 +78,8 @@ def domain_cache_for(clip: ClipConfig, hazy_dir: Path, device: str = "cpu") -> D
         template=clip.template,
         batch_size=clip.batch_size,
         device=device,
+        precision=clip.precision,
+        quick_gelu=clip.quick_gelu,
     )
 
 
@@ -103,7 +105,7 @@ def domain_text_features(
 
 def load_clip_for(clip: ClipConfig, device: str = "cpu"):
     """The frozen CLIP of the config, for classifying images on the fly (predict.py)."""
-    return load_clip(clip.arch, clip.pretrained, device=device)
+    return load_clip(clip.arch, clip.pretrained, device, clip.precision, clip.quick_gelu)
 
 
 def build_network(cfg: Config, text_dim: int | None, speed: SpeedSettings) -> nn.Module:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import open_clip
 import torch
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from utils.config import DEFAULT_DOMAINS, DEFAULT_TEMPLATE, ConfigError
+from utils.config import DEFAULT_DOMAINS, DEFAULT_TEMPLATE, ClipPrecision, ConfigError
 from utils.image import PathLike, read_rgb
 
 FEATURE_MODES = ("hard", "soft")
@@ -33,7 +34,7 @@ LOGIT_SCALE = 100.0
 # Seed of randomly initialised CLIP models, so that every process builds the same one.
 RANDOM_INIT_SEED = 0
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "clip"
-CACHE_FORMAT = 2  # 2: images read upright (EXIF orientation applied)
+CACHE_FORMAT = 2  # 2: images read upright (EXIF orientation); activation and precision recorded
 
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
 
@@ -87,8 +88,45 @@ def _weights_help(arch: str) -> str:
     )
 
 
+def clip_precision(setting: str, device: str | torch.device) -> str:
+    """CLIP's precision: 'auto' is fp16 on CUDA (where OpenAI's CLIP runs in fp16), else fp32."""
+    if setting == "auto":
+        return "fp16" if torch.device(device).type == "cuda" else "fp32"
+    if setting not in get_args(ClipPrecision):
+        raise ValueError(f"clip.precision must be auto, fp16 or fp32, got {setting!r}")
+    return setting
+
+
+def _has_openai_weights(arch: str) -> bool:
+    return "openai" in open_clip.list_pretrained_tags_by_model(arch)
+
+
+def quick_gelu_for(arch: str, pretrained: str | None, setting: bool | str = "auto") -> bool:
+    """Whether CLIP runs with QuickGELU, the activation OpenAI's CLIP was trained with.
+
+    'auto': a weights tag says so itself (open_clip's pretrained config); OpenAI's own files are
+    TorchScript; a state-dict file cannot tell, so it is taken for OpenAI's weights when open_clip
+    knows OpenAI weights for `arch` (the "openai" tag). Random weights, and `False`, keep the
+    architecture's own activation (GELU, unless its name ends in -quickgelu).
+    """
+    register_model_configs()
+    own = bool((open_clip.get_model_config(arch) or {}).get("quick_gelu", False))
+    if setting != "auto":
+        return bool(setting) or own
+    if not pretrained:
+        return own
+    if _is_file_spec(pretrained):
+        path = Path(pretrained).expanduser()
+        return own or _is_torchscript_archive(path) or _has_openai_weights(arch)
+    return own or bool(open_clip.get_pretrained_cfg(arch, pretrained).get("quick_gelu", False))
+
+
 def load_clip(
-    arch: str, pretrained: str | None, device: str | torch.device = "cpu"
+    arch: str,
+    pretrained: str | None,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    quick_gelu: bool | str = "auto",
 ) -> tuple[torch.nn.Module, Callable, Callable]:
     """A frozen open_clip model in eval mode, its image preprocessing and its tokenizer.
 
@@ -97,30 +135,55 @@ def load_clip(
         pretrained: an open_clip weights tag ("openai"), a local weights file (an open_clip
             or OpenAI TorchScript checkpoint, or a state dict), or None / "" for random
             weights, identical in every process (fixed seed; the caller's RNG state is kept).
+        precision: "fp32", or "fp16" as OpenAI's CLIP on a GPU: linear and convolution
+            weights in fp16, LayerNorm computed in fp32 (open_clip's precision="fp16").
+        quick_gelu: "auto", True or False (see `quick_gelu_for`).
     Raises RuntimeError, saying what was tried, when the weights cannot be loaded.
     """
     check_arch(arch)
+    precision = clip_precision(precision, device)
+    quick = quick_gelu_for(arch, pretrained, quick_gelu)
+    options = {"precision": precision, "force_quick_gelu": quick}
     if not pretrained:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
-            model, _, preprocess = open_clip.create_model_and_transforms(arch, device=device)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch, device=device, **options
+            )
     elif _is_file_spec(pretrained):
-        model, preprocess = _load_from_file(arch, Path(pretrained).expanduser(), device)
+        path = Path(pretrained).expanduser()
+        model, preprocess = _load_from_file(arch, path, device, options)
+        if quick_gelu == "auto" and not _is_torchscript_archive(path):
+            print(_activation_note(arch, path, quick))
     else:
-        model, preprocess = _load_from_tag(arch, pretrained, device)
+        model, preprocess = _load_from_tag(arch, pretrained, device, options)
     model.eval().requires_grad_(False)
     return model, preprocess, open_clip.get_tokenizer(arch)
 
 
-def _load_from_file(arch: str, path: Path, device: str | torch.device) -> tuple:
+def _activation_note(arch: str, path: Path, quick: bool) -> str:
+    """Which activation a state-dict file runs with, and how to choose the other one."""
+    if quick and _has_openai_weights(arch):
+        why = f"{arch} has OpenAI weights in open_clip, which use it"
+    else:
+        why = f"the activation of {arch}"
+    if quick:
+        other = "clip.quick_gelu=false for weights trained with GELU"
+    else:
+        other = "clip.quick_gelu=true for OpenAI-trained weights"
+    return (
+        f"CLIP: {path.name} holds no activation; using {'QuickGELU' if quick else 'GELU'} "
+        f"({why}). Set {other}"
+    )
+
+
+def _load_from_file(arch: str, path: Path, device: str | torch.device, options: dict) -> tuple:
     if not path.is_file():
         raise RuntimeError(f"CLIP weights file not found: {path}. {_weights_help(arch)}")
     try:
         if _is_torchscript_archive(path):
-            # OpenAI's files: TorchScript (not loadable with weights_only) and QuickGELU.
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                arch, force_quick_gelu=True
-            )
+            # OpenAI's files: TorchScript, not loadable with weights_only.
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, **options)
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
             # TorchScript also saves metadata and non-persistent buffers (e.g. attn_mask).
             non_persistent = {n for n, _ in model.named_buffers()} - set(model.state_dict())
@@ -130,7 +193,7 @@ def _load_from_file(arch: str, path: Path, device: str | torch.device) -> tuple:
             model.to(device)
         else:
             model, _, preprocess = open_clip.create_model_and_transforms(
-                arch, pretrained=str(path), device=device
+                arch, pretrained=str(path), device=device, **options
             )
     except Exception as e:
         raise RuntimeError(
@@ -140,17 +203,16 @@ def _load_from_file(arch: str, path: Path, device: str | torch.device) -> tuple:
     return model, preprocess
 
 
-def _load_from_tag(arch: str, tag: str, device: str | torch.device) -> tuple:
+def _load_from_tag(arch: str, tag: str, device: str | torch.device, options: dict) -> tuple:
     tags = open_clip.list_pretrained_tags_by_model(arch)
     if tag not in tags:
         raise RuntimeError(
             f"{tag!r} is neither an existing weights file nor an open_clip weights tag for "
             f"{arch} (known tags: {', '.join(tags) or 'none'}). {_weights_help(arch)}"
         )
-    quick_gelu = bool(open_clip.get_pretrained_cfg(arch, tag).get("quick_gelu", False))
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            arch, pretrained=tag, device=device, force_quick_gelu=quick_gelu
+            arch, pretrained=tag, device=device, **options
         )
     except Exception as e:
         raise RuntimeError(
@@ -169,12 +231,22 @@ def domain_prompts(
     return [template.format(d) for d in domains]
 
 
+def _compute_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype CLIP's image tower computes in: its first linear or convolution weight's."""
+    layers = (torch.nn.Conv2d, torch.nn.Linear)
+    return next(m.weight.dtype for m in model.visual.modules() if isinstance(m, layers))
+
+
 @torch.no_grad()
 def text_embeddings(model: torch.nn.Module, tokenizer: Callable, prompts: Sequence[str]):
-    """L2-normalised text embeddings of `prompts`, float32 on the CPU, shape (K, D)."""
+    """L2-normalised text embeddings of `prompts`, float32 on the CPU, shape (K, D).
+
+    Normalised in the model's precision, so an fp16 CLIP gives fp16-rounded unit vectors, as
+    OpenAI's code saves them.
+    """
     device = next(model.parameters()).device
     emb = model.encode_text(tokenizer(list(prompts)).to(device))
-    return F.normalize(emb.float(), dim=-1).cpu()
+    return F.normalize(emb, dim=-1).float().cpu()
 
 
 @torch.no_grad()
@@ -187,16 +259,17 @@ def classify(
     """Zero-shot domain probabilities (N, K): softmax over 100 * cosine similarity.
 
     `images` are PIL images, uint8 (H, W, 3) RGB arrays, or an already preprocessed
-    (N, 3, h, w) tensor.
+    (N, 3, h, w) tensor. Computed in the model's precision (fp16 as OpenAI's code on a GPU:
+    similarities and softmax included), returned as float32.
     """
     if isinstance(images, torch.Tensor):
         batch = images
     else:
         batch = torch.stack([preprocess(_as_pil(im)) for im in images])
-    device = next(model.parameters()).device
-    img_emb = F.normalize(model.encode_image(batch.to(device)).float(), dim=-1)
-    logits = LOGIT_SCALE * img_emb @ text_emb.to(device).T
-    return logits.softmax(dim=-1).cpu()
+    device, dtype = next(model.parameters()).device, _compute_dtype(model)
+    img_emb = F.normalize(model.encode_image(batch.to(device, dtype)), dim=-1)
+    logits = LOGIT_SCALE * img_emb @ text_emb.to(device, dtype).T
+    return logits.softmax(dim=-1).float().cpu()
 
 
 def _as_pil(image) -> Image.Image:
@@ -334,6 +407,8 @@ def _stale_reason(data: dict, record: dict, names: list[str], paths: list[Path])
     for key, what in (
         ("arch", "CLIP architecture"),
         ("weights", "CLIP weights"),
+        ("activation", "CLIP activation"),
+        ("precision", "CLIP precision"),
         ("domains", "domains"),
         ("prompts", "prompts"),
     ):
@@ -362,11 +437,15 @@ def prepare_domains(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     num_workers: int = 4,
+    precision: str = "auto",
+    quick_gelu: bool | str = "auto",
 ) -> DomainCache:
     """Zero-shot domains of `image_paths`, from `cache_file` when still valid.
 
-    The cache is reused when the architecture, weights (tag or file sha256), domains,
-    prompts, image names and image contents are unchanged; otherwise CLIP classifies every
+    `precision` and `quick_gelu` are those of `load_clip` ('auto' precision: fp16 when
+    `device` is a GPU). The cache is reused when the architecture, weights (tag or file
+    sha256), activation, precision, domains, prompts, image names and image contents are
+    unchanged; otherwise CLIP classifies every
     image again (the reason is printed) and the file is replaced atomically. Image names
     must be unique: features are looked up by file name.
     """
@@ -381,9 +460,13 @@ def prepare_domains(
         raise ValueError("no images to classify")
     cache_file = Path(cache_file)
     prompts = domain_prompts(domains, template)
+    precision = clip_precision(precision, device)
+    quick = quick_gelu_for(arch, pretrained, quick_gelu)
     record = {
         "arch": arch,
         "weights": weights_id(pretrained),
+        "activation": "QuickGELU" if quick else "GELU",
+        "precision": precision,
         "domains": list(domains),
         "prompts": prompts,
     }
@@ -394,9 +477,12 @@ def prepare_domains(
         if reason is None:
             print(f"CLIP domains: reusing {cache_file}")
             return _to_cache(data, mode)
-    print(f"CLIP domains: classifying {len(paths)} images with {arch} ({reason})")
+    print(
+        f"CLIP domains: classifying {len(paths)} images with {arch} in {precision} on "
+        f"{torch.device(device).type} ({reason})"
+    )
 
-    model, preprocess, tokenizer = load_clip(arch, pretrained, device)
+    model, preprocess, tokenizer = load_clip(arch, pretrained, device, precision, quick_gelu)
     text_emb = text_embeddings(model, tokenizer, prompts)
     images = [{**_stat(p), "sha1": _sha1(p)} for p in paths]
     probs = []

@@ -21,6 +21,8 @@ import yaml
 DEFAULT_DOMAINS = ("indoor", "outdoor")
 DEFAULT_TEMPLATE = "a photo of a {}"
 Precision = Literal["none", "fp16", "bf16"]
+ClipPrecision = Literal["auto", "fp16", "fp32"]  # auto: fp16 on CUDA, fp32 on the CPU
+CRBatchNorm = Literal["batch", "frozen"]  # the CR ResNet's BatchNorm: training or eval mode
 
 # Keys that moved: an old key in a YAML file or an override is an error naming its new place.
 RENAMED_KEYS = {
@@ -29,6 +31,13 @@ RENAMED_KEYS = {
     "train.cr_imagenet_norm": "loss.resnet_imagenet_norm",
     "train.amp": "precision.train",
     "speed.amp": "precision.eval",
+}
+# Keys added since: what a checkpoint written before a key existed was trained with.
+ADDED_KEYS = {
+    "clip.precision": "fp32",
+    "loss.resnet_batchnorm": "frozen",
+    "train.extra_epoch": False,
+    "train.sync_batchnorm": False,
 }
 
 # Settings a checkpoint's config may take new values for in a later call, one place for all:
@@ -47,9 +56,10 @@ LOCATION_KEYS = (
     "model.init_from",
 )
 # ... how fast and how precisely the network runs (changes results within float tolerance) ...
-SPEED_KEYS = ("speed", "precision.eval")
-# ... in test.py and predict.py also the domain features, soft for a hard-trained network ...
-EVALUATION_KEYS = (*LOCATION_KEYS, *SPEED_KEYS, "clip.mode")
+SPEED_KEYS = ("speed", "precision.eval", "precision.predict")
+# ... in test.py and predict.py also the domain features (soft for a hard-trained network, the
+# CLIP precision of the machine at hand) ...
+EVALUATION_KEYS = (*LOCATION_KEYS, *SPEED_KEYS, "clip.mode", "clip.precision")
 # ... and with train.py --resume the number of epochs (the cosine schedule is re-planned), how
 # often to validate and log, and what to do on a non-finite loss. Every other key describes the
 # network or how it is trained, and a different value is refused.
@@ -103,6 +113,7 @@ class DataConfig:
     patch_size: int = 256
     edge_decay: float = 0.0
     only_h_flip: bool = True
+    valid_mode: Literal["valid", "test"] = "valid"  # validation on centre crops or whole images
     num_workers: int = 8
     verify_images: bool = True  # decode every image before training, to fail early on bad files
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -120,16 +131,20 @@ class ClipConfig:
     # "labels": each image's domain from <split folder>/domains.csv instead of CLIP's guess
     # (oracle domains; the feature is that domain's prompt embedding, `mode` does not apply).
     domain_source: Literal["clip", "labels"] = "clip"
+    precision: ClipPrecision = "auto"  # auto: fp16 on CUDA, as OpenAI's CLIP runs there
+    # auto: QuickGELU for OpenAI-trained weights (see utils/clip_domains.quick_gelu_for)
+    quick_gelu: Literal["auto"] | bool = "auto"
     batch_size: int = 64
     cache_dir: str = "cache/clip_domains"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation schedule (PROTOCOL.md's defaults)."""
+    """Optimisation schedule (the authors', docs/PROTOCOL.md)."""
 
     batch_size: int = 16
-    epochs: int = 1000
+    epochs: int = 1000  # length of the cosine schedule
+    extra_epoch: bool = True  # then one more epoch at the final lr, as the authors' loop runs
     lr: float = 1e-4
     lr_min_ratio: float = 1e-2
     weight_decay: float = 0.01
@@ -137,6 +152,7 @@ class TrainConfig:
     nonfinite: Literal["stop", "skip"] = "stop"
     seed: int = 0
     log_images: int = 4
+    sync_batchnorm: bool = True  # multi-GPU: BatchNorm statistics over the whole batch
 
 
 @dataclass(frozen=True)
@@ -159,6 +175,9 @@ class LossConfig:
     cr_weight: float = 0.1  # 0: L1 only, the ResNet is never built
     resnet_weights: str | None = None  # local ImageNet ResNet-152 file; None: torchvision's
     resnet_imagenet_norm: bool = False  # upstream feeds [-1, 1] images to ResNet unnormalised
+    # batch: the authors' ResNet BatchNorm in training mode (each call's own batch statistics);
+    # frozen: eval mode, ImageNet running statistics
+    resnet_batchnorm: CRBatchNorm = "batch"
 
 
 @dataclass(frozen=True)
@@ -353,12 +372,16 @@ def config_from_dict(data: dict) -> Config:
 
 
 def config_from_checkpoint(data: dict) -> Config:
-    """The config stored in a checkpoint, with keys renamed since it was written moved."""
+    """The config stored in a checkpoint, with keys renamed since it was written moved and keys
+    added since given the values it was trained with."""
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     for old, new in RENAMED_KEYS.items():
         (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
         if old_key in data.get(old_section, {}):
             data.setdefault(new_section, {})[new_key] = data[old_section].pop(old_key)
+    for key, value in ADDED_KEYS.items():
+        section, name = key.split(".")
+        data.setdefault(section, {}).setdefault(name, value)
     return config_from_dict(data)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,51 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes; the gradient of every input is the sum of the output's gradients."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def all_reduce_sum_with_grad(t: torch.Tensor) -> torch.Tensor:
+    """`t` summed over the processes of the default group (if any), differentiably."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return _AllReduceSum.apply(t)
+    return t
+
+
+def convert_sync_batchnorm(
+    module: nn.Module, info: DistInfo, device: torch.device, enabled: bool
+) -> nn.Module:
+    """SyncBatchNorm in place of every BatchNorm of `module`, under DDP on CUDA when `enabled`.
+
+    One GPU normalises each batch as a whole; SyncBatchNorm gives many processes the same
+    statistics. torch's SyncBatchNorm refuses CPU tensors, so on CPU each process keeps its own
+    (said once, by rank 0).
+    """
+    if not (info.enabled and enabled):
+        return module
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+    if info.is_main and has_batchnorm:
+        print(
+            f"train.sync_batchnorm: SyncBatchNorm needs CUDA; on {device.type} each of the "
+            f"{info.world_size} processes normalises BatchNorm over its own share of the batch"
+        )
+    return module
 
 
 def cleanup(info: DistInfo) -> None:

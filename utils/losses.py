@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from utils.config import CRBatchNorm
+from utils.distributed import all_reduce_sum_with_grad
 from utils.image import from_model_range
 
 CR_LAYER_WEIGHTS = (1 / 16, 1 / 8, 1 / 4, 1.0)
@@ -25,18 +28,32 @@ def resnet_slices(resnet: torchvision.models.ResNet) -> nn.ModuleList:
 class ContrastiveLoss(nn.Module):
     """Pulls the output's features towards the clean image's and away from the hazy input's.
 
-    The backbone is frozen and kept in eval mode, so its BatchNorm statistics never change.
+    The backbone's parameters are frozen. With batchnorm="batch" (the authors' loss) its
+    BatchNorm layers stay in training mode: each of the three calls (output, GT, hazy) is
+    normalised with its own batch statistics, the output's gradient flows through them, and
+    the running statistics drift unused. "frozen" keeps them in eval mode (ImageNet
+    statistics). Either way the mode is fixed here, whatever `train()` / `eval()` ask.
+
+    Under torch.distributed the L1 distances are means over the whole global batch, as on one
+    GPU: their sums are added over the processes (gradients too) before the ratio is taken.
     """
 
-    def __init__(self, slices: nn.ModuleList, imagenet_norm: bool = False) -> None:
+    def __init__(
+        self,
+        slices: nn.ModuleList,
+        imagenet_norm: bool = False,
+        batchnorm: CRBatchNorm = "batch",
+    ) -> None:
         super().__init__()
-        self.slices = slices.eval().requires_grad_(False)
+        if batchnorm not in get_args(CRBatchNorm):
+            raise ValueError(f"batchnorm must be 'batch' or 'frozen', got {batchnorm!r}")
+        self.slices = slices.train(batchnorm == "batch").requires_grad_(False)
         self.imagenet_norm = imagenet_norm
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1))
 
     def train(self, mode: bool = True) -> ContrastiveLoss:
-        return self  # the backbone stays in eval mode whatever the caller asks
+        return self  # the BatchNorm mode is `batchnorm`'s, not the caller's
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.imagenet_norm:
@@ -52,13 +69,20 @@ class ContrastiveLoss(nn.Module):
         with torch.no_grad():
             gt_f = self._features(gt)
             hazy_f = self._features(hazy)
-        loss = output.new_zeros(())
-        for w, a, p, n in zip(CR_LAYER_WEIGHTS, out_f, gt_f, hazy_f, strict=True):
-            loss = loss + w * F.l1_loss(a, p) / (F.l1_loss(a, n) + 1e-7)
-        return loss
+        # Per stage: sum |a - p|, sum |a - n| and the element count, summed over processes.
+        per_stage = []
+        for a, p, n in zip(out_f, gt_f, hazy_f, strict=True):
+            a, p, n = a.float(), p.float(), n.float()  # fp16 features: sums would overflow
+            count = torch.tensor(float(a.numel()), device=a.device)
+            per_stage.append(torch.stack([(a - p).abs().sum(), (a - n).abs().sum(), count]))
+        d_ap, d_an, count = all_reduce_sum_with_grad(torch.stack(per_stage)).unbind(dim=1)
+        weights = torch.tensor(CR_LAYER_WEIGHTS, device=count.device)
+        return (weights * (d_ap / count) / (d_an / count + 1e-7)).sum()
 
 
-def build_contrastive_loss(weights: str | None, imagenet_norm: bool = False) -> ContrastiveLoss:
+def build_contrastive_loss(
+    weights: str | None, imagenet_norm: bool = False, batchnorm: CRBatchNorm = "batch"
+) -> ContrastiveLoss:
     """ResNet-152 with ImageNet weights from a local file, or torchvision's cache/download."""
     if weights is not None:
         path = Path(weights)
@@ -83,4 +107,18 @@ def build_contrastive_loss(weights: str | None, imagenet_norm: bool = False) -> 
                 "loss.resnet_weights=/path/to/resnet152-394f9c45.pth, or copy it into "
                 f"{torch.hub.get_dir()}/checkpoints/; or set loss.cr_weight=0 to train without CR"
             ) from e
-    return ContrastiveLoss(resnet_slices(resnet), imagenet_norm=imagenet_norm)
+    return ContrastiveLoss(resnet_slices(resnet), imagenet_norm, batchnorm)
+
+
+def training_loss(
+    output: torch.Tensor,
+    gt: torch.Tensor,
+    hazy: torch.Tensor,
+    cr: ContrastiveLoss | None,
+    cr_weight: float,
+) -> torch.Tensor:
+    """L1(output, GT) + cr_weight * CR(output, GT, hazy), in fp32 whatever the autocast."""
+    loss = F.l1_loss(output.float(), gt)
+    if cr is not None:
+        loss = loss + cr_weight * cr(output.float(), gt, hazy.float())
+    return loss

@@ -1,0 +1,77 @@
+"""The published settings and the note a run writes of every key that leaves them."""
+
+from pathlib import Path
+
+import pytest
+
+from utils.config import config_to_dict, load_config
+from utils.protocol import PUBLISHED_SETTINGS, protocol_report, published_setting
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize(
+    ("config", "dataset"),
+    [
+        ("reside6k/mixcl-s.yaml", "RESIDE-6K"),
+        ("reside-in/mixcl-s.yaml", "RESIDE-IN"),
+        ("reside-out/mixcl-s.yaml", "RESIDE-OUT"),
+    ],
+)
+def test_the_shipped_dataset_configs_are_the_published_settings(config, dataset):
+    cfg = load_config(CONFIGS / config)
+    assert published_setting(cfg.data.root)[0] == dataset
+    source = PUBLISHED_SETTINGS[dataset].source
+    assert protocol_report(cfg).endswith(
+        f"published {dataset} setting ({source}): no differences\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "lines"),
+    [
+        ("reside6k/mixcl-s.yaml", ["train.batch_size=8"], ["train.batch_size=8 (paper: 16)"]),
+        ("reside6k/mixdehazenet-s.yaml", [], ["model.name=mixdehazenet-s (paper: mixcl-s)"]),
+        ("reside6k/ablations/soft-domains.yaml", [], ["clip.mode=soft (paper: hard)"]),
+        (
+            "reside6k/ablations/cr-frozen-bn.yaml",
+            [],
+            ["loss.resnet_batchnorm=frozen (paper: batch)"],
+        ),
+        (
+            "reside6k/ablations/prompt-grammatical.yaml",
+            [],
+            [
+                "clip.domains=[indoors, outdoors] (paper: [indoor, outdoor])",
+                "clip.template=a photo taken {} (paper: a photo of a {})",
+            ],
+        ),
+        (
+            "reside-in/mixcl-s.yaml",
+            ["data.root=/datasets/reside_in", "train.extra_epoch=false", "precision.train=bf16"],
+            ["train.extra_epoch=false (paper: true)", "precision.train=bf16 (paper: fp16)"],
+        ),
+    ],
+)
+def test_every_key_that_leaves_the_paper_is_named(config, overrides, lines):
+    cfg = load_config(CONFIGS / config, overrides)
+    report = protocol_report(cfg)
+    assert report.splitlines()[1:] == [f"  {line}" for line in lines]
+    assert "its numbers are not the paper's" in report
+
+
+def test_a_dataset_without_published_setting_says_so():
+    report = protocol_report(load_config(CONFIGS / "quickstart.yaml"))
+    assert report.startswith("protocol: no published setting for data.root=data/synthetic")
+    assert "RESIDE-6K, RESIDE-IN, RESIDE-OUT" in report
+
+
+def test_published_keys_are_config_keys():
+    flat = {
+        f"{section}.{key}"
+        for section, values in config_to_dict(load_config()).items()
+        if isinstance(values, dict)
+        for key in values
+    }
+    for setting in PUBLISHED_SETTINGS.values():
+        assert set(setting.values) <= flat

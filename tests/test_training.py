@@ -1,0 +1,76 @@
+"""train.py follows the authors' run: fp32 validation, whole-image validation when configured,
+one extra epoch at the final lr, and a saved note of every key that leaves the paper."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from utils.builders import build_network
+from utils.checkpoint import load_checkpoint
+from utils.config import load_config
+from utils.devices import speed_on
+from utils.distributed import DistInfo
+
+from .helpers import REPO, load_entry, train_args
+
+train, evaluate = load_entry("train"), load_entry("test")
+
+
+def test_validation_runs_in_the_eval_precision_not_the_training_one(data_root):
+    def validation_psnr(*overrides: str) -> float:
+        cfg = load_config(
+            REPO / "configs" / "quickstart.yaml",
+            [
+                f"data.root={data_root}",
+                *("data.patch_size=32", "data.num_workers=0", "model.name=mixdehazenet-t"),
+                *("model.depths=[1,1,1,1,1]", *overrides),
+            ],
+        )
+        _, loader, _ = train.make_loaders(cfg, DistInfo(), None, None, torch.Generator())
+        torch.manual_seed(0)
+        net = build_network(cfg, None, speed_on(cfg, torch.device("cpu")))
+        return train.validate(net, loader, torch.device("cpu"), cfg, DistInfo())[0]
+
+    fp32 = validation_psnr("precision.train=bf16", "precision.eval=none")
+    bf16 = validation_psnr("precision.train=none", "precision.eval=bf16")
+    assert bf16 != pytest.approx(fp32, abs=1e-6)
+    assert validation_psnr("precision.train=none") == pytest.approx(fp32, abs=1e-9)
+
+
+def test_train_classifies_on_its_own_device(monkeypatch, tmp_path):
+    devices = []
+
+    def fake_features(cfg, split_dir, device="cpu"):
+        devices.append(device)
+        return {}, None
+
+    monkeypatch.setattr(train, "domain_text_features", fake_features)
+    cfg = train.load_config(None, [f"data.root={tmp_path}"])
+    train.text_features(cfg, "test", DistInfo(), torch.device("cuda", 0))
+    assert devices == ["cuda:0"]
+
+
+def test_extra_epoch_at_the_final_lr_and_whole_image_validation(data_root, tmp_path):
+    args = train_args(
+        data_root, tmp_path, "train.epochs=1", "train.extra_epoch=true", "data.valid_mode=test"
+    )
+    result = train.main(args)
+    run = tmp_path / "run"
+    assert load_checkpoint(run / "last.pth")["epoch"] == 2
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    lrs = [e.value for e in events.Scalars("train/lr")]
+    assert lrs == pytest.approx([5e-4, 5e-4, 5e-6, 5e-6])  # 2 steps an epoch; lr_min = lr / 100
+    assert len(events.Scalars("val/psnr")) == 2
+
+    # Whole images, one at a time, in fp32: exactly what test.py measures.
+    summary = evaluate.main(["--ckpt", str(run / "last.pth"), "--out", str(tmp_path / "test")])
+    assert result["last_psnr"] == pytest.approx(summary["psnr"], abs=1e-6)
+    assert result["last_ssim"] == pytest.approx(summary["ssim"], abs=1e-6)
+
+
+def test_run_folder_says_how_the_run_compares_with_the_paper(trained):
+    report = (trained / "protocol_differences.txt").read_text()
+    assert report.startswith("protocol: no published setting for data.root=")
