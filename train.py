@@ -136,10 +136,11 @@ def checkpoint_to_resume(cfg: Config, path: Path) -> dict[str, Any]:
     saved = config_from_checkpoint(ckpt["config"])
     hint = "; to train with other settings, start a new run (another exp_name=...)"
     refuse_changes(saved, cfg, RESUME_KEYS, f"--resume: {path}", hint)
-    if cfg.train.epochs < ckpt["epoch"]:
+    if total_epochs(cfg) < ckpt["epoch"]:
         raise ConfigError(
-            f"--resume: {path} has trained {ckpt['epoch']} epochs already, more than "
-            f"train.epochs={cfg.train.epochs}"
+            f"--resume: {path} has trained {ckpt['epoch']} epochs already, more than the "
+            f"{total_epochs(cfg)} that train.epochs={cfg.train.epochs} and "
+            f"train.extra_epoch={cfg.train.extra_epoch} plan"
         )
     return ckpt
 
@@ -147,7 +148,7 @@ def checkpoint_to_resume(cfg: Config, path: Path) -> dict[str, Any]:
 def checkpoint_to_test(cfg: Config) -> Path | None:
     """best.pth once the run has trained all its epochs; None while some remain."""
     last = cfg.run_dir / "last.pth"
-    if last.is_file() and load_checkpoint(last)["epoch"] >= cfg.train.epochs:
+    if last.is_file() and load_checkpoint(last)["epoch"] >= total_epochs(cfg):
         return cfg.run_dir / "best.pth"
     return None
 
@@ -367,10 +368,10 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
     resume_ckpt = None
     if args.resume:
         resume_ckpt = checkpoint_to_resume(cfg, last_path)
-        if resume_ckpt["epoch"] == cfg.train.epochs:
+        if resume_ckpt["epoch"] == total_epochs(cfg):
             if info.is_main and not args.prepare_domains:
                 print(
-                    f"nothing to do: {last_path} has finished all {cfg.train.epochs} epochs "
+                    f"nothing to do: {last_path} has finished all {total_epochs(cfg)} epochs "
                     "(train.epochs=N with --resume trains it longer)"
                 )
             return {"best_psnr": resume_ckpt["best_psnr"], "run_dir": str(run_dir)}
@@ -583,10 +584,10 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
     finally:
         if writer is not None:
             writer.close()
-    if info.is_main and end_epoch < cfg.train.epochs:
+    if info.is_main and end_epoch < total_epochs(cfg):
         best = f"best validation PSNR so far {best_psnr:.2f} dB, " if best_psnr > -math.inf else ""
         print(
-            f"stopped after epoch {end_epoch} of {cfg.train.epochs}; continue with --resume "
+            f"stopped after epoch {end_epoch} of {total_epochs(cfg)}; continue with --resume "
             f"({best}checkpoints in {run_dir})"
         )
     elif info.is_main:

@@ -52,13 +52,21 @@ def test_train_classifies_on_its_own_device(monkeypatch, tmp_path):
     assert devices == ["cuda:0"]
 
 
-def test_extra_epoch_at_the_final_lr_and_whole_image_validation(data_root, tmp_path):
+def test_extra_epoch_at_the_final_lr_and_whole_image_validation(data_root, tmp_path, capsys):
     args = train_args(
         data_root, tmp_path, "train.epochs=1", "train.extra_epoch=true", "data.valid_mode=test"
     )
-    result = train.main(args)
+    train.main([*args, "--stop-after-epochs", "1"])
+    assert "stopped after epoch 1 of 2" in capsys.readouterr().out
+    assert train.main([*args, "--print-test-ckpt"]) == {}
+    assert capsys.readouterr().out.strip() == ""  # the extra epoch is still to come
+    result = train.main([*args, "--resume"])
     run = tmp_path / "run"
     assert load_checkpoint(run / "last.pth")["epoch"] == 2
+    train.main([*args, "--print-test-ckpt"])
+    assert capsys.readouterr().out.strip().endswith("best.pth")
+    train.main([*args, "--resume"])  # finished, extra epoch included: nothing left to train
+    assert "nothing to do" in capsys.readouterr().out
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     lrs = [e.value for e in events.Scalars("train/lr")]
