@@ -1,0 +1,28 @@
+"""What the repository promises beside the code: how it installs, its version, its results table."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_no_installable_project_is_declared():
+    # A run-from-root codebase: installing it would put top-level `datasets`, `models` and
+    # `utils` packages into site-packages, where `datasets` shadows Hugging Face's.
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "project" not in pyproject
+    assert "build-system" not in pyproject
+    assert not (REPO / "setup.py").exists()
+    assert not (REPO / "setup.cfg").exists()
+
+
+def test_runtime_dependencies_are_listed_once():
+    runtime = (REPO / "requirements.txt").read_text().split()
+    test_only = (REPO / "requirements-test.txt").read_text().splitlines()
+    assert "-r requirements.txt" in test_only
+    names = {re.split(r"[<>=!~\[ ]", r)[0].lower() for r in runtime if not r.startswith("#")}
+    for line in test_only:
+        assert re.split(r"[<>=!~\[ ]", line)[0].lower() not in names, line
