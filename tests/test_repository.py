@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,3 +27,12 @@ def test_runtime_dependencies_are_listed_once():
     names = {re.split(r"[<>=!~\[ ]", r)[0].lower() for r in runtime if not r.startswith("#")}
     for line in test_only:
         assert re.split(r"[<>=!~\[ ]", line)[0].lower() not in names, line
+
+
+def test_citation_version_is_the_changelog_version():
+    cff = yaml.safe_load((REPO / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0"
+    assert cff["license"] == "MIT"
+    newest = re.search(r"^## \[(\d+\.\d+\.\d+)\]", (REPO / "CHANGELOG.md").read_text(), re.M)
+    assert newest, "CHANGELOG.md has no '## [x.y.z]' version heading"
+    assert cff["version"] == newest.group(1)
