@@ -1,5 +1,6 @@
 """What the repository promises beside the code: how it installs, its version, its results table."""
 
+import json
 import re
 from pathlib import Path
 
@@ -7,6 +8,15 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+QUICKSTART_METRICS = REPO / "docs" / "results" / "quickstart" / "metrics.json"
+
+
+def readme_section(title: str) -> str:
+    """The text of the README's `## title` section, up to the next `## ` heading."""
+    text = (REPO / "README.md").read_text()
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert match, f"README.md has no '## {title}' section"
+    return match.group(1)
 
 
 def test_no_installable_project_is_declared():
@@ -36,3 +46,19 @@ def test_citation_version_is_the_changelog_version():
     newest = re.search(r"^## \[(\d+\.\d+\.\d+)\]", (REPO / "CHANGELOG.md").read_text(), re.M)
     assert newest, "CHANGELOG.md has no '## [x.y.z]' version heading"
     assert cff["version"] == newest.group(1)
+
+
+def test_results_table_has_a_row_for_every_shipped_config():
+    results = readme_section("Results")
+    for config in sorted((REPO / "configs").rglob("*.yaml")):
+        assert f"configs/{config.relative_to(REPO / 'configs').as_posix()}" in results, config
+
+
+def test_quickstart_row_shows_the_committed_metrics():
+    metrics = json.loads(QUICKSTART_METRICS.read_text())
+    rows = [r for r in readme_section("Results").splitlines() if "configs/quickstart.yaml" in r]
+    assert len(rows) == 1
+    row = rows[0]
+    assert f"{metrics['psnr']:.2f} / {metrics['ssim']:.3f}" in row
+    assert f"{metrics['hazy_psnr']:.2f} / {metrics['hazy_ssim']:.3f}" in row
+    assert QUICKSTART_METRICS.relative_to(REPO).as_posix() in row
