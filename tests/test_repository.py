@@ -31,12 +31,13 @@ def test_no_installable_project_is_declared():
 
 
 def test_runtime_dependencies_are_listed_once():
-    runtime = (REPO / "requirements.txt").read_text().split()
-    test_only = (REPO / "requirements-test.txt").read_text().splitlines()
-    assert "-r requirements.txt" in test_only
-    names = {re.split(r"[<>=!~\[ ]", r)[0].lower() for r in runtime if not r.startswith("#")}
-    for line in test_only:
-        assert re.split(r"[<>=!~\[ ]", line)[0].lower() not in names, line
+    def names(path: Path) -> set[str]:
+        lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
+        return {re.split(r"[<>=!~;\[ ]", line)[0].lower() for line in lines if line} - {"-r"}
+
+    test_file = REPO / "requirements-test.txt"
+    assert "-r requirements.txt" in test_file.read_text().splitlines()
+    assert not names(REPO / "requirements.txt") & names(test_file)
 
 
 def test_citation_version_is_the_changelog_version():
