@@ -22,7 +22,7 @@ def _inputs(batch: int = 2, h: int = 5, w: int = 7) -> tuple[torch.Tensor, torch
 
 
 def _conv1d_k1(conv: torch.nn.Conv1d, t: torch.Tensor) -> torch.Tensor:
-    """Conv1d(1 -> P, kernel 1) on (B, 1, D), as tokens: (B, D, P) with [b, d, p] = w_p t_bd + b_p."""
+    """Conv1d(1 -> P, kernel 1) on (B, 1, D) as D tokens (B, D, P): [b, d, p] = w_p t_bd + b_p."""
     return t[:, 0, :, None] * conv.weight[:, 0, 0] + conv.bias
 
 
@@ -149,8 +149,8 @@ def test_upstream_text_branch_formula():
     b, _, h, w = image.shape
     with torch.no_grad():
         q = _conv1d_k1(f.q2, text)  # (B, D, P)
-        k = (torch.einsum("pc,bchw->bhwp", f.k1.weight[:, :, 0, 0], image) + f.k1.bias)
-        v = (torch.einsum("pc,bchw->bhwp", f.v1.weight[:, :, 0, 0], image) + f.v1.bias)
+        k = torch.einsum("pc,bchw->bhwp", f.k1.weight[:, :, 0, 0], image) + f.k1.bias
+        v = torch.einsum("pc,bchw->bhwp", f.v1.weight[:, :, 0, 0], image) + f.v1.bias
         k, v = k.reshape(b, h * w, -1), v.reshape(b, h * w, -1)
         out = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(5), dim=-1) @ v  # (B, D, P)
         expected = (out @ f.postProj_t.weight[0, :, 0] + f.postProj_t.bias)[:, None]
