@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from datasets import ImageFolderDataset, PairedDataset
+from datasets.paired import random_crop_flip_rotate
 from datasets.synthetic import main as synthetic_main
 from datasets.synthetic import make_synthetic_dataset
 from utils.image import from_model_range, list_images, read_rgb, to_model_range, write_rgb
@@ -233,6 +234,172 @@ def test_bad_mode_rejected(tmp_path):
         PairedDataset(tmp_path, "test", "training")
 
 
+# Seeded draws of the training augmentation, as (top, left, flipped, quarter turns), on a
+# 12 x 20 image with 8 px patches and edge_decay 0.5: the authors' augment() gives these for
+# random.seed(7), because it draws from `random` in the same order.
+AUTHORS_DRAWS = {
+    False: [
+        (0, 0, 0, 0),
+        (0, 3, 0, 0),
+        (0, 8, 1, 0),
+        (0, 10, 0, 3),
+        (0, 0, 1, 3),
+        (0, 8, 0, 0),
+        (1, 8, 0, 0),
+        (3, 6, 1, 3),
+    ],
+    True: [
+        (0, 0, 0, 0),
+        (0, 0, 0, 0),
+        (4, 3, 0, 0),
+        (0, 1, 0, 0),
+        (4, 9, 1, 0),
+        (0, 0, 1, 0),
+        (4, 12, 0, 0),
+        (0, 8, 0, 0),
+    ],
+}
+
+
+def _draws(n: int, h: int, w: int, size: int, **kwargs) -> list[tuple[int, int, int, int]]:
+    """n augmentations of an image whose pixels hold their own (y, x), decoded to
+    (top, left, flipped, quarter turns)."""
+    coords = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing="ij"), axis=-1)
+    grid = coords[:size, :size]
+    # The first two pixels of a crop, relative to its top-left, tell its flip and rotation.
+    variants = [np.rot90(c, k, (0, 1)) for c in (grid, np.flip(grid, 1)) for k in range(4)]
+    lookup = {v[0, :2].tobytes(): (i // 4, i % 4) for i, v in enumerate(variants)}
+    draws = []
+    for _ in range(n):
+        (out,) = random_crop_flip_rotate([coords], size, **kwargs)
+        top, left = out[..., 0].min(), out[..., 1].min()
+        flip, k = lookup[(out[0, :2] - (top, left)).tobytes()]
+        assert np.array_equal(out, variants[4 * flip + k] + (top, left))
+        draws.append((int(top), int(left), flip, k))
+    return draws
+
+
+def _frequency(outcomes: list, accept) -> float:
+    return sum(map(accept, outcomes)) / len(outcomes)
+
+
+@pytest.mark.parametrize("only_h_flip", [False, True])
+def test_seeded_augmentation_draws_like_the_authors(only_h_flip):
+    random.seed(7)
+    assert (
+        _draws(8, 12, 20, 8, edge_decay=0.5, only_h_flip=only_h_flip) == AUTHORS_DRAWS[only_h_flip]
+    )
+
+
+def test_crop_positions_flips_and_rotations_are_uniform():
+    random.seed(0)
+    draws = _draws(2000, 12, 15, 8)
+    # 5 x 8 positions, 2 flips, 4 rotations; each count is within 5 sigma of its expectation.
+    for axis, n in ((0, 5), (1, 8)):
+        for pos in range(n):
+            assert abs(_frequency(draws, lambda d, a=axis, p=pos: d[a] == p) - 1 / n) < 0.05
+    assert abs(_frequency(draws, lambda d: d[2] == 1) - 0.5) < 0.06
+    for k in range(4):
+        assert abs(_frequency(draws, lambda d, k=k: d[3] == k) - 0.25) < 0.05
+    random.seed(0)
+    assert {d[3] for d in _draws(200, 12, 15, 8, only_h_flip=True)} == {0}
+
+
+def test_edge_decay_snaps_to_both_borders_with_the_protocols_probability():
+    """P(snap) = size / side * edge_decay on each axis; a snap picks either border."""
+    random.seed(0)
+    draws = _draws(2000, 16, 40, 8, edge_decay=1.0, only_h_flip=True)
+    # A crop also touches a border by chance: p + (1 - p) * 2 / (side - size + 1).
+    for axis, side in ((0, 16), (1, 40)):
+        p = 8 / side
+        on_border = p + (1 - p) * 2 / (side - 8 + 1)
+        for border in (0, side - 8):
+            freq = _frequency(draws, lambda d, a=axis, b=border: d[a] == b)
+            assert abs(freq - on_border / 2) < 0.04, (axis, border, freq)
+    random.seed(0)
+    draws = _draws(2000, 16, 40, 8, edge_decay=0.0, only_h_flip=True)
+    assert abs(_frequency(draws, lambda d: d[0] in (0, 8)) - 2 / 9) < 0.04
+
+
+@pytest.mark.parametrize(("h", "w"), [(20, 5), (5, 20)])
+def test_an_image_short_on_one_side_is_padded_on_that_side_only(tmp_path, h, w):
+    root, gt = _inverse_pair(tmp_path, h, w)
+    # Reflect padding, centred: the 3 missing rows or columns go 1 before and 2 after.
+    reflected = [1, 0, 1, 2, 3, 4, 3, 2]
+    padded = gt[reflected if h == 5 else list(range(h))][:, reflected if w == 5 else list(range(w))]
+    valid = PairedDataset(root, "test", "valid", patch_size=8)[0]
+    centre = padded[6:14] if h == 20 else padded[:, 6:14]
+    assert np.array_equal(_to_uint8(valid["gt"]), centre)
+    assert torch.allclose(valid["hazy"], -valid["gt"], atol=1e-6)
+    train = PairedDataset(root, "test", "train", patch_size=8, only_h_flip=True)
+    random.seed(0)
+    for _ in range(10):
+        crop = _to_uint8(train[0]["gt"])
+        windows = [padded[i : i + 8] if h == 20 else padded[:, i : i + 8] for i in range(13)]
+        assert any(np.array_equal(c, crop) for win in windows for c in (win, np.flip(win, 1)))
+    assert PairedDataset(root, "test", "test", patch_size=8)[0]["gt"].shape == (3, h, w)
+
+
+@pytest.mark.parametrize("patch_size", [0, -8])
+def test_patch_size_must_be_positive(tmp_path, patch_size):
+    root, _ = _inverse_pair(tmp_path, 8, 8)
+    with pytest.raises(ValueError, match=rf"patch_size must be positive, got {patch_size}"):
+        PairedDataset(root, "test", "valid", patch_size=patch_size)
+    assert PairedDataset(root, "test", "valid", patch_size=1)[0]["gt"].shape == (3, 1, 1)
+
+
+def test_long_name_lists_are_cut_after_twenty(tmp_path):
+    img = _noise(4, 4)
+    names = {f"{i:02d}.png": img for i in range(23)}
+    root = _make_split(tmp_path, {"ok.png": img}, {"ok.png": img, **names})
+    with pytest.raises(ValueError) as info:
+        PairedDataset(root, "test", "test")
+    msg = str(info.value)
+    assert "23 image(s) without a GT counterpart: 00.png, 01.png" in msg
+    assert "19.png ... and 3 more" in msg and "20.png" not in msg
+
+
+def test_an_empty_split_is_named(tmp_path):
+    for sub in ("GT", "hazy"):
+        (tmp_path / "test" / sub).mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"no images in .*GT or .*hazy"):
+        PairedDataset(tmp_path, "test", "test")
+
+
+def test_a_file_changed_after_opening_is_named_when_loaded(tmp_path):
+    root, _ = _inverse_pair(tmp_path, 8, 8)
+    ds = PairedDataset(root, "test", "test")
+    write_rgb(root / "test" / "GT" / "a.png", _noise(8, 9))
+    with pytest.raises(ValueError, match=r"a\.png: hazy \(8, 8, 3\) and GT \(8, 9, 3\)"):
+        ds[0]
+
+
+def test_verify_pixels_names_every_undecodable_file(tmp_path):
+    img = _noise(16, 16)
+    names = ["a.png", "b.png", "c.png"]
+    root = _make_split(tmp_path, dict.fromkeys(names, img), dict.fromkeys(names, img))
+    ds = PairedDataset(root, "test", "test")
+    ds.verify_pixels(workers=1)
+    for name in ("a.png", "c.png"):
+        path = root / "test" / "hazy" / name
+        path.write_bytes(path.read_bytes()[:60])  # the header survives, the pixels do not
+    ds = PairedDataset(root, "test", "test")
+    with pytest.raises(
+        ValueError, match=r"2 undecodable image\(s\): .*hazy/a\.png, .*hazy/c\.png$"
+    ):
+        ds.verify_pixels(workers=2)
+
+
+def test_text_features_become_float32_rows(tmp_path):
+    root, _ = _inverse_pair(tmp_path, 8, 8)
+    feat = torch.arange(6, dtype=torch.float64).requires_grad_()
+    s = PairedDataset(root, "test", "test", text_features={"a.png": feat})[0]
+    assert s["text"].dtype == torch.float32 and not s["text"].requires_grad
+    assert s["text"].tolist() == [[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]]
+    s = PairedDataset(root, "test", "test", text_features={"a.png": [[0.5, 1.5]]})[0]
+    assert s["text"].tolist() == [[0.5, 1.5]]
+
+
 # --- ImageFolderDataset -----------------------------------------------------------------
 
 
@@ -286,3 +453,28 @@ def test_synthetic_cli(tmp_path, capsys):
     assert len(list_images(tmp_path / "d" / "train" / "hazy")) == 2
     assert len(list_images(tmp_path / "d" / "test" / "GT")) == 1
     assert "2 train" in capsys.readouterr().out
+
+
+def test_image_folder_inputs_are_deduplicated_and_hidden_files_skipped_silently(tmp_path, recwarn):
+    write_rgb(tmp_path / "in" / "a.png", _noise(5, 6))
+    write_rgb(tmp_path / "in" / ".a.png", _noise(5, 6))
+    (tmp_path / "in" / "sub").mkdir()
+    ds = ImageFolderDataset([tmp_path / "in", str(tmp_path / "in" / "a.png"), tmp_path / "in"])
+    assert ds.names == ["a.png"] and len(ds) == 1
+    assert not recwarn.list
+    assert ImageFolderDataset(str(tmp_path / "in" / "a.png")).names == ["a.png"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"no image files \(\.png, \.jpg.*empty"):
+        ImageFolderDataset(tmp_path / "empty")
+
+
+def test_image_folder_text_features(tmp_path):
+    write_rgb(tmp_path / "a.png", _noise(5, 6))
+    write_rgb(tmp_path / "b.png", _noise(5, 6))
+    feats = {"a.png": torch.ones(3), "b.png": torch.zeros(1, 3)}
+    ds = ImageFolderDataset(tmp_path, text_features=feats)
+    assert ds[0]["text"].tolist() == [[1.0, 1.0, 1.0]]
+    assert ds[1]["text"].tolist() == [[0.0, 0.0, 0.0]]
+    assert "text" not in ImageFolderDataset(tmp_path)[0]
+    with pytest.raises(ValueError, match=r"no text feature for 1 image\(s\): b\.png"):
+        ImageFolderDataset(tmp_path, text_features={"a.png": torch.ones(3)})
