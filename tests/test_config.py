@@ -10,6 +10,7 @@ from utils.config import (
     Config,
     ConfigError,
     LossConfig,
+    _convert,
     config_from_checkpoint,
     config_from_dict,
     config_to_dict,
@@ -278,3 +279,15 @@ def test_checkpoint_config_is_read_without_changing_the_stored_copy():
     assert cfg.loss == LossConfig(0.1, "/w/resnet152.pth", True)
     assert cfg.precision.eval == "bf16"
     assert config_from_checkpoint(config_to_dict(cfg)) == cfg
+    del old["speed"]  # a section that did not exist yet when the checkpoint was written
+    assert config_from_checkpoint(old).speed == Config().speed
+
+
+def test_plain_data_that_is_not_a_mapping_is_named():
+    with pytest.raises(ConfigError, match=r"^config: expected a mapping, got \[1\]$"):
+        config_from_dict([1])
+
+
+def test_a_field_of_an_unsupported_type_is_a_code_error_naming_it():
+    with pytest.raises(TypeError, match=r"unsupported config type <class 'complex'> for train\.x"):
+        _convert(1, complex, "train.x")
