@@ -1,6 +1,7 @@
 """Checkpoint files: atomic writes that never lose the previous file, and clear load errors."""
 
 import argparse
+import os
 from pathlib import Path
 
 import pytest
@@ -62,11 +63,27 @@ def test_failure_mid_save_keeps_the_previous_file(tmp_path, monkeypatch, exc):
         save_atomic(_checkpoint(2.0), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["best.pth"]  # the partial file is gone
-    # The partial file lay beside the target (so the rename is atomic), hidden and not *.pth,
-    # so that nothing globbing for checkpoints could pick it up.
+    # The partial file lay beside the target (so the rename is atomic), hidden and named
+    # *.tmp, so that nothing globbing for checkpoints picks up one a SIGKILL left behind.
     (partial,) = seen
     assert partial.parent == tmp_path
-    assert partial.name.startswith(".") and not partial.name.endswith(".pth")
+    assert partial.name.startswith(".best.pth.") and partial.name.endswith(".tmp")
+
+
+def test_ctrl_c_right_after_the_rename_keeps_the_new_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+    save_atomic(_checkpoint(1.0), path)
+    replace = os.replace
+
+    def replace_then_interrupt(src, dst) -> None:
+        replace(src, dst)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", replace_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic(_checkpoint(2.0), path)
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.full((2, 3), 2.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
 
 
 def test_an_object_that_cannot_be_saved_keeps_the_previous_file(tmp_path):
@@ -115,6 +132,15 @@ def test_a_torch_file_that_is_not_our_checkpoint_is_refused(tmp_path, obj):
     assert not is_project_checkpoint(read_file(path))
     with pytest.raises(CheckpointError, match=r"weights\.pth"):
         load_checkpoint(path)
+
+
+def test_a_checkpoint_saved_on_a_gpu_loads_on_the_cpu(tmp_path, monkeypatch):
+    path = tmp_path / "gpu.pth"
+    with monkeypatch.context() as m:  # tag the storages as CUDA ones, as a GPU run does
+        m.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(_checkpoint(3.0), path)
+    w = load_checkpoint(path)["model"]["w"]
+    assert w.device.type == "cpu" and torch.equal(w, torch.full((2, 3), 3.0))
 
 
 def test_read_file_returns_any_torch_file_on_the_cpu(tmp_path):
