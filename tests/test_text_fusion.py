@@ -38,6 +38,24 @@ def _spec_map(f: TextImageFusion, image: torch.Tensor, text: torch.Tensor) -> to
     return (fused + f.postProj_s.bias[:, None]).reshape(b, -1, h, w)
 
 
+def test_defaults_are_the_papers_module():
+    """MODEL_SPEC: D = 512 (ViT-B/32), P = 5, a 3-channel map concatenated to the RGB image."""
+    f = TextImageFusion()
+    shapes = {k: tuple(v.shape) for k, v in f.state_dict().items()}
+    assert shapes == {
+        "q1.weight": (5, 3, 1, 1),
+        "q1.bias": (5,),
+        "k2.weight": (5, 1, 1),
+        "k2.bias": (5,),
+        "v2.weight": (5, 1, 1),
+        "v2.bias": (5,),
+        "postProj_s.weight": (3, 5, 1, 1),
+        "postProj_s.bias": (3,),
+    }
+    assert f.out_chans == 6
+    assert f(torch.zeros(1, 3, 4, 4), torch.zeros(1, 1, 512)).shape == (1, 6, 4, 4)
+
+
 @pytest.mark.parametrize("attention", ["sdpa", "explicit"])
 def test_concat_and_add_follow_the_spec(attention):
     image, text = _inputs()
@@ -99,10 +117,10 @@ def test_output_channels(mode, out_chans, channels):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"mode": "bogus"}, r"fusion mode must be 'concat' or 'add', got 'bogus'"),
-        ({"mode": "none"}, r"fusion mode must be 'concat' or 'add', got 'none'"),
-        ({"attention": "flash"}, r"attention must be one of \('sdpa', 'explicit'\), got 'flash'"),
-        ({"mode": "add", "out_chans": 4}, r"'add' fusion needs out_chans == in_chans"),
+        ({"mode": "bogus"}, r"^fusion mode must be 'concat' or 'add', got 'bogus'$"),
+        ({"mode": "none"}, r"^fusion mode must be 'concat' or 'add', got 'none'$"),
+        ({"attention": "flash"}, r"^attention must be one of \('sdpa', 'explicit'\), got 'flash'$"),
+        ({"mode": "add", "out_chans": 4}, r"^'add' fusion needs out_chans == in_chans$"),
     ],
 )
 def test_invalid_constructor_arguments_are_refused(kwargs, message):
@@ -113,7 +131,7 @@ def test_invalid_constructor_arguments_are_refused(kwargs, message):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (None, r"call model\(hazy, text\)"),
+        (None, r"^this model fuses a CLIP text feature: call model\(hazy, text\)$"),
         (torch.zeros(2, 1, 8), r"text must be \(B, 1, 16\) or \(B, 16\), got \(2, 1, 8\)"),
         (torch.zeros(2, 2, D), r"got \(2, 2, 16\)"),
         (torch.zeros(2, 1, 1, D), r"got \(2, 1, 1, 16\)"),
@@ -140,6 +158,26 @@ def test_upstream_text_branch_has_its_shapes_and_changes_nothing():
     image, text = _inputs()
     with torch.no_grad():
         assert torch.equal(branch(image, text), plain(image, text))
+
+
+def test_sdpa_never_builds_the_attention_map(monkeypatch):
+    def explicit_map(*args):
+        raise AssertionError("the (H*W x D) attention map was built")
+
+    monkeypatch.setattr("models.text_fusion.pixel_text_attention", explicit_map)
+    image, text = _inputs()
+    assert _fusion(attention="sdpa")(image, text).shape == (2, 6, 5, 7)
+    with pytest.raises(AssertionError, match="attention map was built"):
+        _fusion(attention="explicit")(image, text)
+
+
+def test_upstream_text_branch_is_computed_when_asked_for():
+    """The straightforward model that benchmarks measure pays for the unused branch."""
+    shapes = []
+    f = _fusion(text_branch=True)
+    f.postProj_t.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
+    f(*_inputs())
+    assert shapes == [(2, 1, D)]
 
 
 def test_upstream_text_branch_formula():
