@@ -106,7 +106,7 @@ def test_values_outside_the_range_are_refused_naming_the_argument(metric, value)
     bad = x.clone()
     bad[0, 2, 3, 4] = value
     hint = r"\(map network outputs with utils\.image\.from_model_range first\)"
-    with pytest.raises(ValueError, match=rf"^output values must lie in \[0, 1\].*{hint}"):
+    with pytest.raises(ValueError, match=rf"^output values must lie in \[0, 1\].*{hint}$"):
         metric(bad, x)
     with pytest.raises(ValueError, match=r"^target values must lie in \[0, 1\]"):
         metric(x, bad)
