@@ -1,4 +1,5 @@
 import filecmp
+import inspect
 import random
 from pathlib import Path
 
@@ -321,12 +322,14 @@ def test_edge_decay_snaps_to_both_borders_with_the_protocols_probability():
     assert abs(_frequency(draws, lambda d: d[0] in (0, 8)) - 2 / 9) < 0.04
 
 
-@pytest.mark.parametrize(("h", "w"), [(20, 5), (5, 20)])
+# Reflect padding to 8 px, centred (an odd missing count puts the extra one after).
+REFLECTED = {5: [1, 0, 1, 2, 3, 4, 3, 2], 6: [1, 0, 1, 2, 3, 4, 5, 4], 7: [0, 1, 2, 3, 4, 5, 6, 5]}
+
+
+@pytest.mark.parametrize(("h", "w"), [(20, 5), (5, 20), (20, 6), (6, 20), (20, 7), (7, 20)])
 def test_an_image_short_on_one_side_is_padded_on_that_side_only(tmp_path, h, w):
     root, gt = _inverse_pair(tmp_path, h, w)
-    # Reflect padding, centred: the 3 missing rows or columns go 1 before and 2 after.
-    reflected = [1, 0, 1, 2, 3, 4, 3, 2]
-    padded = gt[reflected if h == 5 else list(range(h))][:, reflected if w == 5 else list(range(w))]
+    padded = gt[REFLECTED.get(h, list(range(h)))][:, REFLECTED.get(w, list(range(w)))]
     valid = PairedDataset(root, "test", "valid", patch_size=8)[0]
     centre = padded[6:14] if h == 20 else padded[:, 6:14]
     assert np.array_equal(_to_uint8(valid["gt"]), centre)
@@ -348,15 +351,55 @@ def test_patch_size_must_be_positive(tmp_path, patch_size):
     assert PairedDataset(root, "test", "valid", patch_size=1)[0]["gt"].shape == (3, 1, 1)
 
 
-def test_long_name_lists_are_cut_after_twenty(tmp_path):
+@pytest.mark.parametrize(("n", "end"), [(20, "18.png, 19.png"), (21, "19.png ... and 1 more")])
+def test_long_name_lists_are_cut_after_twenty(tmp_path, n, end):
     img = _noise(4, 4)
-    names = {f"{i:02d}.png": img for i in range(23)}
+    names = {f"{i:02d}.png": img for i in range(n)}
     root = _make_split(tmp_path, {"ok.png": img}, {"ok.png": img, **names})
     with pytest.raises(ValueError) as info:
         PairedDataset(root, "test", "test")
-    msg = str(info.value)
-    assert "23 image(s) without a GT counterpart: 00.png, 01.png" in msg
-    assert "19.png ... and 3 more" in msg and "20.png" not in msg
+    problem = str(info.value).splitlines()[1]
+    assert problem.startswith(f"  - {n} image(s) without a GT counterpart: 00.png, 01.png, ")
+    assert problem.endswith(end)
+
+
+def test_split_problems_are_listed_one_per_line(tmp_path):
+    img = _noise(8, 8)
+    root = _make_split(
+        tmp_path,
+        {"ok.png": img, "gt_only.png": img, "ext.png": img, "size.png": img},
+        {"ok.png": img, "hazy_only.png": img, "ext.jpg": img, "size.png": _noise(7, 9)},
+    )
+    with pytest.raises(ValueError) as info:
+        PairedDataset(root, "test", "test")
+    hint = "(names must match including the extension)"
+    assert str(info.value).splitlines() == [
+        f"invalid dataset split {root / 'test'}:",
+        f"  - 2 image(s) without a GT counterpart {hint}: ext.jpg, hazy_only.png",
+        f"  - 2 image(s) without a hazy counterpart {hint}: ext.png, gt_only.png",
+        "  - 1 pair(s) with different GT/hazy sizes: size.png (hazy 9x7, GT 8x8)",
+    ]
+
+
+def test_a_split_without_hazy_images_lists_the_unmatched_gt(tmp_path):
+    root = _make_split(tmp_path, {"a.png": _noise(4, 4), "b.png": _noise(4, 4)}, {})
+    with pytest.raises(ValueError) as info:
+        PairedDataset(root, "test", "test")
+    assert str(info.value).splitlines()[1:] == [
+        "  - 2 image(s) without a hazy counterpart: a.png, b.png"
+    ]
+
+
+def test_image_sizes_are_known_without_loading(tmp_path):
+    root = _make_split(tmp_path, {"a.png": _noise(5, 7)}, {"a.png": _noise(5, 7)})
+    assert PairedDataset(root, "test", "test").sizes == {"a.png": (5, 7)}
+
+
+def test_defaults_are_the_authors_loader():
+    """The authors' PairLoader: 256 px patches, no edge decay, flips and rotations."""
+    params = inspect.signature(PairedDataset).parameters
+    defaults = {k: params[k].default for k in ("patch_size", "edge_decay", "only_h_flip")}
+    assert defaults == {"patch_size": 256, "edge_decay": 0.0, "only_h_flip": False}
 
 
 def test_an_empty_split_is_named(tmp_path):
@@ -374,12 +417,14 @@ def test_a_file_changed_after_opening_is_named_when_loaded(tmp_path):
         ds[0]
 
 
-def test_verify_pixels_names_every_undecodable_file(tmp_path):
+def test_verify_pixels_names_every_undecodable_file(tmp_path, capsys):
     img = _noise(16, 16)
     names = ["a.png", "b.png", "c.png"]
     root = _make_split(tmp_path, dict.fromkeys(names, img), dict.fromkeys(names, img))
     ds = PairedDataset(root, "test", "test")
     ds.verify_pixels(workers=1)
+    progress = capsys.readouterr().err
+    assert "checking images: 100%" in progress and "6/6" in progress
     for name in ("a.png", "c.png"):
         path = root / "test" / "hazy" / name
         path.write_bytes(path.read_bytes()[:60])  # the header survives, the pixels do not
@@ -478,3 +523,23 @@ def test_image_folder_text_features(tmp_path):
     assert "text" not in ImageFolderDataset(tmp_path)[0]
     with pytest.raises(ValueError, match=r"no text feature for 1 image\(s\): b\.png"):
         ImageFolderDataset(tmp_path, text_features={"a.png": torch.ones(3)})
+
+
+def test_image_folder_problems_name_every_file(tmp_path):
+    for folder in ("in", "other"):
+        for name in ("a.png", "b.png"):
+            write_rgb(tmp_path / folder / name, _noise(4, 4))
+    (tmp_path / "in" / "notes.txt").write_text("x")
+    with pytest.warns(UserWarning, match=r"skipping 1 non-image file\(s\): .*notes\.txt") as w:
+        ds = ImageFolderDataset(tmp_path / "in")
+    assert w[0].filename == __file__  # the warning points at the caller
+    assert [ds[i]["name"] for i in range(2)] == ["a.png", "b.png"]
+    inp, other = (tmp_path / "in").resolve(), (tmp_path / "other").resolve()
+    with pytest.raises(ValueError) as info:
+        ImageFolderDataset(
+            [tmp_path / "in" / "a.png", tmp_path / "in" / "b.png", tmp_path / "other"]
+        )
+    assert str(info.value) == (
+        f"different input files share a name: a.png: {inp / 'a.png'}, {other / 'a.png'}; "
+        f"b.png: {inp / 'b.png'}, {other / 'b.png'}"
+    )
