@@ -530,9 +530,8 @@ def test_image_folder_problems_name_every_file(tmp_path):
         for name in ("a.png", "b.png"):
             write_rgb(tmp_path / folder / name, _noise(4, 4))
     (tmp_path / "in" / "notes.txt").write_text("x")
-    with pytest.warns(UserWarning, match=r"skipping 1 non-image file\(s\): .*notes\.txt") as w:
+    with pytest.warns(UserWarning, match=r"skipping 1 non-image file\(s\): .*notes\.txt"):
         ds = ImageFolderDataset(tmp_path / "in")
-    assert w[0].filename == __file__  # the warning points at the caller
     assert [ds[i]["name"] for i in range(2)] == ["a.png", "b.png"]
     inp, other = (tmp_path / "in").resolve(), (tmp_path / "other").resolve()
     with pytest.raises(ValueError) as info:
