@@ -1,5 +1,4 @@
 import filecmp
-import inspect
 import random
 from pathlib import Path
 
@@ -309,14 +308,14 @@ def test_crop_positions_flips_and_rotations_are_uniform():
 def test_edge_decay_snaps_to_both_borders_with_the_protocols_probability():
     """P(snap) = size / side * edge_decay on each axis; a snap picks either border."""
     random.seed(0)
-    draws = _draws(2000, 16, 40, 8, edge_decay=1.0, only_h_flip=True)
+    draws = _draws(4000, 16, 40, 8, edge_decay=1.5, only_h_flip=True)
     # A crop also touches a border by chance: p + (1 - p) * 2 / (side - size + 1).
     for axis, side in ((0, 16), (1, 40)):
-        p = 8 / side
+        p = 8 / side * 1.5
         on_border = p + (1 - p) * 2 / (side - 8 + 1)
         for border in (0, side - 8):
             freq = _frequency(draws, lambda d, a=axis, b=border: d[a] == b)
-            assert abs(freq - on_border / 2) < 0.04, (axis, border, freq)
+            assert abs(freq - on_border / 2) < 0.03, (axis, border, freq)
     random.seed(0)
     draws = _draws(2000, 16, 40, 8, edge_decay=0.0, only_h_flip=True)
     assert abs(_frequency(draws, lambda d: d[0] in (0, 8)) - 2 / 9) < 0.04
@@ -370,6 +369,7 @@ def test_split_problems_are_listed_one_per_line(tmp_path):
         {"ok.png": img, "gt_only.png": img, "ext.png": img, "size.png": img},
         {"ok.png": img, "hazy_only.png": img, "ext.jpg": img, "size.png": _noise(7, 9)},
     )
+    write_rgb(root / "test" / "GT" / "size.png", _noise(6, 8))
     with pytest.raises(ValueError) as info:
         PairedDataset(root, "test", "test")
     hint = "(names must match including the extension)"
@@ -377,7 +377,7 @@ def test_split_problems_are_listed_one_per_line(tmp_path):
         f"invalid dataset split {root / 'test'}:",
         f"  - 2 image(s) without a GT counterpart {hint}: ext.jpg, hazy_only.png",
         f"  - 2 image(s) without a hazy counterpart {hint}: ext.png, gt_only.png",
-        "  - 1 pair(s) with different GT/hazy sizes: size.png (hazy 9x7, GT 8x8)",
+        "  - 1 pair(s) with different GT/hazy sizes: size.png (hazy 9x7, GT 8x6)",
     ]
 
 
@@ -395,11 +395,11 @@ def test_image_sizes_are_known_without_loading(tmp_path):
     assert PairedDataset(root, "test", "test").sizes == {"a.png": (5, 7)}
 
 
-def test_defaults_are_the_authors_loader():
+def test_defaults_are_the_authors_loader(tmp_path):
     """The authors' PairLoader: 256 px patches, no edge decay, flips and rotations."""
-    params = inspect.signature(PairedDataset).parameters
-    defaults = {k: params[k].default for k in ("patch_size", "edge_decay", "only_h_flip")}
-    assert defaults == {"patch_size": 256, "edge_decay": 0.0, "only_h_flip": False}
+    root, _ = _inverse_pair(tmp_path, 8, 8)
+    ds = PairedDataset(root, "test", "train")
+    assert (ds.patch_size, ds.edge_decay, ds.only_h_flip) == (256, 0.0, False)
 
 
 def test_an_empty_split_is_named(tmp_path):
