@@ -2,6 +2,7 @@
 
 import copy
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import yaml
@@ -9,7 +10,6 @@ import yaml
 from utils.config import (
     Config,
     ConfigError,
-    LossConfig,
     _convert,
     config_from_checkpoint,
     config_from_dict,
@@ -198,10 +198,9 @@ def test_errors_in_an_override_name_the_key(override, message):
 def test_unknown_keys_are_all_listed_with_the_known_ones():
     with pytest.raises(ConfigError) as info:
         load_config(None, ["train.zz=1", "train.aa=2"])
-    assert str(info.value) == (
-        "unknown config key train.aa, train.zz (known keys of train: batch_size, epochs, lr, "
-        "lr_min_ratio, weight_decay, eval_freq, nonfinite, seed, log_images)"
-    )
+    message = str(info.value)
+    assert message.startswith("unknown config key train.aa, train.zz (known keys of train: ")
+    assert "batch_size, epochs" in message
 
 
 def test_override_values_are_read_as_yaml():
@@ -276,7 +275,12 @@ def test_checkpoint_config_is_read_without_changing_the_stored_copy():
     snapshot = copy.deepcopy(old)
     cfg = config_from_checkpoint(old)
     assert old == snapshot
-    assert cfg.loss == LossConfig(0.1, "/w/resnet152.pth", True)
+    loss = cfg.loss
+    assert (loss.cr_weight, loss.resnet_weights, loss.resnet_imagenet_norm) == (
+        0.1,
+        "/w/resnet152.pth",
+        True,
+    )
     assert cfg.precision.eval == "bf16"
     assert config_from_checkpoint(config_to_dict(cfg)) == cfg
     del old["speed"]  # a section that did not exist yet when the checkpoint was written
@@ -286,6 +290,24 @@ def test_checkpoint_config_is_read_without_changing_the_stored_copy():
 def test_plain_data_that_is_not_a_mapping_is_named():
     with pytest.raises(ConfigError, match=r"^config: expected a mapping, got \[1\]$"):
         config_from_dict([1])
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (True, None),
+        ("auto", None),
+        (3, r"^x: 3 fits none of typing\.Union\[typing\.Literal\['auto'\], bool"),
+    ],
+)
+def test_a_union_takes_the_first_type_that_fits(value, message):
+    tp = Literal["auto"] | bool | None
+    if message is None:
+        assert _convert(value, tp, "x") == value
+    else:
+        with pytest.raises(ConfigError, match=message):
+            _convert(value, tp, "x")
+    assert _convert(None, tp, "x") is None
 
 
 def test_a_field_of_an_unsupported_type_is_a_code_error_naming_it():
