@@ -417,14 +417,12 @@ def test_a_file_changed_after_opening_is_named_when_loaded(tmp_path):
         ds[0]
 
 
-def test_verify_pixels_names_every_undecodable_file(tmp_path, capsys):
+def test_verify_pixels_names_every_undecodable_file(tmp_path):
     img = _noise(16, 16)
     names = ["a.png", "b.png", "c.png"]
     root = _make_split(tmp_path, dict.fromkeys(names, img), dict.fromkeys(names, img))
     ds = PairedDataset(root, "test", "test")
     ds.verify_pixels(workers=1)
-    progress = capsys.readouterr().err
-    assert "checking images: 100%" in progress and "6/6" in progress
     for name in ("a.png", "c.png"):
         path = root / "test" / "hazy" / name
         path.write_bytes(path.read_bytes()[:60])  # the header survives, the pixels do not
