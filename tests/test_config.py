@@ -1,6 +1,8 @@
 """Config loading: inheritance, overrides, and errors that name the offending key."""
 
+import copy
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import yaml
@@ -8,9 +10,11 @@ import yaml
 from utils.config import (
     Config,
     ConfigError,
+    _convert,
     config_from_checkpoint,
     config_from_dict,
     config_to_dict,
+    dump_config,
     load_config,
     override_config,
 )
@@ -110,6 +114,7 @@ def test_roundtrip_through_plain_data():
     [
         ("train.cr_weight", "loss.cr_weight"),
         ("train.cr_weights", "loss.resnet_weights"),
+        ("train.cr_imagenet_norm", "loss.resnet_imagenet_norm"),
         ("train.amp", "precision.train"),
         ("speed.amp", "precision.eval"),
     ],
@@ -135,3 +140,205 @@ def test_checkpoint_configs_written_before_a_rename_still_load():
     # what such a run was trained with: CLIP in fp32, the CR backbone in eval mode
     assert cfg.clip.precision == "fp32" and cfg.loss.resnet_batchnorm == "frozen"
     assert config_from_checkpoint(config_to_dict(Config())) == Config()
+
+
+def test_defaults_are_the_published_setting():
+    """PROTOCOL.md's RESIDE-6K schedule and MODEL_SPEC's loss, with no YAML file at all."""
+    cfg = load_config()
+    assert (cfg.exp_name, cfg.output_dir, cfg.run_dir) == ("mixcl-s", "runs", Path("runs/mixcl-s"))
+    assert (cfg.model.name, cfg.model.fusion, cfg.model.depths) == ("mixcl-s", None, None)
+    t = cfg.train
+    assert (t.batch_size, t.epochs, t.lr, t.lr_min_ratio, t.eval_freq) == (16, 1000, 1e-4, 1e-2, 1)
+    assert t.weight_decay == 0.01  # AdamW's own default: upstream passes none
+    d = cfg.data
+    assert (d.root, d.train_split, d.test_split) == ("data/RESIDE-6K", "train", "test")
+    assert (d.patch_size, d.edge_decay, d.only_h_flip) == (256, 0.0, True)
+    assert not d.synthetic.enabled
+    assert (cfg.loss.cr_weight, cfg.loss.resnet_weights, cfg.loss.resnet_imagenet_norm) == (
+        0.1,
+        None,
+        False,
+    )
+    assert (cfg.precision.train, cfg.precision.eval) == ("fp16", "none")
+    c = cfg.clip
+    assert (c.arch, c.pretrained, c.mode) == ("ViT-B-32", "openai", "hard")
+    assert [c.template.format(x) for x in c.domains] == [
+        "a photo of a indoor",
+        "a photo of a outdoor",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        # An optional field (None by default) given a value of the wrong kind.
+        ("model:\n  depths: abc\n", r"model\.depths: expected a list, got 'abc'"),
+        ("model:\n  fusion: bogus\n", r"model\.fusion: 'bogus' is not one of"),
+        ("clip:\n  pretrained: 5\n", r"clip\.pretrained: expected a string, got 5"),
+        ("model:\n  depths: [1, x]\n", r"model\.depths\[1\]: expected an integer, got 'x'"),
+        ("train:\n  lr: abc\n", r"train\.lr: expected a number, got 'abc'"),
+        ("train:\n  lr: true\n", r"train\.lr: expected a number, got True"),
+        ("train:\n  lr: [1]\n", r"train\.lr: expected a number, got \[1\]"),
+        ("train:\n  batch_size: 2.5\n", r"train\.batch_size: expected an integer, got 2\.5"),
+        ("train:\n  batch_size: true\n", r"train\.batch_size: expected an integer, got True"),
+        ("data:\n  only_h_flip: 1\n", r"data\.only_h_flip: expected true or false, got 1"),
+        ("exp_name: 5\n", r"exp_name: expected a string, got 5"),
+        # A section given as a scalar, and nested sections.
+        ("train: 5\n", r"train: expected a mapping, got 5"),
+        ("data:\n  synthetic: yes\n", r"data\.synthetic: expected a mapping, got True"),
+        ("data:\n  synthetic:\n    seed: x\n", r"data\.synthetic\.seed: expected an integer"),
+        # The file itself.
+        ("- a\n- b\n", r"expected a mapping at the top level"),
+        ("just text\n", r"expected a mapping at the top level"),
+        ("train: [1\n", r"not valid YAML"),
+        ("1: 2\n", r"unknown config key 1 \(known keys: exp_name, output_dir, model, data"),
+        ("train:\n  2: x\n", r"unknown config key train\.2 \(known keys of train: batch_size"),
+        ("base: 5\n", r"base: expected a file name, got 5"),
+    ],
+)
+def test_errors_in_a_file_name_the_file_and_the_key(tmp_path, yaml_text, message):
+    f = tmp_path / "exp.yaml"
+    f.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=rf"exp\.yaml: {message}"):
+        load_config(f)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.depths=abc", r"^model\.depths: expected a list, got 'abc'$"),
+        ("train.lr=abc", r"^train\.lr: expected a number, got 'abc'$"),
+        ("train=5", r"^train: expected a mapping, got 5$"),
+        ("model.depths=[1,2.5]", r"^model\.depths\[1\]: expected an integer, got 2\.5$"),
+        ("lr", r"^override 'lr' is not of the form section\.key=value$"),
+        ("=1", r"^override '=1' is not of the form section\.key=value$"),
+        (".lr=1", r"override '\.lr=1' is not of the form"),
+        ("train..lr=1", r"override 'train\.\.lr=1' is not of the form"),
+        ("train.lrr=1,x=2", r"^unknown config key train\.lrr "),
+    ],
+)
+def test_errors_in_an_override_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+    with pytest.raises(ConfigError, match=message):
+        override_config(Config(), [override])
+
+
+def test_unknown_keys_are_all_listed_with_the_known_ones():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["train.zz=1", "train.aa=2"])
+    message = str(info.value)
+    assert message.startswith("unknown config key train.aa, train.zz (known keys of train: ")
+    assert "batch_size, epochs" in message
+
+
+def test_override_values_are_read_as_yaml():
+    cfg = load_config(
+        None,
+        [
+            "train.lr=1e-3",  # YAML 1.1 reads this as a string
+            "train.lr_min_ratio=1",  # an integer where a number is expected
+            "clip.pretrained=null",
+            "model.depths=[2, 1, 1, 1, 2]",
+            "data.root=/data/a=b",  # only the first '=' separates key and value
+            "exp_name=",
+            "data.synthetic.train=5",
+        ],
+    )
+    assert cfg.train.lr == 1e-3 and isinstance(cfg.train.lr, float)
+    assert cfg.train.lr_min_ratio == 1.0 and isinstance(cfg.train.lr_min_ratio, float)
+    assert cfg.clip.pretrained is None
+    assert cfg.model.depths == (2, 1, 1, 1, 2)
+    assert cfg.data.root == "/data/a=b"
+    assert cfg.exp_name == ""
+    assert cfg.data.synthetic.train == 5 and cfg.data.synthetic.test == 16
+    assert cfg.train.epochs == 1000  # untouched keys of a section keep their values
+
+
+def test_bases_merge_section_by_section_relative_to_the_file(tmp_path):
+    (tmp_path / "bases").mkdir()
+    (tmp_path / "bases" / "root.yaml").write_text("train:\n  lr: 0.5\n  epochs: 7\n")
+    (tmp_path / "bases" / "mid.yaml").write_text("base: root.yaml\ntrain:\n  epochs: 8\n")
+    (tmp_path / "exp.yaml").write_text("base: bases/mid.yaml\ndata:\n  patch_size: 64\n")
+    cfg = load_config(tmp_path / "exp.yaml", ["train.batch_size=2"])
+    assert (cfg.train.lr, cfg.train.epochs, cfg.train.batch_size) == (0.5, 8, 2)
+    assert cfg.data.patch_size == 64 and cfg.data.root == "data/RESIDE-6K"
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_config(tmp_path / "empty.yaml") == Config()
+
+
+def test_missing_files_and_cycles_are_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"config file not found: .*nope\.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "a.yaml").write_text("base: gone.yaml\n")
+    with pytest.raises(ConfigError, match=r"config file not found: .*gone\.yaml"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("base: c.yaml\n")
+    (tmp_path / "c.yaml").write_text("base: b.yaml\n")
+    with pytest.raises(ConfigError, match=r"b\.yaml: `base:` files form a cycle"):
+        load_config(tmp_path / "b.yaml")
+
+
+def test_override_config_keeps_the_rest_and_returns_the_same_config_without_overrides():
+    cfg = load_config(None, ["train.lr=0.5", "model.depths=[1,1,1,1,1]"])
+    assert override_config(cfg, []) is cfg
+    new = override_config(cfg, ["train.epochs=3"])
+    assert (new.train.epochs, new.train.lr, new.model.depths) == (3, 0.5, (1, 1, 1, 1, 1))
+
+
+def test_dumped_config_reads_back_in_field_order():
+    cfg = load_config(None, ["model.depths=[1,2,1,2,1]", "clip.domains=[a, b, c]"])
+    text = dump_config(cfg)
+    assert text.startswith("exp_name: mixcl-s\noutput_dir: runs\nmodel:\n  name: mixcl-s\n")
+    assert "depths:\n  - 1\n  - 2\n" in text
+    assert config_from_dict(yaml.safe_load(text)) == cfg
+    assert config_to_dict(cfg)["clip"]["domains"] == ["a", "b", "c"]
+
+
+def test_checkpoint_config_is_read_without_changing_the_stored_copy():
+    old = config_to_dict(Config())
+    del old["loss"]
+    old["train"]["cr_imagenet_norm"] = True
+    old["train"]["cr_weights"] = "/w/resnet152.pth"
+    old["speed"]["amp"] = "bf16"
+    snapshot = copy.deepcopy(old)
+    cfg = config_from_checkpoint(old)
+    assert old == snapshot
+    loss = cfg.loss
+    assert (loss.cr_weight, loss.resnet_weights, loss.resnet_imagenet_norm) == (
+        0.1,
+        "/w/resnet152.pth",
+        True,
+    )
+    assert cfg.precision.eval == "bf16"
+    assert config_from_checkpoint(config_to_dict(cfg)) == cfg
+    del old["speed"]  # a section that did not exist yet when the checkpoint was written
+    assert config_from_checkpoint(old).speed == Config().speed
+
+
+def test_plain_data_that_is_not_a_mapping_is_named():
+    with pytest.raises(ConfigError, match=r"^config: expected a mapping, got \[1\]$"):
+        config_from_dict([1])
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (True, None),
+        ("auto", None),
+        (3, r"^x: 3 fits none of typing\.Union\[typing\.Literal\['auto'\], bool"),
+    ],
+)
+def test_a_union_takes_the_first_type_that_fits(value, message):
+    tp = Literal["auto"] | bool | None
+    if message is None:
+        assert _convert(value, tp, "x") == value
+    else:
+        with pytest.raises(ConfigError, match=message):
+            _convert(value, tp, "x")
+    assert _convert(None, tp, "x") is None
+
+
+def test_a_field_of_an_unsupported_type_is_a_code_error_naming_it():
+    with pytest.raises(TypeError, match=r"unsupported config type <class 'complex'> for train\.x"):
+        _convert(1, complex, "train.x")

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from datasets import ImageFolderDataset, PairedDataset, synthetic
+from datasets.paired import random_crop_flip_rotate
 from datasets.synthetic import main as synthetic_main
 from datasets.synthetic import make_synthetic_dataset
 from utils.config import load_config
@@ -258,6 +259,215 @@ def test_bad_mode_rejected(tmp_path):
         PairedDataset(tmp_path, "test", "training")
 
 
+# Seeded draws of the training augmentation, as (top, left, flipped, quarter turns), on a
+# 12 x 20 image with 8 px patches and edge_decay 0.5: the authors' augment() gives these for
+# random.seed(7), because it draws from `random` in the same order.
+AUTHORS_DRAWS = {
+    False: [
+        (0, 0, 0, 0),
+        (0, 3, 0, 0),
+        (0, 8, 1, 0),
+        (0, 10, 0, 3),
+        (0, 0, 1, 3),
+        (0, 8, 0, 0),
+        (1, 8, 0, 0),
+        (3, 6, 1, 3),
+    ],
+    True: [
+        (0, 0, 0, 0),
+        (0, 0, 0, 0),
+        (4, 3, 0, 0),
+        (0, 1, 0, 0),
+        (4, 9, 1, 0),
+        (0, 0, 1, 0),
+        (4, 12, 0, 0),
+        (0, 8, 0, 0),
+    ],
+}
+
+
+def _draws(n: int, h: int, w: int, size: int, **kwargs) -> list[tuple[int, int, int, int]]:
+    """n augmentations of an image whose pixels hold their own (y, x), decoded to
+    (top, left, flipped, quarter turns)."""
+    coords = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing="ij"), axis=-1)
+    grid = coords[:size, :size]
+    # The first two pixels of a crop, relative to its top-left, tell its flip and rotation.
+    variants = [np.rot90(c, k, (0, 1)) for c in (grid, np.flip(grid, 1)) for k in range(4)]
+    lookup = {v[0, :2].tobytes(): (i // 4, i % 4) for i, v in enumerate(variants)}
+    draws = []
+    for _ in range(n):
+        (out,) = random_crop_flip_rotate([coords], size, **kwargs)
+        top, left = out[..., 0].min(), out[..., 1].min()
+        flip, k = lookup[(out[0, :2] - (top, left)).tobytes()]
+        assert np.array_equal(out, variants[4 * flip + k] + (top, left))
+        draws.append((int(top), int(left), flip, k))
+    return draws
+
+
+def _frequency(outcomes: list, accept) -> float:
+    return sum(map(accept, outcomes)) / len(outcomes)
+
+
+@pytest.mark.parametrize("only_h_flip", [False, True])
+def test_seeded_augmentation_draws_like_the_authors(only_h_flip):
+    random.seed(7)
+    assert (
+        _draws(8, 12, 20, 8, edge_decay=0.5, only_h_flip=only_h_flip) == AUTHORS_DRAWS[only_h_flip]
+    )
+
+
+def test_crop_positions_flips_and_rotations_are_uniform():
+    random.seed(0)
+    draws = _draws(2000, 12, 15, 8)
+    # 5 x 8 positions, 2 flips, 4 rotations; each count is within 5 sigma of its expectation.
+    for axis, n in ((0, 5), (1, 8)):
+        for pos in range(n):
+            assert abs(_frequency(draws, lambda d, a=axis, p=pos: d[a] == p) - 1 / n) < 0.05
+    assert abs(_frequency(draws, lambda d: d[2] == 1) - 0.5) < 0.06
+    for k in range(4):
+        assert abs(_frequency(draws, lambda d, k=k: d[3] == k) - 0.25) < 0.05
+    random.seed(0)
+    assert {d[3] for d in _draws(200, 12, 15, 8, only_h_flip=True)} == {0}
+
+
+def test_edge_decay_snaps_to_both_borders_with_the_protocols_probability():
+    """P(snap) = size / side * edge_decay on each axis; a snap picks either border."""
+    random.seed(0)
+    draws = _draws(4000, 16, 40, 8, edge_decay=1.5, only_h_flip=True)
+    # A crop also touches a border by chance: p + (1 - p) * 2 / (side - size + 1).
+    for axis, side in ((0, 16), (1, 40)):
+        p = 8 / side * 1.5
+        on_border = p + (1 - p) * 2 / (side - 8 + 1)
+        for border in (0, side - 8):
+            freq = _frequency(draws, lambda d, a=axis, b=border: d[a] == b)
+            assert abs(freq - on_border / 2) < 0.03, (axis, border, freq)
+    random.seed(0)
+    draws = _draws(2000, 16, 40, 8, edge_decay=0.0, only_h_flip=True)
+    assert abs(_frequency(draws, lambda d: d[0] in (0, 8)) - 2 / 9) < 0.04
+
+
+# Reflect padding to 8 px, centred (an odd missing count puts the extra one after).
+REFLECTED = {5: [1, 0, 1, 2, 3, 4, 3, 2], 6: [1, 0, 1, 2, 3, 4, 5, 4], 7: [0, 1, 2, 3, 4, 5, 6, 5]}
+
+
+@pytest.mark.parametrize(("h", "w"), [(20, 5), (5, 20), (20, 6), (6, 20), (20, 7), (7, 20)])
+def test_an_image_short_on_one_side_is_padded_on_that_side_only(tmp_path, h, w):
+    root, gt = _inverse_pair(tmp_path, h, w)
+    padded = gt[REFLECTED.get(h, list(range(h)))][:, REFLECTED.get(w, list(range(w)))]
+    valid = PairedDataset(root, "test", "valid", patch_size=8)[0]
+    centre = padded[6:14] if h == 20 else padded[:, 6:14]
+    assert np.array_equal(_to_uint8(valid["gt"]), centre)
+    assert torch.allclose(valid["hazy"], -valid["gt"], atol=1e-6)
+    train = PairedDataset(root, "test", "train", patch_size=8, only_h_flip=True)
+    random.seed(0)
+    for _ in range(10):
+        crop = _to_uint8(train[0]["gt"])
+        windows = [padded[i : i + 8] if h == 20 else padded[:, i : i + 8] for i in range(13)]
+        assert any(np.array_equal(c, crop) for win in windows for c in (win, np.flip(win, 1)))
+    assert PairedDataset(root, "test", "test", patch_size=8)[0]["gt"].shape == (3, h, w)
+
+
+@pytest.mark.parametrize("patch_size", [0, -8])
+def test_patch_size_must_be_positive(tmp_path, patch_size):
+    root, _ = _inverse_pair(tmp_path, 8, 8)
+    with pytest.raises(ValueError, match=rf"patch_size must be positive, got {patch_size}"):
+        PairedDataset(root, "test", "valid", patch_size=patch_size)
+    assert PairedDataset(root, "test", "valid", patch_size=1)[0]["gt"].shape == (3, 1, 1)
+
+
+@pytest.mark.parametrize(("n", "end"), [(20, "18.png, 19.png"), (21, "19.png ... and 1 more")])
+def test_long_name_lists_are_cut_after_twenty(tmp_path, n, end):
+    img = _noise(4, 4)
+    names = {f"{i:02d}.png": img for i in range(n)}
+    root = _make_split(tmp_path, {"ok.png": img}, {"ok.png": img, **names})
+    with pytest.raises(ValueError) as info:
+        PairedDataset(root, "test", "test")
+    problem = str(info.value).splitlines()[1]
+    assert problem.startswith(f"  - {n} image(s) without a GT counterpart: 00.png, 01.png, ")
+    assert problem.endswith(end)
+
+
+def test_split_problems_are_listed_one_per_line(tmp_path):
+    img = _noise(8, 8)
+    root = _make_split(
+        tmp_path,
+        {"ok.png": img, "gt_only.png": img, "ext.png": img, "size.png": img},
+        {"ok.png": img, "hazy_only.png": img, "ext.jpg": img, "size.png": _noise(7, 9)},
+    )
+    write_rgb(root / "test" / "GT" / "size.png", _noise(6, 8))
+    with pytest.raises(ValueError) as info:
+        PairedDataset(root, "test", "test")
+    hint = "(names must match including the extension)"
+    assert str(info.value).splitlines() == [
+        f"invalid dataset split {root / 'test'}:",
+        f"  - 2 image(s) without a GT counterpart {hint}: ext.jpg, hazy_only.png",
+        f"  - 2 image(s) without a hazy counterpart {hint}: ext.png, gt_only.png",
+        "  - 1 pair(s) with different GT/hazy sizes: size.png (hazy 9x7, GT 8x6)",
+    ]
+
+
+def test_a_split_without_hazy_images_lists_the_unmatched_gt(tmp_path):
+    root = _make_split(tmp_path, {"a.png": _noise(4, 4), "b.png": _noise(4, 4)}, {})
+    with pytest.raises(ValueError) as info:
+        PairedDataset(root, "test", "test")
+    assert str(info.value).splitlines()[1:] == [
+        "  - 2 image(s) without a hazy counterpart: a.png, b.png"
+    ]
+
+
+def test_image_sizes_are_known_without_loading(tmp_path):
+    root = _make_split(tmp_path, {"a.png": _noise(5, 7)}, {"a.png": _noise(5, 7)})
+    assert PairedDataset(root, "test", "test").sizes == {"a.png": (5, 7)}
+
+
+def test_defaults_are_the_authors_loader(tmp_path):
+    """The authors' PairLoader: 256 px patches, no edge decay, flips and rotations."""
+    root, _ = _inverse_pair(tmp_path, 8, 8)
+    ds = PairedDataset(root, "test", "train")
+    assert (ds.patch_size, ds.edge_decay, ds.only_h_flip) == (256, 0.0, False)
+
+
+def test_an_empty_split_is_named(tmp_path):
+    for sub in ("GT", "hazy"):
+        (tmp_path / "test" / sub).mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"no images in .*GT or .*hazy"):
+        PairedDataset(tmp_path, "test", "test")
+
+
+def test_a_file_changed_after_opening_is_named_when_loaded(tmp_path):
+    root, _ = _inverse_pair(tmp_path, 8, 8)
+    ds = PairedDataset(root, "test", "test")
+    write_rgb(root / "test" / "GT" / "a.png", _noise(8, 9))
+    with pytest.raises(ValueError, match=r"a\.png: hazy \(8, 8, 3\) and GT \(8, 9, 3\)"):
+        ds[0]
+
+
+def test_verify_pixels_names_every_undecodable_file(tmp_path):
+    img = _noise(16, 16)
+    names = ["a.png", "b.png", "c.png"]
+    root = _make_split(tmp_path, dict.fromkeys(names, img), dict.fromkeys(names, img))
+    ds = PairedDataset(root, "test", "test")
+    ds.verify_pixels(workers=1)
+    for name in ("a.png", "c.png"):
+        path = root / "test" / "hazy" / name
+        path.write_bytes(path.read_bytes()[:60])  # the header survives, the pixels do not
+    ds = PairedDataset(root, "test", "test")
+    with pytest.raises(
+        ValueError, match=r"2 undecodable image\(s\): .*hazy/a\.png, .*hazy/c\.png$"
+    ):
+        ds.verify_pixels(workers=2)
+
+
+def test_text_features_become_float32_rows(tmp_path):
+    root, _ = _inverse_pair(tmp_path, 8, 8)
+    feat = torch.arange(6, dtype=torch.float64).requires_grad_()
+    s = PairedDataset(root, "test", "test", text_features={"a.png": feat})[0]
+    assert s["text"].dtype == torch.float32 and not s["text"].requires_grad
+    assert s["text"].tolist() == [[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]]
+    s = PairedDataset(root, "test", "test", text_features={"a.png": [[0.5, 1.5]]})[0]
+    assert s["text"].tolist() == [[0.5, 1.5]]
+
+
 # --- ImageFolderDataset -----------------------------------------------------------------
 
 
@@ -349,3 +559,47 @@ def test_synthetic_data_only_at_the_default_root_and_only_when_absent(tmp_path, 
     (tmp_path / "data" / "synthetic").mkdir(parents=True)
     synthetic.generate_if_configured(load_config(QUICKSTART).data)
     assert not any((tmp_path / "data" / "synthetic").iterdir())
+
+
+def test_image_folder_inputs_are_deduplicated_and_hidden_files_skipped_silently(tmp_path, recwarn):
+    write_rgb(tmp_path / "in" / "a.png", _noise(5, 6))
+    write_rgb(tmp_path / "in" / ".a.png", _noise(5, 6))
+    (tmp_path / "in" / "sub").mkdir()
+    ds = ImageFolderDataset([tmp_path / "in", str(tmp_path / "in" / "a.png"), tmp_path / "in"])
+    assert ds.names == ["a.png"] and len(ds) == 1
+    assert not recwarn.list
+    assert ImageFolderDataset(str(tmp_path / "in" / "a.png")).names == ["a.png"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"no image files \(\.png, \.jpg.*empty"):
+        ImageFolderDataset(tmp_path / "empty")
+
+
+def test_image_folder_text_features(tmp_path):
+    write_rgb(tmp_path / "a.png", _noise(5, 6))
+    write_rgb(tmp_path / "b.png", _noise(5, 6))
+    feats = {"a.png": torch.ones(3), "b.png": torch.zeros(1, 3)}
+    ds = ImageFolderDataset(tmp_path, text_features=feats)
+    assert ds[0]["text"].tolist() == [[1.0, 1.0, 1.0]]
+    assert ds[1]["text"].tolist() == [[0.0, 0.0, 0.0]]
+    assert "text" not in ImageFolderDataset(tmp_path)[0]
+    with pytest.raises(ValueError, match=r"no text feature for 1 image\(s\): b\.png"):
+        ImageFolderDataset(tmp_path, text_features={"a.png": torch.ones(3)})
+
+
+def test_image_folder_problems_name_every_file(tmp_path):
+    for folder in ("in", "other"):
+        for name in ("a.png", "b.png"):
+            write_rgb(tmp_path / folder / name, _noise(4, 4))
+    (tmp_path / "in" / "notes.txt").write_text("x")
+    with pytest.warns(UserWarning, match=r"skipping 1 non-image file\(s\): .*notes\.txt"):
+        ds = ImageFolderDataset(tmp_path / "in")
+    assert [ds[i]["name"] for i in range(2)] == ["a.png", "b.png"]
+    inp, other = (tmp_path / "in").resolve(), (tmp_path / "other").resolve()
+    with pytest.raises(ValueError) as info:
+        ImageFolderDataset(
+            [tmp_path / "in" / "a.png", tmp_path / "in" / "b.png", tmp_path / "other"]
+        )
+    assert str(info.value) == (
+        f"different input files share a name: a.png: {inp / 'a.png'}, {other / 'a.png'}; "
+        f"b.png: {inp / 'b.png'}, {other / 'b.png'}"
+    )

@@ -73,6 +73,64 @@ def test_batch_gives_per_image_values():
         assert math.isclose(batch_ssim[i].item(), _protocol_ssim(o, t, 1), abs_tol=1e-6)
 
 
+def test_psnr_averages_over_pixels_and_channels_per_image():
+    target = torch.zeros(2, 3, 4, 4)
+    output = target.clone()
+    output[0, 1] = 0.25  # one channel of three off by 1/4: MSE 1/48
+    output[1, :, :2] = 0.5  # half the pixels off by 1/2: MSE 1/8
+    expected = [10 * math.log10(48), 10 * math.log10(8)]
+    assert psnr(output, target).tolist() == pytest.approx(expected, abs=1e-9)
+
+
+def test_ssim_of_flat_images_is_the_luminance_term():
+    """For constant images a, b SSIM is (2ab + C1) / (a^2 + b^2 + C1), C1 = (0.01 * 1)^2."""
+    output, target = torch.full((1, 3, 16, 16), 0.5), torch.full((1, 3, 16, 16), 0.4)
+    expected = (2 * 0.5 * 0.4 + 1e-4) / (0.5**2 + 0.4**2 + 1e-4)
+    assert ssim(output, target).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_values_within_float_noise_of_the_range_are_accepted():
+    x = torch.full((1, 3, 16, 16), 0.5, dtype=torch.float64)
+    for edge in (-1e-4, 1 + 1e-4):
+        noisy = x.clone()
+        noisy[0, 0, 0, 0] = edge
+        for metric in (psnr, ssim):
+            assert torch.isfinite(metric(noisy, x)).all()
+            assert torch.isfinite(metric(x, noisy)).all()
+
+
+@pytest.mark.parametrize("metric", [psnr, ssim])
+@pytest.mark.parametrize("value", [-1e-3, 1.001, 1.5, 255.0])
+def test_values_outside_the_range_are_refused_naming_the_argument(metric, value):
+    x = torch.full((1, 3, 16, 16), 0.5)
+    bad = x.clone()
+    bad[0, 2, 3, 4] = value
+    hint = r"\(map network outputs with utils\.image\.from_model_range first\)"
+    with pytest.raises(ValueError, match=rf"^output values must lie in \[0, 1\].*{hint}$"):
+        metric(bad, x)
+    with pytest.raises(ValueError, match=r"^target values must lie in \[0, 1\]"):
+        metric(x, bad)
+
+
+@pytest.mark.parametrize("metric", [psnr, ssim])
+@pytest.mark.parametrize("shape", [(1, 1, 16, 16), (1, 4, 16, 16), (3, 16, 16), (1, 1, 3, 16, 16)])
+def test_only_rgb_batches_are_accepted(metric, shape):
+    bad, good = torch.rand(shape), torch.rand(1, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"^output must have shape \(B, 3, H, W\)"):
+        metric(bad, good)
+    with pytest.raises(ValueError, match=r"^target must have shape \(B, 3, H, W\)"):
+        metric(good, bad)
+
+
+@pytest.mark.parametrize("metric", [psnr, ssim])
+def test_non_tensors_are_refused_naming_their_type(metric):
+    x = torch.rand(1, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"^output must be a torch\.Tensor, got ndarray"):
+        metric(x.numpy(), x)
+    with pytest.raises(ValueError, match=r"^target must be a torch\.Tensor, got list"):
+        metric(x, x.tolist())
+
+
 @pytest.mark.parametrize("metric", [psnr, ssim])
 def test_bad_arguments_raise_clear_errors(metric):
     x = torch.rand(1, 3, 16, 16)

@@ -312,7 +312,7 @@ def _build(cls: type, data: Any, prefix: str = "") -> Any:
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
+    unknown = sorted(str(k) for k in set(data) - set(names))  # YAML allows `1:` as a key
     where = f"{prefix}." if prefix else ""
     for key in unknown:
         if where + key in RENAMED_KEYS:
@@ -348,6 +348,8 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     base = data.pop("base", None)
     if base is None:
         return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected a file name, got {base!r}")
     return _merge(_read_yaml(path.parent / base, (*seen, path)), data)
 
 
@@ -356,7 +358,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
     out: dict = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
+        if not sep or not all(key.split(".")):
             raise ConfigError(f"override {item!r} is not of the form section.key=value")
         node = out
         *parents, leaf = key.split(".")

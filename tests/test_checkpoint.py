@@ -1,0 +1,153 @@
+"""Checkpoint files: atomic writes that never lose the previous file, and clear load errors."""
+
+import argparse
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from utils.checkpoint import (
+    CheckpointError,
+    is_project_checkpoint,
+    load_checkpoint,
+    read_file,
+    save_atomic,
+)
+
+# The marker that train.py writes; checkpoints of earlier versions carry this exact string.
+MARKER = "mixcldehazenet-checkpoint"
+
+
+def _checkpoint(value: float) -> dict:
+    return {"format": MARKER, "format_version": 1, "model": {"w": torch.full((2, 3), value)}}
+
+
+def _interrupting_save(exc: BaseException, seen: list[Path]):
+    """A torch.save that writes part of the file, then fails as a full disk or Ctrl-C would."""
+
+    def save(obj, f) -> None:
+        seen.append(Path(f.name))
+        f.write(b"partial")
+        f.flush()
+        raise exc
+
+    return save
+
+
+def test_save_into_a_missing_folder_and_load_back(tmp_path):
+    path = tmp_path / "runs" / "exp" / "last.pth"
+    save_atomic(_checkpoint(1.5), path)
+    ckpt = load_checkpoint(path)
+    assert ckpt["format"] == MARKER
+    assert torch.equal(ckpt["model"]["w"], torch.full((2, 3), 1.5))
+    assert [p.name for p in path.parent.iterdir()] == ["last.pth"]
+
+
+def test_save_replaces_an_existing_file(tmp_path):
+    path = tmp_path / "last.pth"
+    save_atomic(_checkpoint(1.0), path)
+    save_atomic(_checkpoint(2.0), str(path))
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.full((2, 3), 2.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+@pytest.mark.parametrize("exc", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_failure_mid_save_keeps_the_previous_file(tmp_path, monkeypatch, exc):
+    path = tmp_path / "best.pth"
+    save_atomic(_checkpoint(1.0), path)
+    before = path.read_bytes()
+    seen: list[Path] = []
+    monkeypatch.setattr(torch, "save", _interrupting_save(exc, seen))
+    with pytest.raises(type(exc)):
+        save_atomic(_checkpoint(2.0), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pth"]  # the partial file is gone
+    # The partial file lay beside the target (so the rename is atomic), hidden and named
+    # *.tmp, so that nothing globbing for checkpoints picks up one a SIGKILL left behind.
+    (partial,) = seen
+    assert partial.parent == tmp_path
+    assert partial.name.startswith(".best.pth.") and partial.name.endswith(".tmp")
+
+
+def test_ctrl_c_right_after_the_rename_keeps_the_new_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+    save_atomic(_checkpoint(1.0), path)
+    replace = os.replace
+
+    def replace_then_interrupt(src, dst) -> None:
+        replace(src, dst)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", replace_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic(_checkpoint(2.0), path)
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.full((2, 3), 2.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+def test_an_object_that_cannot_be_saved_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "last.pth"
+    save_atomic(_checkpoint(1.0), path)
+    with pytest.raises(Exception, match="pickle"):
+        save_atomic({"format": MARKER, "fn": lambda: 0}, path)
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.full((2, 3), 1.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+def test_missing_file_is_named(tmp_path):
+    for load in (read_file, load_checkpoint):
+        with pytest.raises(CheckpointError, match=r"not found.*nope\.pth"):
+            load(tmp_path / "nope.pth")
+    (tmp_path / "folder.pth").mkdir()
+    with pytest.raises(CheckpointError, match=r"folder\.pth"):
+        load_checkpoint(tmp_path / "folder.pth")
+
+
+def test_a_file_that_is_not_a_torch_file_is_refused(tmp_path):
+    path = tmp_path / "notes.pth"
+    path.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"notes\.pth"):
+        load_checkpoint(path)
+
+
+def test_a_pickled_object_is_refused(tmp_path):
+    path = tmp_path / "pickled.pth"
+    torch.save({"format": MARKER, "args": argparse.Namespace(lr=1.0)}, path)
+    with pytest.raises(CheckpointError, match=r"pickled\.pth"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"w": torch.zeros(2)},  # a bare state dict, e.g. someone else's weights
+        {"format": "other-project", "model": {}},
+        [1, 2],
+    ],
+)
+def test_a_torch_file_that_is_not_our_checkpoint_is_refused(tmp_path, obj):
+    path = tmp_path / "weights.pth"
+    torch.save(obj, path)
+    assert not is_project_checkpoint(read_file(path))
+    with pytest.raises(CheckpointError, match=r"weights\.pth"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_saved_on_a_gpu_loads_on_the_cpu(tmp_path, monkeypatch):
+    path = tmp_path / "gpu.pth"
+    with monkeypatch.context() as m:  # tag the storages as CUDA ones, as a GPU run does
+        m.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(_checkpoint(3.0), path)
+    w = load_checkpoint(path)["model"]["w"]
+    assert w.device.type == "cpu" and torch.equal(w, torch.full((2, 3), 3.0))
+
+
+def test_read_file_returns_any_torch_file_on_the_cpu(tmp_path):
+    path = tmp_path / "released.pth"
+    torch.save({"state_dict": {"w": torch.ones(3)}}, path)
+    obj = read_file(path)
+    assert torch.equal(obj["state_dict"]["w"], torch.ones(3))
+    assert obj["state_dict"]["w"].device.type == "cpu"
+    assert is_project_checkpoint(_checkpoint(0.0))
+    assert not is_project_checkpoint(obj)
