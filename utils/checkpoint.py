@@ -15,12 +15,10 @@ from typing import Any
 
 import torch
 
+from utils.errors import CheckpointError
+
 FORMAT = "mixcldehazenet-checkpoint"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A file is missing, unreadable or not a checkpoint of this project."""
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:

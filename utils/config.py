@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
+from utils.errors import ConfigError
+
 # The paper's prompts ("a photo of a indoor" / "a photo of a outdoor", grammar as upstream).
 DEFAULT_DOMAINS = ("indoor", "outdoor")
 DEFAULT_TEMPLATE = "a photo of a {}"
@@ -71,10 +73,6 @@ RESUME_KEYS = (
     "train.log_images",
     "train.nonfinite",
 )
-
-
-class ConfigError(ValueError):
-    """A configuration file or override is wrong; the message names the key."""
 
 
 @dataclass(frozen=True)

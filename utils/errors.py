@@ -1,0 +1,28 @@
+"""The project's user errors: wrong input that the user fixes, reported as one line.
+
+Anything else (a shape error in a network being edited, a CUDA error) is a code bug and keeps
+its traceback. Each class also derives from the built-in error it refines, so callers that
+catch ValueError or FileNotFoundError keep working.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Wrong input: the message names the file, key or argument and says what to do."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration file or override is wrong; the message names the key."""
+
+
+class DataError(UserError, ValueError):
+    """A dataset or input image is missing, unreadable or of the wrong shape."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A file is missing, unreadable or not a checkpoint of this project."""
+
+
+class WeightsError(UserError, FileNotFoundError):
+    """Pretrained weights (CLIP, ResNet-152, MixDehazeNet) are missing or unusable."""
