@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from models import TextImageFusion
+from models.text_fusion import fused_attention, pixel_text_attention
 
 D = 16  # a small CLIP width keeps these tests fast; the formula does not depend on it
 
@@ -195,3 +196,36 @@ def test_upstream_text_branch_formula():
         result = f._text_branch(image, text)
     assert result.shape == (2, 1, D)
     assert (result - expected).abs().max() < 1e-5
+
+
+def _record_sdpa_widths(monkeypatch) -> list[int]:
+    widths: list[int] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def record(q, *args, **kwargs):
+        widths.append(q.shape[-1])
+        return sdpa(q, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", record)
+    return widths
+
+
+def test_padded_heads_give_the_unpadded_attention(monkeypatch):
+    """Off the CPU, the width-5 heads reach SDPA as width 8 (what its fused kernels take),
+    with the same result: softmax(q k^T / sqrt(5)) v."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, n, 5, generator=gen) for n in (12, D, D))
+    widths = _record_sdpa_widths(monkeypatch)
+    out = fused_attention(q, k, v, head_multiple=8)
+    assert widths == [8] and out.shape == (2, 12, 5)
+    torch.testing.assert_close(out, pixel_text_attention(q, k, v))
+
+
+@pytest.mark.parametrize(("device", "width"), [("cpu", 5), ("meta", 8)])
+def test_heads_are_padded_only_off_the_cpu(monkeypatch, device, width):
+    # A meta tensor stands for a GPU one: its shapes follow the same code path.
+    widths = _record_sdpa_widths(monkeypatch)
+    f = _fusion().to(device)
+    image, text = (t.to(device) for t in _inputs())
+    assert f(image, text).shape == (2, 6, 5, 7)
+    assert widths == [width]
