@@ -21,6 +21,7 @@ import torch
 from datasets.synthetic import make_synthetic_dataset
 from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.config import ConfigError
+from utils.errors import DataError, OutputError
 from utils.image import read_rgb, write_rgb
 
 from .helpers import REPO, load_entry, train_args
@@ -230,7 +231,7 @@ def test_predict_output_folder_not_writable(trained, tmp_path):
     if os.geteuid() != 0:  # root ignores permission bits
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
-        with pytest.raises(PermissionError, match="not writable"):
+        with pytest.raises(OutputError, match="not writable"):
             predict.main(["--ckpt", str(trained / "last.pth"), str(img), "--out", str(locked)])
         shutil.rmtree(locked, ignore_errors=True)
 
@@ -320,7 +321,7 @@ def test_test_py_from_another_folder_names_the_relative_path_and_the_way_out(
     ckpt["config"]["data"]["root"] = "data/synthetic"  # as the quickstart records it
     torch.save(ckpt, tmp_path / "best.pth")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError) as e:
+    with pytest.raises(DataError) as e:
         evaluate.main(["--ckpt", "best.pth"])
     msg = str(e.value)
     assert "data/synthetic/test" in msg and "data.root" in msg

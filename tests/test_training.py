@@ -28,7 +28,9 @@ def test_validation_runs_in_the_eval_precision_not_the_training_one(data_root):
                 *("model.depths=[1,1,1,1,1]", *overrides),
             ],
         )
-        _, loader, _ = train.make_loaders(cfg, DistInfo(), None, None, torch.Generator())
+        _, loader, _ = train.make_loaders(
+            cfg, DistInfo(), *train.open_splits(cfg), torch.Generator()
+        )
         torch.manual_seed(0)
         net = build_network(cfg, None, speed_on(cfg, torch.device("cpu")))
         return train.validate(net, loader, torch.device("cpu"), cfg, DistInfo())[0]
@@ -48,7 +50,7 @@ def test_train_classifies_on_its_own_device(monkeypatch, tmp_path):
 
     monkeypatch.setattr(train, "domain_text_features", fake_features)
     cfg = train.load_config(None, [f"data.root={tmp_path}"])
-    train.text_features(cfg, "test", DistInfo(), torch.device("cuda", 0))
+    train.text_features(cfg, tmp_path / "test", DistInfo(), torch.device("cuda", 0))
     assert devices == ["cuda:0"]
 
 
