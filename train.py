@@ -143,8 +143,25 @@ def total_epochs(cfg: Config) -> int:
     return cfg.train.epochs + int(cfg.train.extra_epoch)
 
 
-def checkpoint_to_resume(cfg: Config, path: Path) -> dict[str, Any]:
-    """The run's last checkpoint, after refusing settings that a resumed run cannot honour."""
+def checkpoint_to_test(cfg: Config) -> Path | None:
+    """best.pth once the run has trained all its epochs; None while some remain."""
+    last = cfg.run_dir / "last.pth"
+    if last.is_file() and load_checkpoint(last)["epoch"] >= total_epochs(cfg):
+        return cfg.run_dir / "best.pth"
+    return None
+
+
+def prepare_run_folder(cfg: Config, resume: bool) -> dict[str, Any] | None:
+    """With --resume, the run's last checkpoint, after refusing settings that a resumed run
+    cannot honour; for a new run None, after refusing a folder that already holds one."""
+    path = cfg.run_dir / "last.pth"
+    if not resume:
+        if path.exists() or (cfg.run_dir / "best.pth").exists():
+            raise OutputExistsError(
+                f"{cfg.run_dir} already holds checkpoints: pass --resume to continue that run, "
+                "or choose another exp_name=... / output_dir=..."
+            )
+        return None
     if not path.is_file():
         raise CheckpointError(f"--resume: no checkpoint at {path} to continue from")
     ckpt = load_checkpoint(path)
@@ -158,27 +175,6 @@ def checkpoint_to_resume(cfg: Config, path: Path) -> dict[str, Any]:
             f"train.extra_epoch={cfg.train.extra_epoch} plan"
         )
     return ckpt
-
-
-def checkpoint_to_test(cfg: Config) -> Path | None:
-    """best.pth once the run has trained all its epochs; None while some remain."""
-    last = cfg.run_dir / "last.pth"
-    if last.is_file() and load_checkpoint(last)["epoch"] >= total_epochs(cfg):
-        return cfg.run_dir / "best.pth"
-    return None
-
-
-def prepare_run_folder(cfg: Config, resume: bool) -> dict[str, Any] | None:
-    """The checkpoint to continue from (--resume), or None for a new run, which refuses a run
-    folder that already holds checkpoints."""
-    if resume:
-        return checkpoint_to_resume(cfg, cfg.run_dir / "last.pth")
-    if (cfg.run_dir / "last.pth").exists() or (cfg.run_dir / "best.pth").exists():
-        raise OutputExistsError(
-            f"{cfg.run_dir} already holds checkpoints: pass --resume to continue that run, "
-            "or choose another exp_name=... / output_dir=..."
-        )
-    return None
 
 
 def record_run(cfg: Config, argv: list[str] | None) -> None:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from datasets import paired
 from utils.builders import build_network
 from utils.checkpoint import load_checkpoint
 from utils.config import load_config
@@ -84,3 +85,17 @@ def test_extra_epoch_at_the_final_lr_and_whole_image_validation(data_root, tmp_p
 def test_run_folder_says_how_the_run_compares_with_the_paper(trained):
     report = (trained / "protocol_differences.txt").read_text()
     assert report.startswith("protocol: no published setting for data.root=")
+
+
+def test_each_split_is_opened_once_per_run(data_root, tmp_path, monkeypatch):
+    headers = []
+    real = paired.image_size
+
+    def counting_image_size(path):
+        headers.append(path)
+        return real(path)
+
+    monkeypatch.setattr(paired, "image_size", counting_image_size)
+    train.main(train_args(data_root, tmp_path, "model.name=mixdehazenet-t", "train.epochs=1"))
+    pairs = len(list(data_root.glob("*/hazy/*.png")))
+    assert len(headers) == 2 * pairs  # one hazy and one GT header per pair
