@@ -162,7 +162,7 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(data_root, tmp_pat
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr("utils.checkpoint.torch.save", save_until_disk_fills)
-    with pytest.raises(OSError, match=r"could not write checkpoint .*No space left.*intact"):
+    with pytest.raises(OutputError, match=r"could not write checkpoint .*No space left.*intact"):
         train.main(train_args(data_root, tmp_path))
     monkeypatch.undo()
     run = tmp_path / "run"
@@ -272,6 +272,11 @@ def test_unknown_clip_arch_is_rejected_before_the_data_check(tmp_path):
     with pytest.raises(ConfigError, match=r"clip\.arch.*'ViT-B-23'.*ViT-B-32") as e:
         train.main(args)
     assert len(str(e.value)) < 200
+
+
+def test_resume_without_a_checkpoint_names_the_file(tmp_path):
+    with pytest.raises(CheckpointError, match=r"--resume: no checkpoint at .*run/last\.pth"):
+        train.main([*train_args(tmp_path / "no-data", tmp_path), "--resume"])
 
 
 def test_missing_dataset_names_every_split_and_the_key(tmp_path):
