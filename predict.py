@@ -32,6 +32,7 @@ from utils.builders import (
 from utils.cli import positive_int, run
 from utils.clip_domains import classify, domain_feature, domain_prompts, text_embeddings
 from utils.devices import speed_on
+from utils.errors import OutputError, OutputExistsError, UserError
 from utils.image import (
     from_model_range,
     png_names,
@@ -88,7 +89,7 @@ def is_override(arg: str) -> bool:
     return re.match(r"\w+(\.\w+)*=", arg) is not None and not Path(arg).exists()
 
 
-class PredictError(RuntimeError):
+class PredictError(UserError, RuntimeError):
     """Some inputs could not be dehazed; the others were written."""
 
 
@@ -120,7 +121,7 @@ def plan_outputs(inputs: list[Path], out: Path, compare: bool, overwrite: bool) 
     write two outputs to one file, or replace an earlier output without --overwrite."""
     holding = [p for p in inputs if p.parent == out.resolve()]
     if holding:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"--out {out} holds input images ({holding[0]}): their outputs could replace them "
             f"and be dehazed again on the next run; choose another folder, e.g. {out / 'dehazed'}"
         )
@@ -132,11 +133,11 @@ def plan_outputs(inputs: list[Path], out: Path, compare: bool, overwrite: bool) 
     targets = [t for files in plan for t in files]
     clashes = sorted(str(t) for t, n in Counter(targets).items() if n > 1)
     if clashes:
-        raise ValueError(f"two outputs would share a file name: {', '.join(clashes)}")
+        raise OutputError(f"two outputs would share a file name: {', '.join(clashes)}")
     earlier = [t for t in targets if t.exists()]
     if earlier and not overwrite:
         shown = ", ".join(t.name for t in earlier[:5]) + (" ..." if len(earlier) > 5 else "")
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{len(earlier)} output(s) already exist in {out} ({shown}): pass --overwrite to "
             "replace them, or choose another --out"
         )
@@ -149,9 +150,9 @@ def _check_out_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OSError(f"cannot create output folder {out}: {e.strerror}") from e
+        raise OutputError(f"cannot create output folder {out}: {e.strerror}") from e
     if not os.access(out, os.W_OK):
-        raise PermissionError(f"output folder {out} is not writable; pick another with --out")
+        raise OutputError(f"output folder {out} is not writable; pick another with --out")
 
 
 @torch.no_grad()

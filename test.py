@@ -32,6 +32,7 @@ from utils.builders import (
 from utils.cli import run
 from utils.config import LOCATION_KEYS, Config, config_to_dict, covers
 from utils.domain_labels import domain_confusion, labels_file, read_domain_labels
+from utils.errors import DataError, OutputExistsError
 from utils.image import from_model_range, png_names, write_rgb
 from utils.metrics import psnr, ssim
 
@@ -70,7 +71,7 @@ def data_to_test(args: argparse.Namespace, cfg: Config) -> tuple[Path, str]:
     split = args.split or cfg.data.test_split
     if not (root / split).is_dir():
         origin = "--data-dir" if args.data_dir else "--dataset" if args.dataset else "data.root"
-        raise FileNotFoundError(
+        raise DataError(
             f"test split not found: {root / split} (from {origin}; relative paths are relative "
             f"to the folder you run from, {Path.cwd()}); pass --data-dir DIR [--split NAME]"
         )
@@ -97,7 +98,7 @@ def clear_results(out_dir: Path, overwrite: bool) -> None:
     """Refuse to mix with earlier results in `out_dir`, or remove them with --overwrite."""
     earlier = [out_dir / f for f in RESULT_FILES if (out_dir / f).exists()]
     if earlier and not overwrite:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{out_dir} already holds results ({', '.join(p.name for p in earlier)}): pass "
             "--overwrite to replace them, or --out DIR"
         )
@@ -152,22 +153,46 @@ def label_summary(rows: list[dict], domains: Sequence[str], labels_path: Path) -
     return out
 
 
-def print_label_summary(report: dict) -> None:
-    """The true-domain lines of the printed summary."""
-    for domain, m in report["per_true_domain"].items():
-        print(
-            f"  true {domain:<10} PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}  "
-            f"({m['count']} images)"
-        )
-    if "clip_domains" in report:
-        c = report["clip_domains"]
+def print_summary(summary: dict, title: str, out_dir: Path) -> None:
+    """The printed summary: overall, per CLIP domain and, with a labels file, per true domain
+    and CLIP's accuracy against the labels."""
+    print(f"{title}: {summary['count']} images, {summary['model']}")
+    print(f"  dehazed    PSNR {summary['psnr']:.2f} dB  SSIM {summary['ssim']:.4f}")
+    print(f"  hazy input PSNR {summary['hazy_psnr']:.2f} dB  SSIM {summary['hazy_ssim']:.4f}")
+    per_domain = [("", summary["per_domain"]), ("true ", summary.get("per_true_domain", {}))]
+    for kind, means in per_domain:
+        for domain, m in means.items():
+            print(
+                f"  {kind}{domain:<10} PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}  "
+                f"({m['count']} images)"
+            )
+    if "clip_domains" in summary:
+        c = summary["clip_domains"]
         confusion = ", ".join(
             f"{t}->{p} {n}" for t, row in c["confusion"].items() for p, n in row.items()
         )
         print(
-            f"  CLIP domains vs {report['labels']}: {c['accuracy']:.1%} correct "
+            f"  CLIP domains vs {summary['labels']}: {c['accuracy']:.1%} correct "
             f"({c['correct']}/{c['count']}; true->predicted: {confusion})"
         )
+    print(f"results in {out_dir}")
+
+
+def open_test_split(
+    cfg: Config, root: Path, split: str, device: torch.device
+) -> tuple[PairedDataset, dict[str, str], dict[str, str]]:
+    """The split with its CLIP text features (if the network takes them), CLIP's domain of
+    each image, and the true domains of the split's labels file (empty without one)."""
+    text_features, domains = None, {}
+    if needs_text(cfg):
+        text_features, cache = domain_text_features(cfg, root / split, device=str(device))
+        domains = cache.domains
+    dataset = PairedDataset(root, split, "test", text_features=text_features)
+    labels_path = labels_file(root / split)
+    true_domains = {}
+    if labels_path.is_file():
+        true_domains = read_domain_labels(labels_path, cfg.clip.domains, dataset.names)
+    return dataset, domains, true_domains
 
 
 @torch.no_grad()
@@ -180,16 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
     clear_results(out_dir, args.overwrite)
     device = pick_device()
     run_net = inference_network(net, cfg, device)
-
-    text_features, domains = None, {}
-    if needs_text(cfg):
-        text_features, cache = domain_text_features(cfg, root / split, device=str(device))
-        domains = cache.domains
-    dataset = PairedDataset(root, split, "test", text_features=text_features)
-    labels_path = labels_file(root / split)
-    true_domains = {}
-    if labels_path.is_file():
-        true_domains = read_domain_labels(labels_path, cfg.clip.domains, dataset.names)
+    dataset, domains, true_domains = open_test_split(cfg, root, split, device)
     loader = DataLoader(dataset, batch_size=1, num_workers=min(4, cfg.data.num_workers))
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -221,21 +237,11 @@ def main(argv: list[str] | None = None) -> dict:
         writer.writerows(rows)
     summary = summarise(rows)
     if true_domains:
-        summary.update(label_summary(rows, cfg.clip.domains, labels_path))
+        summary.update(label_summary(rows, cfg.clip.domains, labels_file(root / split)))
     summary.update(checkpoint=str(args.ckpt), model=cfg.model.name, data=str(root / split))
     summary.update(overrides=list(args.overrides), config=config_to_dict(cfg))
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-
-    print(f"{root.name}/{split}: {summary['count']} images, {cfg.model.name}")
-    print(f"  dehazed    PSNR {summary['psnr']:.2f} dB  SSIM {summary['ssim']:.4f}")
-    print(f"  hazy input PSNR {summary['hazy_psnr']:.2f} dB  SSIM {summary['hazy_ssim']:.4f}")
-    for domain, m in summary["per_domain"].items():
-        print(
-            f"  {domain:<10} PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}  ({m['count']} images)"
-        )
-    if true_domains:
-        print_label_summary(summary)
-    print(f"results in {out_dir}")
+    print_summary(summary, f"{root.name}/{split}", out_dir)
     return summary
 
 

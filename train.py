@@ -2,9 +2,10 @@
 
 python train.py configs/reside6k/mixcl-s.yaml train.lr=2e-4 ...
 torchrun --nproc_per_node=4 train.py configs/reside6k/mixcl-s.yaml
-"""
 
-from __future__ import annotations
+A run, step by step (`train`): prepare the run folder, the data and the CLIP text features,
+build the training state (what each checkpoint holds), then train epoch by epoch.
+"""
 
 import argparse
 import math
@@ -12,8 +13,9 @@ import random
 import shlex
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -33,7 +35,6 @@ from utils.clip_domains import embedding_width
 from utils.config import (
     RESUME_KEYS,
     Config,
-    ConfigError,
     config_from_checkpoint,
     config_to_dict,
     dump_config,
@@ -49,8 +50,16 @@ from utils.distributed import (
     convert_sync_batchnorm,
     init_distributed,
 )
+from utils.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    OutputError,
+    OutputExistsError,
+    UserError,
+)
 from utils.image import from_model_range, write_rgb
-from utils.losses import ContrastiveLoss, build_contrastive_loss, training_loss
+from utils.losses import build_criterion
 from utils.metrics import psnr, ssim
 from utils.protocol import protocol_report
 
@@ -58,7 +67,7 @@ DEFAULT_CONFIG = "configs/reside6k/mixcl-s.yaml"
 STREAMS_PER_SEED = 1_000_000  # more than any run's epochs or processes
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN/inf; the run stopped before applying the step."""
 
 
@@ -128,10 +137,33 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def checkpoint_to_resume(cfg: Config, path: Path) -> dict[str, Any]:
-    """The run's last checkpoint, after refusing settings that a resumed run cannot honour."""
+def total_epochs(cfg: Config) -> int:
+    """Epochs trained: the cosine schedule's, then (train.extra_epoch) one more at its final lr,
+    as the authors' `range(start_epoch, epochs + 1)` runs."""
+    return cfg.train.epochs + int(cfg.train.extra_epoch)
+
+
+def checkpoint_to_test(cfg: Config) -> Path | None:
+    """best.pth once the run has trained all its epochs; None while some remain."""
+    last = cfg.run_dir / "last.pth"
+    if last.is_file() and load_checkpoint(last)["epoch"] >= total_epochs(cfg):
+        return cfg.run_dir / "best.pth"
+    return None
+
+
+def prepare_run_folder(cfg: Config, resume: bool) -> dict[str, Any] | None:
+    """With --resume, the run's last checkpoint, after refusing settings that a resumed run
+    cannot honour; for a new run None, after refusing a folder that already holds one."""
+    path = cfg.run_dir / "last.pth"
+    if not resume:
+        if path.exists() or (cfg.run_dir / "best.pth").exists():
+            raise OutputExistsError(
+                f"{cfg.run_dir} already holds checkpoints: pass --resume to continue that run, "
+                "or choose another exp_name=... / output_dir=..."
+            )
+        return None
     if not path.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {path} to continue from")
+        raise CheckpointError(f"--resume: no checkpoint at {path} to continue from")
     ckpt = load_checkpoint(path)
     saved = config_from_checkpoint(ckpt["config"])
     hint = "; to train with other settings, start a new run (another exp_name=...)"
@@ -145,29 +177,10 @@ def checkpoint_to_resume(cfg: Config, path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def checkpoint_to_test(cfg: Config) -> Path | None:
-    """best.pth once the run has trained all its epochs; None while some remain."""
-    last = cfg.run_dir / "last.pth"
-    if last.is_file() and load_checkpoint(last)["epoch"] >= total_epochs(cfg):
-        return cfg.run_dir / "best.pth"
-    return None
-
-
-def replan_schedule(
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.CosineAnnealingLR,
-    epochs: int,
-    done: int,
-) -> None:
-    """Continue the cosine decay as a run planned for `epochs` epochs does after `done` epochs."""
-    scheduler.T_max = epochs
-    progress = (1 + math.cos(math.pi * done / epochs)) / 2
-    for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
-        group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * progress
-
-
-def record_run(cfg: Config, run_dir: Path, argv: list[str] | None) -> None:
-    """config.yaml: the settings the run trains with from now on; command.txt: every command."""
+def record_run(cfg: Config, argv: list[str] | None) -> None:
+    """config.yaml: the settings the run trains with from now on; command.txt: every command;
+    protocol_differences.txt (also printed): how this run's config departs from the paper's."""
+    run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in run_dir.glob(".*.pth.*.tmp"):  # left by a process killed while saving
         stale.unlink()
@@ -175,79 +188,22 @@ def record_run(cfg: Config, run_dir: Path, argv: list[str] | None) -> None:
     cmd = shlex.join(["python", "train.py", *(argv if argv is not None else sys.argv[1:])])
     with open(run_dir / "command.txt", "a") as f:
         f.write(cmd + "\n")
-    write_protocol_report(cfg, run_dir)
-
-
-def text_features(
-    cfg: Config, split: str, info: DistInfo, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """Per-image text features of a split: rank 0 builds the CLIP cache (on `device`, a GPU
-    when there is one), the others read it."""
-    split_dir = Path(cfg.data.root) / split
-    if info.is_main:
-        features, _ = domain_text_features(cfg, split_dir, str(device))
-    barrier(info)
-    if not info.is_main:
-        features, _ = domain_text_features(cfg, split_dir, str(device))
-    return features
-
-
-def total_epochs(cfg: Config) -> int:
-    """Epochs trained: the cosine schedule's, then (train.extra_epoch) one more at its final lr,
-    as the authors' `range(start_epoch, epochs + 1)` runs."""
-    return cfg.train.epochs + int(cfg.train.extra_epoch)
-
-
-def train_amp(cfg: Config, device: torch.device) -> str:
-    """Training autocast: the configured precision on CUDA; CPU always trains in fp32."""
-    return cfg.precision.train if device.type == "cuda" else "none"
-
-
-@torch.no_grad()
-def validate(
-    model: nn.Module,
-    loader: DataLoader,
-    device: torch.device,
-    cfg: Config,
-    info: DistInfo,
-) -> tuple[float, float, torch.Tensor | None]:
-    """Mean PSNR/SSIM over the loader (reduced over ranks), and a few hazy|output|GT triplets.
-
-    Runs in `precision.eval` (the protocol's fp32 by default), not the training autocast.
-    """
-    model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=device)
-    triplets: list[torch.Tensor] = []
-    for batch in loader:
-        hazy, gt = batch["hazy"].to(device), batch["gt"].to(device)
-        text = batch["text"].to(device) if "text" in batch else None
-        with autocast(device, cfg.precision.eval):
-            out = model(hazy, text)
-        out01, gt01 = from_model_range(out.float()), from_model_range(gt)
-        totals += torch.stack(
-            [
-                psnr(out01, gt01).sum(),
-                ssim(out01, gt01).sum(),
-                torch.tensor(len(hazy), device=device),
-            ]
-        ).to(totals)
-        if len(triplets) < cfg.train.log_images:
-            for h, o, g in zip(from_model_range(hazy), out01, gt01, strict=True):
-                triplets.append(torch.cat([h, o, g], dim=-1).cpu())
-    all_reduce_sum(totals, info)
-    grid = torch.stack(triplets[: cfg.train.log_images]) if triplets else None
-    n = max(totals[2].item(), 1.0)
-    return totals[0].item() / n, totals[1].item() / n, grid
+    report = protocol_report(cfg)
+    (run_dir / "protocol_differences.txt").write_text(report)
+    print(report, end="")
 
 
 def open_splits(cfg: Config) -> tuple[PairedDataset, PairedDataset]:
     """The training and validation splits (headers only), every problem of both reported at once."""
     d = cfg.data
     splits, problems = [], []
-    for split, mode in ((d.train_split, "train"), (d.test_split, "valid")):
+    for split, mode, augment in (
+        (d.train_split, "train", (d.edge_decay, d.only_h_flip)),
+        (d.test_split, d.valid_mode, ()),
+    ):
         try:
-            splits.append(PairedDataset(d.root, split, mode, d.patch_size))
-        except ValueError as e:
+            splits.append(PairedDataset(d.root, split, mode, d.patch_size, *augment))
+        except DataError as e:
             problems.append(str(e))
     if not Path(d.root).is_dir():
         problems.append(
@@ -260,12 +216,16 @@ def open_splits(cfg: Config) -> tuple[PairedDataset, PairedDataset]:
                 f"`python -m datasets.synthetic --out {d.root}` writes it elsewhere"
             )
     if problems:
-        raise ValueError("\n".join(problems))
+        raise DataError("\n".join(problems))
     return splits[0], splits[1]
 
 
-def check_data(cfg: Config, info: DistInfo) -> None:
-    """Find every problem with the data before anything slow (CLIP, training) starts."""
+def prepare_data(cfg: Config, info: DistInfo) -> tuple[PairedDataset, PairedDataset]:
+    """Both splits, opened once, every problem found before anything slow (CLIP, training)
+    starts. The synthetic dataset a config asks for (the quickstart's) is written first."""
+    if info.is_main:
+        generate_if_configured(cfg.data)
+    barrier(info)
     d = cfg.data
     train_set, val_set = open_splits(cfg)
     if not any(h >= d.patch_size and w >= d.patch_size for h, w in train_set.sizes.values()):
@@ -278,22 +238,44 @@ def check_data(cfg: Config, info: DistInfo) -> None:
     if d.verify_images and info.is_main:
         for dataset in (train_set, val_set):
             dataset.verify_pixels(workers=max(2, d.num_workers))
+    return train_set, val_set
+
+
+def text_features(
+    cfg: Config, split_dir: Path, info: DistInfo, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Per-image text features of a split: rank 0 builds the CLIP cache (on `device`, a GPU
+    when there is one), the others read it."""
+    if info.is_main:
+        features, _ = domain_text_features(cfg, split_dir, str(device))
+    barrier(info)
+    if not info.is_main:
+        features, _ = domain_text_features(cfg, split_dir, str(device))
+    return features
+
+
+def attach_text_features(
+    cfg: Config, info: DistInfo, device: torch.device, splits: tuple[PairedDataset, ...]
+) -> int | None:
+    """Give every sample of `splits` its image's CLIP text feature, if the network takes one;
+    returns the feature width (None without text)."""
+    if not needs_text(cfg):
+        return None
+    for dataset in splits:
+        dataset.set_text_features(text_features(cfg, dataset.split_dir, info, device))
+    return embedding_width(cfg.clip.arch)
 
 
 def make_loaders(
     cfg: Config,
     info: DistInfo,
-    train_text: dict[str, torch.Tensor] | None,
-    test_text: dict[str, torch.Tensor] | None,
+    train_set: PairedDataset,
+    val_set: PairedDataset,
     generator: torch.Generator,
 ) -> tuple[DataLoader, DataLoader, DistributedSampler | None]:
+    """This process's share of the training batches (shuffled by `generator` or, under DDP,
+    the sampler) and of the validation images."""
     d = cfg.data
-    train_set = PairedDataset(
-        d.root, d.train_split, "train", d.patch_size, d.edge_decay, d.only_h_flip, train_text
-    )
-    val_set = PairedDataset(
-        d.root, d.test_split, d.valid_mode, d.patch_size, text_features=test_text
-    )
     per_rank = cfg.train.batch_size // info.world_size
     if per_rank < 1 or per_rank * info.world_size != cfg.train.batch_size:
         raise ConfigError(
@@ -321,25 +303,391 @@ def make_loaders(
     return train_loader, val_loader, sampler
 
 
+@dataclass
+class TrainState:
+    """What a checkpoint holds: the network, its optimiser, schedule and gradient scaler, and
+    how far the run has come."""
+
+    cfg: Config
+    net: nn.Module
+    text_dim: int | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.CosineAnnealingLR
+    scaler: torch.amp.GradScaler
+    epoch: int = 0  # epochs completed before the current one
+    step: int = 0  # the current step of the current epoch
+    global_step: int = 0  # optimiser steps taken
+    best_psnr: float = -math.inf
+
+    def checkpoint(self, epochs_done: int, rng: list[Any]) -> dict[str, Any]:
+        """The checkpoint of the run after `epochs_done` epochs; `rng`: every rank's RNG state."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model": self.net.state_dict(),
+            "model_name": self.cfg.model.name,
+            "text_dim": self.text_dim,
+            "config": config_to_dict(self.cfg),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epochs_done,
+            "global_step": self.global_step,
+            "best_psnr": self.best_psnr,
+            "rng": rng,
+        }
+
+    def resume(self, ckpt: Mapping[str, Any], info: DistInfo) -> None:
+        """Continue from `ckpt` (a `checkpoint()`); a changed train.epochs re-plans the schedule."""
+        self.net.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.best_psnr = ckpt["epoch"], ckpt["best_psnr"]
+        self.global_step = ckpt["global_step"]
+        set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
+        say = print if info.is_main else lambda *_: None
+        say(
+            f"resuming {self.cfg.run_dir / 'last.pth'} after epoch {self.epoch} "
+            f"(best PSNR {self.best_psnr:.2f})"
+        )
+        planned, epochs = ckpt["config"]["train"]["epochs"], self.cfg.train.epochs
+        if planned != epochs:
+            before = self.optimizer.param_groups[0]["lr"]
+            replan_schedule(self.optimizer, self.scheduler, epochs, self.epoch)
+            say(
+                f"train.epochs {planned} -> {epochs}: the cosine schedule is re-planned for "
+                f"{epochs} epochs, so the learning rate goes from {before:.3g} to "
+                f"{self.optimizer.param_groups[0]['lr']:.3g}"
+            )
+
+
+def replan_schedule(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.CosineAnnealingLR,
+    epochs: int,
+    done: int,
+) -> None:
+    """Continue the cosine decay as a run planned for `epochs` epochs does after `done` epochs."""
+    scheduler.T_max = epochs
+    progress = (1 + math.cos(math.pi * done / epochs)) / 2
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * progress
+
+
 def sync_batchnorm(
-    net: nn.Module,
-    cr_loss: ContrastiveLoss | None,
+    net: nn.Module, criterion: nn.Module, cfg: Config, info: DistInfo, device: torch.device
+) -> tuple[nn.Module, nn.Module]:
+    """The network and the criterion (whose CR backbone's training-mode statistics are part of
+    the loss) with SyncBatchNorm under DDP on GPUs (train.sync_batchnorm)."""
+    parts = convert_sync_batchnorm(
+        nn.ModuleList([net, criterion]), info, device, cfg.train.sync_batchnorm
+    )
+    return parts[0], parts[1]
+
+
+def build_state(
     cfg: Config,
     info: DistInfo,
     device: torch.device,
-) -> tuple[nn.Module, ContrastiveLoss | None]:
-    """The network and the CR backbone (whose training-mode statistics are part of the loss)
-    with SyncBatchNorm under DDP on GPUs (train.sync_batchnorm)."""
-    parts = nn.ModuleList([net] if cr_loss is None else [net, cr_loss])
-    parts = convert_sync_batchnorm(parts, info, device, cfg.train.sync_batchnorm)
-    return parts[0], (None if cr_loss is None else parts[1])
+    text_dim: int | None,
+    resume: Mapping[str, Any] | None,
+) -> tuple[TrainState, nn.Module]:
+    """The training state, new or continued from `resume`, and the criterion."""
+    net = build_network(cfg, text_dim, speed_on(cfg, device)).to(device)
+    if cfg.model.init_from and resume is None:
+        load_pretrained(net, cfg.model.init_from)
+    t = cfg.train
+    optimizer = torch.optim.AdamW(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=t.epochs, eta_min=t.lr * t.lr_min_ratio
+    )
+    use_scaler = device.type == "cuda" and cfg.precision.train == "fp16"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    net, criterion = sync_batchnorm(net, build_criterion(cfg.loss, device), cfg, info, device)
+    state = TrainState(cfg, net, text_dim, optimizer, scheduler, scaler)
+    if resume is not None:
+        state.resume(resume, info)
+    return state, criterion
 
 
-def write_protocol_report(cfg: Config, run_dir: Path) -> None:
-    """Print, and save in the run folder, how this run's config departs from the paper's."""
-    report = protocol_report(cfg)
-    (run_dir / "protocol_differences.txt").write_text(report)
-    print(report, end="")
+def parallel_model(net: nn.Module, cfg: Config, info: DistInfo, device: torch.device) -> nn.Module:
+    """`net` as it trains: compiled (speed.compile) and, under torchrun, wrapped in DDP."""
+    model = torch.compile(net) if speed_on(cfg, device).compile else net
+    if info.enabled:
+        ids = [info.local_rank] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return model
+
+
+class BufferSnapshot:
+    """A copy of a network's floating-point buffers (BatchNorm's running statistics), which a
+    non-finite forward pass poisons along with the loss."""
+
+    def __init__(self, net: nn.Module) -> None:
+        self.live = [b for b in net.buffers() if b.is_floating_point()]
+        self.saved = [b.clone() for b in self.live]
+
+    def take(self) -> None:
+        for saved, live in zip(self.saved, self.live, strict=True):
+            saved.copy_(live)
+
+    def restore(self) -> None:
+        for saved, live in zip(self.saved, self.live, strict=True):
+            live.copy_(saved)
+
+
+@dataclass
+class RunSetup:
+    """What stays the same while one process trains."""
+
+    cfg: Config
+    info: DistInfo
+    device: torch.device
+    model: nn.Module  # the network as it trains (see parallel_model)
+    criterion: nn.Module
+    train_loader: DataLoader
+    val_loader: DataLoader
+    sampler: DistributedSampler | None
+    generator: torch.Generator  # shuffles the training split without DDP
+    buffers: BufferSnapshot
+    writer: SummaryWriter | None  # TensorBoard, rank 0 only
+
+
+def save_checkpoint(
+    setup: RunSetup, state: TrainState, path: Path, epochs_done: int, gather: bool = True
+) -> None:
+    """Rank 0 writes the checkpoint of `epochs_done` epochs to `path`, atomically.
+
+    Every rank's RNG state is gathered first (a collective: all ranks call this together),
+    except when interrupted, where ranks may not meet again.
+    """
+    rng: list[Any] = [rng_state()]
+    if setup.info.enabled and gather:
+        rng = [None] * setup.info.world_size
+        torch.distributed.all_gather_object(rng, rng_state())
+    if not setup.info.is_main:
+        return
+    try:
+        save_atomic(state.checkpoint(epochs_done, rng), path)
+    except OSError as e:
+        raise OutputError(
+            f"could not write checkpoint {path} ({e}); the previous {path.name}, if any, is "
+            "intact. Free disk space, then continue with --resume"
+        ) from e
+
+
+def nonfinite_step(setup: RunSetup, state: TrainState, loss: torch.Tensor) -> None:
+    """After a NaN/inf loss on any rank: skip the step (train.nonfinite=skip), or save the
+    weights from before it to last_good.pth and stop."""
+    setup.buffers.restore()
+    where = f"epoch {state.epoch + 1}, step {state.step + 1} (global step {state.global_step + 1})"
+    if setup.cfg.train.nonfinite == "skip":
+        if setup.info.is_main:
+            tqdm.write(f"non-finite loss at {where}: step skipped")
+        state.optimizer.zero_grad(set_to_none=True)
+        return
+    good = setup.cfg.run_dir / "last_good.pth"
+    save_checkpoint(setup, state, good, state.epoch)
+    raise NonFiniteLossError(
+        f"loss is {loss.item()} at {where}; the weights before this step are in {good} and "
+        f"the last completed epoch in {setup.cfg.run_dir / 'last.pth'}. Lower train.lr, "
+        "or set train.nonfinite=skip to skip such steps"
+    )
+
+
+def training_step(setup: RunSetup, state: TrainState, batch: dict) -> torch.Tensor | None:
+    """One optimiser step on `batch`; returns its loss, or None if the loss was not finite."""
+    device = setup.device
+    hazy = batch["hazy"].to(device, non_blocking=True)
+    gt = batch["gt"].to(device, non_blocking=True)
+    text = batch["text"].to(device, non_blocking=True) if "text" in batch else None
+    setup.buffers.take()
+    amp = setup.cfg.precision.train if device.type == "cuda" else "none"  # CPU trains in fp32
+    with autocast(device, amp):
+        loss = setup.criterion(setup.model(hazy, text), gt, hazy)
+    bad = (~torch.isfinite(loss)).float().reshape(1)
+    if all_reduce_sum(bad, setup.info).item() > 0:
+        nonfinite_step(setup, state, loss)
+        return None
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.global_step += 1
+    return loss
+
+
+def train_epoch(setup: RunSetup, state: TrainState) -> None:
+    """One pass over the training split, then one step of the learning-rate schedule."""
+    cfg, writer = setup.cfg, setup.writer
+    setup.generator.manual_seed(stream_seed(cfg.train.seed, state.epoch))
+    if setup.sampler is not None:
+        setup.sampler.set_epoch(state.epoch)
+    setup.model.train()
+    bar = tqdm(
+        setup.train_loader,
+        desc=f"epoch {state.epoch + 1}/{total_epochs(cfg)}",
+        disable=None if setup.info.is_main else True,  # no bar on other ranks or in logs
+        leave=False,
+        dynamic_ncols=True,
+    )
+    for step, batch in enumerate(bar):
+        state.step = step
+        loss = training_step(setup, state, batch)
+        if loss is not None and writer is not None:
+            lr, value = state.optimizer.param_groups[0]["lr"], loss.item()
+            bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
+            writer.add_scalar("train/loss", value, state.global_step)
+            writer.add_scalar("train/lr", lr, state.global_step)
+    state.scheduler.step()
+
+
+@torch.no_grad()
+def validate(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    cfg: Config,
+    info: DistInfo,
+) -> tuple[float, float, torch.Tensor | None]:
+    """Mean PSNR/SSIM over the loader (reduced over ranks), and a few hazy|output|GT triplets.
+
+    Runs in `precision.eval` (the protocol's fp32 by default), not the training autocast.
+    """
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    triplets: list[torch.Tensor] = []
+    for batch in loader:
+        hazy, gt = batch["hazy"].to(device), batch["gt"].to(device)
+        text = batch["text"].to(device) if "text" in batch else None
+        with autocast(device, cfg.precision.eval):
+            out = model(hazy, text)
+        out01, gt01 = from_model_range(out.float()), from_model_range(gt)
+        count = torch.tensor(len(hazy), device=device)
+        totals += torch.stack([psnr(out01, gt01).sum(), ssim(out01, gt01).sum(), count]).to(totals)
+        if len(triplets) < cfg.train.log_images:
+            for h, o, g in zip(from_model_range(hazy), out01, gt01, strict=True):
+                triplets.append(torch.cat([h, o, g], dim=-1).cpu())
+    all_reduce_sum(totals, info)
+    grid = torch.stack(triplets[: cfg.train.log_images]) if triplets else None
+    n = max(totals[2].item(), 1.0)
+    return totals[0].item() / n, totals[1].item() / n, grid
+
+
+def validate_and_log(setup: RunSetup, state: TrainState, result: dict[str, Any]) -> None:
+    """Validate after the current epoch, log it (rank 0: TensorBoard, image sheets in
+    samples/, one line) and write best.pth when the PSNR improved."""
+    epoch = state.epoch + 1
+    val_psnr, val_ssim, grid = validate(
+        setup.model, setup.val_loader, setup.device, setup.cfg, setup.info
+    )
+    improved = val_psnr > state.best_psnr
+    state.best_psnr = max(state.best_psnr, val_psnr)
+    result.update(best_psnr=state.best_psnr, last_psnr=val_psnr, last_ssim=val_ssim)
+    if setup.writer is not None:
+        setup.writer.add_scalar("val/psnr", val_psnr, epoch)
+        setup.writer.add_scalar("val/ssim", val_ssim, epoch)
+        if grid is not None:
+            setup.writer.add_images("val/hazy|output|gt", grid, epoch)
+            sheet = make_grid(grid, nrow=1, padding=4, pad_value=1.0)
+            samples = setup.cfg.run_dir / "samples"
+            write_rgb(samples / "val_latest.png", sheet)
+            if improved:
+                write_rgb(samples / "val_best.png", sheet)
+        tqdm.write(
+            f"epoch {epoch}: val PSNR {val_psnr:.2f} SSIM {val_ssim:.4f} "
+            f"(best {state.best_psnr:.2f})"
+        )
+    if improved:
+        save_checkpoint(setup, state, setup.cfg.run_dir / "best.pth", epoch)
+
+
+def save_interrupted(setup: RunSetup, state: TrainState) -> NoReturn:
+    """Ctrl-C: save the current weights to interrupted.pth and exit with status 130."""
+    path = setup.cfg.run_dir / "interrupted.pth"
+    save_checkpoint(setup, state, path, state.epoch, gather=False)
+    if setup.info.is_main:
+        print(
+            f"\ninterrupted in epoch {state.epoch + 1}, step {state.step + 1}: current weights "
+            f"saved to {path}; `--resume` continues from {setup.cfg.run_dir / 'last.pth'} "
+            "(last completed epoch)",
+            file=sys.stderr,
+        )
+    raise SystemExit(130)
+
+
+def fit(setup: RunSetup, state: TrainState, end_epoch: int) -> dict[str, Any]:
+    """Train the epochs from state.epoch to `end_epoch`, validating every train.eval_freq
+    epochs and after the last; last.pth is written after every epoch."""
+    cfg = setup.cfg
+    result: dict[str, Any] = {"best_psnr": state.best_psnr, "run_dir": str(cfg.run_dir)}
+    try:
+        for epoch in range(state.epoch, end_epoch):
+            state.epoch = epoch
+            train_epoch(setup, state)
+            if (epoch + 1) % cfg.train.eval_freq == 0 or epoch + 1 == total_epochs(cfg):
+                validate_and_log(setup, state, result)
+            save_checkpoint(setup, state, cfg.run_dir / "last.pth", epoch + 1)
+    except KeyboardInterrupt:
+        save_interrupted(setup, state)
+    finally:
+        if setup.writer is not None:
+            setup.writer.close()
+    return result
+
+
+def train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str] | None) -> dict:
+    """One run, step by step; returns the best validation PSNR/SSIM and the run folder."""
+    device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
+    resume = prepare_run_folder(cfg, args.resume)
+    if resume is not None and resume["epoch"] == total_epochs(cfg):
+        if info.is_main and not args.prepare_domains:
+            print(
+                f"nothing to do: {cfg.run_dir / 'last.pth'} has finished all "
+                f"{total_epochs(cfg)} epochs (train.epochs=N with --resume trains it longer)"
+            )
+        return {"best_psnr": resume["best_psnr"], "run_dir": str(cfg.run_dir)}
+    splits = prepare_data(cfg, info)
+    seed_everything(stream_seed(cfg.train.seed, info.rank))
+    text_dim = attach_text_features(cfg, info, device, splits)
+    if args.prepare_domains:
+        return {}
+    if info.is_main:
+        record_run(cfg, argv)
+
+    generator = torch.Generator()
+    train_loader, val_loader, sampler = make_loaders(cfg, info, *splits, generator)
+    state, criterion = build_state(cfg, info, device, text_dim, resume)
+    model = parallel_model(state.net, cfg, info, device)
+    writer = SummaryWriter(str(cfg.run_dir / "tensorboard")) if info.is_main else None
+    setup = RunSetup(
+        cfg,
+        info,
+        device,
+        model,
+        criterion,
+        train_loader,
+        val_loader,
+        sampler,
+        generator,
+        BufferSnapshot(state.net),
+        writer,
+    )
+    end_epoch = total_epochs(cfg)
+    if args.stop_after_epochs is not None:
+        end_epoch = min(end_epoch, state.epoch + args.stop_after_epochs)
+    result = fit(setup, state, end_epoch)
+    if info.is_main and end_epoch < total_epochs(cfg):
+        validated = state.best_psnr > -math.inf
+        best = f"best validation PSNR so far {state.best_psnr:.2f} dB, " if validated else ""
+        print(
+            f"stopped after epoch {end_epoch} of {total_epochs(cfg)}; continue with --resume "
+            f"({best}checkpoints in {cfg.run_dir})"
+        )
+    elif info.is_main:
+        print(f"done: best validation PSNR {state.best_psnr:.2f} dB, checkpoints in {cfg.run_dir}")
+    return result
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -355,244 +703,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return {}
     info = init_distributed()
     try:
-        return _train(cfg, args, info, argv)
+        return train(cfg, args, info, argv)
     finally:
         cleanup(info)
-
-
-def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str] | None) -> dict:
-    device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
-    run_dir = cfg.run_dir
-    last_path, best_path = run_dir / "last.pth", run_dir / "best.pth"
-
-    resume_ckpt = None
-    if args.resume:
-        resume_ckpt = checkpoint_to_resume(cfg, last_path)
-        if resume_ckpt["epoch"] == total_epochs(cfg):
-            if info.is_main and not args.prepare_domains:
-                print(
-                    f"nothing to do: {last_path} has finished all {total_epochs(cfg)} epochs "
-                    "(train.epochs=N with --resume trains it longer)"
-                )
-            return {"best_psnr": resume_ckpt["best_psnr"], "run_dir": str(run_dir)}
-    elif last_path.exists() or best_path.exists():
-        raise FileExistsError(
-            f"{run_dir} already holds checkpoints: pass --resume to continue that run, "
-            "or choose another exp_name=... / output_dir=..."
-        )
-
-    if info.is_main:
-        generate_if_configured(cfg.data)
-    barrier(info)
-
-    check_data(cfg, info)
-    seed_everything(stream_seed(cfg.train.seed, info.rank))
-    train_text = test_text = None
-    text_dim = None
-    if needs_text(cfg):
-        train_text = text_features(cfg, cfg.data.train_split, info, device)
-        test_text = text_features(cfg, cfg.data.test_split, info, device)
-        text_dim = embedding_width(cfg.clip.arch)
-    if args.prepare_domains:
-        return {}
-    if info.is_main:
-        record_run(cfg, run_dir, argv)
-
-    generator = torch.Generator()
-    train_loader, val_loader, sampler = make_loaders(cfg, info, train_text, test_text, generator)
-
-    speed = speed_on(cfg, device)
-    net = build_network(cfg, text_dim, speed).to(device)
-    if cfg.model.init_from and resume_ckpt is None:
-        load_pretrained(net, cfg.model.init_from)
-    optimizer = torch.optim.AdamW(
-        net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=cfg.train.epochs, eta_min=cfg.train.lr * cfg.train.lr_min_ratio
-    )
-    use_scaler = device.type == "cuda" and cfg.precision.train == "fp16"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    cr_loss = None
-    if cfg.loss.cr_weight > 0:
-        loss_cfg = cfg.loss
-        cr_loss = build_contrastive_loss(
-            loss_cfg.resnet_weights, loss_cfg.resnet_imagenet_norm, loss_cfg.resnet_batchnorm
-        ).to(device)
-    net, cr_loss = sync_batchnorm(net, cr_loss, cfg, info, device)
-
-    start_epoch, best_psnr, global_step = 0, -math.inf, 0
-    if resume_ckpt is not None:
-        net.load_state_dict(resume_ckpt["model"])
-        optimizer.load_state_dict(resume_ckpt["optimizer"])
-        scheduler.load_state_dict(resume_ckpt["scheduler"])
-        scaler.load_state_dict(resume_ckpt["scaler"])
-        start_epoch, best_psnr = resume_ckpt["epoch"], resume_ckpt["best_psnr"]
-        global_step = resume_ckpt["global_step"]
-        set_rng_state(resume_ckpt["rng"][min(info.rank, len(resume_ckpt["rng"]) - 1)])
-        if info.is_main:
-            print(f"resuming {last_path} after epoch {start_epoch} (best PSNR {best_psnr:.2f})")
-        planned = resume_ckpt["config"]["train"]["epochs"]
-        if planned != cfg.train.epochs:
-            before = optimizer.param_groups[0]["lr"]
-            replan_schedule(optimizer, scheduler, cfg.train.epochs, start_epoch)
-            if info.is_main:
-                print(
-                    f"train.epochs {planned} -> {cfg.train.epochs}: the cosine schedule is "
-                    f"re-planned for {cfg.train.epochs} epochs, so the learning rate goes from "
-                    f"{before:.3g} to {optimizer.param_groups[0]['lr']:.3g}"
-                )
-
-    model: nn.Module = net
-    if speed.compile:
-        model = torch.compile(model)
-    if info.enabled:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.local_rank] if device.type == "cuda" else None
-        )
-
-    stats = [b for b in net.buffers() if b.is_floating_point()]
-    stats_before = [b.clone() for b in stats]
-    writer = SummaryWriter(str(run_dir / "tensorboard")) if info.is_main else None
-
-    def payload(epoch: int, gather: bool = True) -> dict[str, Any]:
-        """Everything needed to continue or evaluate the run, `epoch` = epochs completed.
-
-        Every rank's RNG state is gathered (a collective: all ranks call this together), except
-        when interrupted, where ranks may not meet again.
-        """
-        rng: list[Any] = [rng_state()]
-        if info.enabled and gather:
-            rng = [None] * info.world_size
-            torch.distributed.all_gather_object(rng, rng_state())
-        return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "model": net.state_dict(),
-            "model_name": cfg.model.name,
-            "text_dim": text_dim,
-            "config": config_to_dict(cfg),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "epoch": epoch,
-            "global_step": global_step,
-            "best_psnr": best_psnr,
-            "rng": rng,
-        }
-
-    def save(obj: dict[str, Any], path: Path) -> None:
-        if not info.is_main:
-            return
-        try:
-            save_atomic(obj, path)
-        except OSError as e:
-            raise OSError(
-                f"could not write checkpoint {path} ({e}); the previous {path.name}, if any, is "
-                "intact. Free disk space, then continue with --resume"
-            ) from e
-
-    end_epoch = total_epochs(cfg)
-    if args.stop_after_epochs is not None:
-        end_epoch = min(end_epoch, start_epoch + args.stop_after_epochs)
-    result: dict[str, Any] = {"best_psnr": best_psnr, "run_dir": str(run_dir)}
-    epoch, step = start_epoch, 0
-    try:
-        for epoch in range(start_epoch, end_epoch):
-            generator.manual_seed(stream_seed(cfg.train.seed, epoch))
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            model.train()
-            bar = tqdm(
-                train_loader,
-                desc=f"epoch {epoch + 1}/{total_epochs(cfg)}",
-                disable=None if info.is_main else True,  # no bar on other ranks or in logs
-                leave=False,
-                dynamic_ncols=True,
-            )
-            for step, batch in enumerate(bar):
-                hazy = batch["hazy"].to(device, non_blocking=True)
-                gt = batch["gt"].to(device, non_blocking=True)
-                text = batch["text"].to(device, non_blocking=True) if "text" in batch else None
-                # A non-finite forward pass also poisons BatchNorm's running statistics.
-                for saved, live in zip(stats_before, stats, strict=True):
-                    saved.copy_(live)
-                with autocast(device, train_amp(cfg, device)):
-                    out = model(hazy, text)
-                    loss = training_loss(out, gt, hazy, cr_loss, cfg.loss.cr_weight)
-                bad = (~torch.isfinite(loss)).float().reshape(1)
-                if all_reduce_sum(bad, info).item() > 0:
-                    for saved, live in zip(stats_before, stats, strict=True):
-                        live.copy_(saved)
-                    where = f"epoch {epoch + 1}, step {step + 1} (global step {global_step + 1})"
-                    if cfg.train.nonfinite == "skip":
-                        if info.is_main:
-                            tqdm.write(f"non-finite loss at {where}: step skipped")
-                        optimizer.zero_grad(set_to_none=True)
-                        continue
-                    good = run_dir / "last_good.pth"
-                    save(payload(epoch), good)
-                    raise NonFiniteLossError(
-                        f"loss is {loss.item()} at {where}; the weights before this step are in "
-                        f"{good} and the last completed epoch in {last_path}. Lower train.lr, "
-                        "or set train.nonfinite=skip to skip such steps"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                global_step += 1
-                if writer is not None:
-                    lr = optimizer.param_groups[0]["lr"]
-                    value = loss.item()
-                    bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
-                    writer.add_scalar("train/loss", value, global_step)
-                    writer.add_scalar("train/lr", lr, global_step)
-            scheduler.step()
-
-            if (epoch + 1) % cfg.train.eval_freq == 0 or epoch + 1 == total_epochs(cfg):
-                val_psnr, val_ssim, grid = validate(model, val_loader, device, cfg, info)
-                improved = val_psnr > best_psnr
-                best_psnr = max(best_psnr, val_psnr)
-                result.update(best_psnr=best_psnr, last_psnr=val_psnr, last_ssim=val_ssim)
-                if writer is not None:
-                    writer.add_scalar("val/psnr", val_psnr, epoch + 1)
-                    writer.add_scalar("val/ssim", val_ssim, epoch + 1)
-                    if grid is not None:
-                        writer.add_images("val/hazy|output|gt", grid, epoch + 1)
-                        sheet = make_grid(grid, nrow=1, padding=4, pad_value=1.0)
-                        write_rgb(run_dir / "samples" / "val_latest.png", sheet)
-                        if improved:
-                            write_rgb(run_dir / "samples" / "val_best.png", sheet)
-                    tqdm.write(
-                        f"epoch {epoch + 1}: val PSNR {val_psnr:.2f} SSIM {val_ssim:.4f} "
-                        f"(best {best_psnr:.2f})"
-                    )
-                if improved:
-                    save(payload(epoch + 1), best_path)
-            save(payload(epoch + 1), last_path)
-    except KeyboardInterrupt:
-        interrupted = run_dir / "interrupted.pth"
-        save(payload(epoch, gather=False), interrupted)
-        if info.is_main:
-            print(
-                f"\ninterrupted in epoch {epoch + 1}, step {step + 1}: current weights saved to "
-                f"{interrupted}; `--resume` continues from {last_path} (last completed epoch)",
-                file=sys.stderr,
-            )
-        raise SystemExit(130) from None
-    finally:
-        if writer is not None:
-            writer.close()
-    if info.is_main and end_epoch < total_epochs(cfg):
-        best = f"best validation PSNR so far {best_psnr:.2f} dB, " if best_psnr > -math.inf else ""
-        print(
-            f"stopped after epoch {end_epoch} of {total_epochs(cfg)}; continue with --resume "
-            f"({best}checkpoints in {run_dir})"
-        )
-    elif info.is_main:
-        print(f"done: best validation PSNR {best_psnr:.2f} dB, checkpoints in {run_dir}")
-    return result
 
 
 if __name__ == "__main__":

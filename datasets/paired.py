@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from utils.errors import DataError
 from utils.image import (
     IMAGE_EXTENSIONS,
     PathLike,
@@ -107,6 +108,23 @@ def _text_lookup(
     return found, missing
 
 
+def _unmatched(have: set[str], other: set[str], lacking: str) -> list[str]:
+    """The problem of the names in `have` without a counterpart in `other`, if there are any."""
+    unmatched = sorted(have - other)
+    if not unmatched:
+        return []
+    other_stems = {Path(n).stem for n in other - have}
+    near = any(Path(n).stem in other_stems for n in unmatched)
+    hint = " (names must match including the extension)" if near else ""
+    return [
+        f"{len(unmatched)} image(s) without a {lacking} counterpart{hint}: {_name_list(unmatched)}"
+    ]
+
+
+def _missing_text(names: list[str]) -> list[str]:
+    return [f"no text feature for {len(names)} image(s): {_name_list(names)}"] if names else []
+
+
 class PairedDataset(Dataset):
     """Hazy/GT pairs of one split; samples are dicts of (3, H, W) float32 tensors in [-1, 1].
 
@@ -123,7 +141,7 @@ class PairedDataset(Dataset):
 
     Sample keys: hazy, gt, name (file name) and, with text_features, text (1, D).
     Every problem with the split (missing folders, unmatched or unreadable files, size
-    mismatches, missing text features) is reported together in one ValueError. Only file
+    mismatches, missing text features) is reported together in one DataError. Only file
     headers are read here, so opening a large split is cheap; a file whose pixels are
     corrupt is reported by name when it is loaded.
     """
@@ -141,7 +159,7 @@ class PairedDataset(Dataset):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if patch_size < 1:
-            raise ValueError(f"patch_size must be positive, got {patch_size}")
+            raise DataError(f"patch_size must be positive, got {patch_size}")
         self.mode = mode
         self.patch_size = patch_size
         self.edge_decay = edge_decay
@@ -150,16 +168,22 @@ class PairedDataset(Dataset):
 
         names, self.sizes, problems = self._scan()
         self.text, missing_text = _text_lookup(text_features, names)
-        if missing_text:
-            problems.append(
-                f"no text feature for {len(missing_text)} image(s): {_name_list(missing_text)}"
-            )
-        if problems:
-            details = "\n".join(f"  - {p}" for p in problems)
-            raise ValueError(f"invalid dataset split {self.split_dir}:\n{details}")
+        self._refuse([*problems, *_missing_text(missing_text)])
         self.names = names
         self.hazy_paths = [self.split_dir / "hazy" / n for n in names]
         self.gt_paths = [self.split_dir / "GT" / n for n in names]
+
+    def _refuse(self, problems: list[str]) -> None:
+        """One DataError naming the split and every problem found in it, if any."""
+        if problems:
+            details = "\n".join(f"  - {p}" for p in problems)
+            raise DataError(f"invalid dataset split {self.split_dir}:\n{details}")
+
+    def set_text_features(self, text_features: Mapping[str, torch.Tensor]) -> None:
+        """Give every sample its image's CLIP text feature (as `text_features=` does)."""
+        text, missing = _text_lookup(text_features, self.names)
+        self._refuse(_missing_text(missing))
+        self.text = text
 
     def _scan(self) -> tuple[list[str], dict[str, tuple[int, int]], list[str]]:
         """Matched file names, their (height, width), and a list of every problem found."""
@@ -177,18 +201,7 @@ class PairedDataset(Dataset):
         hazy = {p.name for p in list_images(folders["hazy"])}
         if not gt and not hazy:
             return [], {}, [f"no images in {folders['GT']} or {folders['hazy']}"]
-        for have, other, lacking in ((hazy, gt, "GT"), (gt, hazy, "hazy")):
-            unmatched = sorted(have - other)
-            if unmatched:
-                hint = ""
-                other_stems = {Path(n).stem for n in other - have}
-                if any(Path(n).stem in other_stems for n in unmatched):
-                    hint = " (names must match including the extension)"
-                problems.append(
-                    f"{len(unmatched)} image(s) without a {lacking} counterpart"
-                    f"{hint}: {_name_list(unmatched)}"
-                )
-
+        problems += _unmatched(hazy, gt, "GT") + _unmatched(gt, hazy, "hazy")
         names = sorted(gt & hazy)
         pair_size: dict[str, tuple[int, int]] = {}
         unreadable, mismatched = [], []
@@ -215,7 +228,7 @@ class PairedDataset(Dataset):
         """Decode every image once, so a corrupt file fails now rather than mid-training.
 
         The constructor reads headers only; a truncated file with an intact header is caught
-        here. Every undecodable file is named in one ValueError.
+        here. Every undecodable file is named in one DataError.
         """
         paths = [*self.hazy_paths, *self.gt_paths]
 
@@ -231,10 +244,7 @@ class PairedDataset(Dataset):
             results = list(bar)
         bad = [r for r in results if r is not None]
         if bad:
-            raise ValueError(
-                f"invalid dataset split {self.split_dir}:\n  - {len(bad)} undecodable image(s): "
-                + _name_list(bad)
-            )
+            self._refuse([f"{len(bad)} undecodable image(s): {_name_list(bad)}"])
 
     def __len__(self) -> int:
         return len(self.names)
@@ -243,7 +253,7 @@ class PairedDataset(Dataset):
         name = self.names[idx]
         hazy, gt = read_rgb(self.hazy_paths[idx]), read_rgb(self.gt_paths[idx])
         if hazy.shape != gt.shape:
-            raise ValueError(f"{name}: hazy {hazy.shape} and GT {gt.shape} sizes differ")
+            raise DataError(f"{name}: hazy {hazy.shape} and GT {gt.shape} sizes differ")
         imgs = [hazy, gt]
         if self.mode != "test":
             imgs = _pad_to(imgs, self.patch_size)

@@ -19,6 +19,7 @@ import numpy as np
 from utils.cli import positive_int, run
 from utils.config import DataConfig, SyntheticConfig
 from utils.domain_labels import labels_file, write_domain_labels
+from utils.errors import OutputExistsError
 from utils.image import PathLike, write_rgb
 
 # The command's output folder, and the only place a config's data.synthetic.enabled writes to.
@@ -173,7 +174,7 @@ def write_new_dataset(root: PathLike, syn: SyntheticConfig) -> Path:
     """
     root = Path(root)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{root} already exists and is not empty: remove it, or write somewhere else"
         )
     partial = root.with_name(f".{root.name}.partial")

@@ -21,6 +21,7 @@ import torch
 from datasets.synthetic import make_synthetic_dataset
 from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.config import ConfigError
+from utils.errors import DataError, OutputError
 from utils.image import read_rgb, write_rgb
 
 from .helpers import REPO, load_entry, train_args
@@ -161,7 +162,7 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(data_root, tmp_pat
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr("utils.checkpoint.torch.save", save_until_disk_fills)
-    with pytest.raises(OSError, match=r"could not write checkpoint .*No space left.*intact"):
+    with pytest.raises(OutputError, match=r"could not write checkpoint .*No space left.*intact"):
         train.main(train_args(data_root, tmp_path))
     monkeypatch.undo()
     run = tmp_path / "run"
@@ -230,7 +231,7 @@ def test_predict_output_folder_not_writable(trained, tmp_path):
     if os.geteuid() != 0:  # root ignores permission bits
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
-        with pytest.raises(PermissionError, match="not writable"):
+        with pytest.raises(OutputError, match="not writable"):
             predict.main(["--ckpt", str(trained / "last.pth"), str(img), "--out", str(locked)])
         shutil.rmtree(locked, ignore_errors=True)
 
@@ -271,6 +272,11 @@ def test_unknown_clip_arch_is_rejected_before_the_data_check(tmp_path):
     with pytest.raises(ConfigError, match=r"clip\.arch.*'ViT-B-23'.*ViT-B-32") as e:
         train.main(args)
     assert len(str(e.value)) < 200
+
+
+def test_resume_without_a_checkpoint_names_the_file(tmp_path):
+    with pytest.raises(CheckpointError, match=r"--resume: no checkpoint at .*run/last\.pth"):
+        train.main([*train_args(tmp_path / "no-data", tmp_path), "--resume"])
 
 
 def test_missing_dataset_names_every_split_and_the_key(tmp_path):
@@ -320,7 +326,7 @@ def test_test_py_from_another_folder_names_the_relative_path_and_the_way_out(
     ckpt["config"]["data"]["root"] = "data/synthetic"  # as the quickstart records it
     torch.save(ckpt, tmp_path / "best.pth")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError) as e:
+    with pytest.raises(DataError) as e:
         evaluate.main(["--ckpt", "best.pth"])
     msg = str(e.value)
     assert "data/synthetic/test" in msg and "data.root" in msg

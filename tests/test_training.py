@@ -7,6 +7,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from datasets import paired
 from utils.builders import build_network
 from utils.checkpoint import load_checkpoint
 from utils.config import load_config
@@ -28,7 +29,9 @@ def test_validation_runs_in_the_eval_precision_not_the_training_one(data_root):
                 *("model.depths=[1,1,1,1,1]", *overrides),
             ],
         )
-        _, loader, _ = train.make_loaders(cfg, DistInfo(), None, None, torch.Generator())
+        _, loader, _ = train.make_loaders(
+            cfg, DistInfo(), *train.open_splits(cfg), torch.Generator()
+        )
         torch.manual_seed(0)
         net = build_network(cfg, None, speed_on(cfg, torch.device("cpu")))
         return train.validate(net, loader, torch.device("cpu"), cfg, DistInfo())[0]
@@ -48,7 +51,7 @@ def test_train_classifies_on_its_own_device(monkeypatch, tmp_path):
 
     monkeypatch.setattr(train, "domain_text_features", fake_features)
     cfg = train.load_config(None, [f"data.root={tmp_path}"])
-    train.text_features(cfg, "test", DistInfo(), torch.device("cuda", 0))
+    train.text_features(cfg, tmp_path / "test", DistInfo(), torch.device("cuda", 0))
     assert devices == ["cuda:0"]
 
 
@@ -82,3 +85,17 @@ def test_extra_epoch_at_the_final_lr_and_whole_image_validation(data_root, tmp_p
 def test_run_folder_says_how_the_run_compares_with_the_paper(trained):
     report = (trained / "protocol_differences.txt").read_text()
     assert report.startswith("protocol: no published setting for data.root=")
+
+
+def test_each_split_is_opened_once_per_run(data_root, tmp_path, monkeypatch):
+    headers = []
+    real = paired.image_size
+
+    def counting_image_size(path):
+        headers.append(path)
+        return real(path)
+
+    monkeypatch.setattr(paired, "image_size", counting_image_size)
+    train.main(train_args(data_root, tmp_path, "model.name=mixdehazenet-t", "train.epochs=1"))
+    pairs = len(list(data_root.glob("*/hazy/*.png")))
+    assert len(headers) == 2 * pairs  # one hazy and one GT header per pair

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from utils.checkpoint import save_atomic
 from utils.config import DEFAULT_DOMAINS, DEFAULT_TEMPLATE, ClipPrecision, ConfigError
 from utils.image import PathLike, read_rgb
 
@@ -499,10 +500,7 @@ def prepare_domains(
         "text_emb": text_emb,
         "record": {**record, "images": images},
     }
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_name(f"{cache_file.name}.tmp{os.getpid()}")
-    torch.save(data, tmp)
-    os.replace(tmp, cache_file)
+    save_atomic(data, cache_file)
     cache = _to_cache(data, mode)
     print("CLIP domains: " + ", ".join(f"{d} {c}" for d, c in cache.counts().items()))
     return cache

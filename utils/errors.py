@@ -26,3 +26,11 @@ class CheckpointError(UserError, ValueError):
 
 class WeightsError(UserError, FileNotFoundError):
     """Pretrained weights (CLIP, ResNet-152, MixDehazeNet) are missing or unusable."""
+
+
+class OutputError(UserError, OSError):
+    """An output cannot be written where asked (a folder that is not writable, a full disk)."""
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """Earlier outputs (checkpoints, results, images, a dataset) are where new ones would go."""

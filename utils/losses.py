@@ -10,8 +10,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from utils.config import CRBatchNorm
+from utils.config import CRBatchNorm, LossConfig
 from utils.distributed import all_reduce_sum_with_grad
+from utils.errors import WeightsError
 from utils.image import from_model_range
 
 CR_LAYER_WEIGHTS = (1 / 16, 1 / 8, 1 / 4, 1.0)
@@ -87,7 +88,7 @@ def build_contrastive_loss(
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
-            raise FileNotFoundError(
+            raise WeightsError(
                 f"loss.resnet_weights: {path} does not exist; point it at torchvision's "
                 "resnet152-394f9c45.pth (or set loss.cr_weight=0 to train without CR)"
             )
@@ -100,7 +101,7 @@ def build_contrastive_loss(
                 weights=torchvision.models.ResNet152_Weights.IMAGENET1K_V1
             )
         except Exception as e:
-            raise RuntimeError(
+            raise WeightsError(
                 "could not load ImageNet ResNet-152 weights for the contrastive loss "
                 f"({type(e).__name__}: {e}). Without internet, download "
                 "https://download.pytorch.org/models/resnet152-394f9c45.pth elsewhere and set "
@@ -110,6 +111,32 @@ def build_contrastive_loss(
     return ContrastiveLoss(resnet_slices(resnet), imagenet_norm, batchnorm)
 
 
+class Criterion(nn.Module):
+    """The training loss, L1(output, GT) + cr_weight * CR(output, GT, hazy), in fp32 whatever
+    the autocast. A new loss term is a new argument here and a line in `forward`."""
+
+    def __init__(self, cr: ContrastiveLoss | None = None, cr_weight: float = 0.0) -> None:
+        super().__init__()
+        self.cr = cr
+        self.cr_weight = cr_weight
+
+    def forward(self, output: torch.Tensor, gt: torch.Tensor, hazy: torch.Tensor) -> torch.Tensor:
+        loss = F.l1_loss(output.float(), gt)
+        if self.cr is not None:
+            loss = loss + self.cr_weight * self.cr(output.float(), gt, hazy.float())
+        return loss
+
+
+def build_criterion(cfg: LossConfig, device: torch.device) -> Criterion:
+    """The loss the `loss` section asks for; the ResNet is built only when cr_weight > 0."""
+    cr = None
+    if cfg.cr_weight > 0:
+        cr = build_contrastive_loss(
+            cfg.resnet_weights, cfg.resnet_imagenet_norm, cfg.resnet_batchnorm
+        )
+    return Criterion(cr, cfg.cr_weight).to(device)
+
+
 def training_loss(
     output: torch.Tensor,
     gt: torch.Tensor,
@@ -117,8 +144,5 @@ def training_loss(
     cr: ContrastiveLoss | None,
     cr_weight: float,
 ) -> torch.Tensor:
-    """L1(output, GT) + cr_weight * CR(output, GT, hazy), in fp32 whatever the autocast."""
-    loss = F.l1_loss(output.float(), gt)
-    if cr is not None:
-        loss = loss + cr_weight * cr(output.float(), gt, hazy.float())
-    return loss
+    """`Criterion(cr, cr_weight)` as a function (bench/ddp_equality.py)."""
+    return Criterion(cr, cr_weight)(output, gt, hazy)
