@@ -11,7 +11,7 @@ Settings:
   mixdehazenet-t     the baseline, no text
   mixcl-t            the paper's concat fusion through scaled_dot_product_attention (default)
   mixcl-t-explicit   the same with the (H*W x D) attention map written out
-  mixcl-t-upstream   the straightforward computation (bench.common.STRAIGHTFORWARD; ~4 GB at 1024)
+  mixcl-t-upstream   the straightforward computation (utils.config.STRAIGHTFORWARD; ~4 GB at 1024)
 
 Usage: python -m bench.bench_fusion [--size 1024] [--repeats 3] [--json results.json]
 """
@@ -24,8 +24,9 @@ from typing import Any
 
 import torch
 
-from bench.common import STRAIGHTFORWARD, inference_call, measure, report, run_isolated
+from bench.common import inference_call, measure, report, run_isolated
 from utils.cli import positive_int
+from utils.config import STRAIGHTFORWARD
 
 SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "mixdehazenet-t": ("mixdehazenet-t", {}),

@@ -31,22 +31,12 @@ import torch
 
 from models import build_model
 from utils.cli import positive_int
-from utils.config import Config
+from utils.config import STRAIGHTFORWARD, Config
 from utils.devices import autocast, speed_on
 from utils.image import to_model_range
 
 MIB = 2**20
 
-# The straightforward computation (the authors' code): three padded depthwise convs, the
-# explicit (H*W x D) attention map, the unused text branch computed, NCHW activations, whole
-# maps in inference. Every benchmark compares against it.
-STRAIGHTFORWARD: dict[str, Any] = {
-    "fused_dwconv": False,
-    "attention": "explicit",
-    "text_branch": True,
-    "channels_last": False,
-    "strips": False,
-}
 # Model overrides of each compared setting: the straightforward computation, the device's
 # defaults ("optimised", utils.config.DEVICE_SPEED), and those with one speed option switched.
 SPEED_SETTINGS: dict[str, dict[str, Any]] = {
