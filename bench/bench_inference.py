@@ -2,11 +2,11 @@
 
 On CPU each (setting, precision, size) runs in its own fresh process (bench.common.run_isolated;
 `--in-process` skips that for quick checks): the model and a random image are built, one
-warm-up call is made, then the timed calls run under torch.inference_mode. Peak memory is the
+warm-up call is made, then the timed calls run under torch.inference_mode. Peak memory is what
+the forward pass adds on top of the loaded model and input (bench.common.measure): on CPU the
 high-water mark of resident memory during the timed calls minus the resident size just before
-them (bench.common.measure): what the forward pass adds on top of the loaded model and input.
-On CUDA every measurement runs in this process and the peak is the allocator's
-(bench.common.measure_cuda); a size that runs out of GPU memory is recorded as such. "B/px" is
+them; on CUDA, where every measurement runs in this process, the allocator's peak. A size that
+runs out of GPU memory is recorded as such. "B/px" is
 that peak per input pixel (predict.py's memory estimate); "x prev" gives how pixels, time and
 memory grew from the previous size (linear growth: time and memory grow as the pixels do). On
 CPU a size whose predicted peak (B/px of the previous size) exceeds half the memory available
