@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from bench.common import parse_size, report, time_calls
+from bench.common import parse_size, report, summarize, time_calls
 from datasets import PairedDataset
 from datasets.synthetic import make_synthetic_dataset
 from utils.cli import positive_int
@@ -61,13 +61,13 @@ def measure_loader(
         for _ in loader:
             pass
 
-    timing = time_calls(epoch, repeats, warmup=1)
+    timing = summarize(time_calls(epoch, repeats, warmup=1))
     return {
         "workers": workers,
-        **timing.summary(),
-        "pairs_per_s": len(dataset) / timing.median,
-        "min_pairs_per_s": len(dataset) / max(timing.times),
-        "max_pairs_per_s": len(dataset) / min(timing.times),
+        **timing,
+        "pairs_per_s": len(dataset) / timing["median_s"],
+        "min_pairs_per_s": len(dataset) / timing["max_s"],
+        "max_pairs_per_s": len(dataset) / timing["min_s"],
     }
 
 

@@ -2,11 +2,11 @@
 
 On CPU each (setting, precision, size) runs in its own fresh process (bench.common.run_isolated;
 `--in-process` skips that for quick checks): the model and a random image are built, one
-warm-up call is made, then the timed calls run under torch.inference_mode. Peak memory is the
+warm-up call is made, then the timed calls run under torch.inference_mode. Peak memory is what
+the forward pass adds on top of the loaded model and input (bench.common.measure): on CPU the
 high-water mark of resident memory during the timed calls minus the resident size just before
-them (bench.common.measure): what the forward pass adds on top of the loaded model and input.
-On CUDA every measurement runs in this process and the peak is the allocator's
-(bench.common.measure_cuda); a size that runs out of GPU memory is recorded as such. "B/px" is
+them; on CUDA, where every measurement runs in this process, the allocator's peak. A size that
+runs out of GPU memory is recorded as such. "B/px" is
 that peak per input pixel (predict.py's memory estimate); "x prev" gives how pixels, time and
 memory grew from the previous size (linear growth: time and memory grow as the pixels do). On
 CPU a size whose predicted peak (B/px of the previous size) exceeds half the memory available
@@ -20,6 +20,9 @@ Settings (model arguments, see models.MixDehazeNet):
   -channels_last, -strips, +fused_dwconv, +explicit, +text_branch, +compile
                     the defaults with one option changed (at --option-size only)
 Sizes are a side ('1024') or WxH ('3840x2160'); precisions are autocast's, 'none' is fp32.
+What the text fusion costs: `--models mixdehazenet-t mixcl-t --sizes 1024 --option-size 1024
+--settings optimised +explicit` (the network without fusion, with it, and with its attention map
+written out).
 
 Usage: python -m bench.bench_inference [--models mixcl-t] [--sizes 256 512 1024 2048]
        [--option-size 512] [--settings ...] [--precisions none] [--device cpu]
@@ -29,6 +32,7 @@ Usage: python -m bench.bench_inference [--models mixcl-t] [--sizes 256 512 1024 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -43,9 +47,8 @@ from bench.common import (
     SPEED_SETTINGS,
     fmt,
     free_cuda_memory,
-    inference_call,
     measure,
-    measure_cuda,
+    model_args,
     parse_size,
     ratio,
     report,
@@ -55,41 +58,47 @@ from bench.common import (
 )
 from models import build_model
 from utils.cli import positive_int
+from utils.devices import autocast
+from utils.image import to_model_range
 from utils.memory import available_memory
 
-SETTINGS: dict[str, dict[str, Any]] = SPEED_SETTINGS
 # Share of the available memory one setting may take: the machine may be shared with others.
 MEMORY_MARGIN = 0.5
 ALWAYS = (BASELINE, "optimised")  # settings measured at every size
 
 
+def inference_call(
+    name: str, setting: str, hw: tuple[int, int], device: torch.device, precision: str
+) -> Callable[[], None]:
+    """One forward pass of a freshly built model on a random (h, w) image, under autocast."""
+    torch.manual_seed(0)
+    model = build_model(name, **model_args(device, SPEED_SETTINGS[setting])).eval().to(device)
+    run = torch.compile(model) if setting in COMPILED else model
+    hazy = to_model_range(torch.rand(1, 3, *hw, device=device))
+    text = torch.randn(1, 1, 512, device=device) if model.needs_text else None
+
+    def call() -> None:
+        with torch.inference_mode(), autocast(device, precision):
+            run(hazy, text)
+
+    return call
+
+
 def run_setting(
-    name: str, setting: str, hw: tuple[int, int], threads: int, repeats: int, precision: str
-) -> dict:
-    """Measure one CPU setting at one size; meant to run in a fresh process."""
-    call = partial(
-        inference_call, name, SETTINGS[setting], hw, threads, "cpu", precision, setting in COMPILED
-    )
-    return measure(call, repeats=repeats, warmup=1)
-
-
-def run_on_cuda(
-    name: str, setting: str, hw: tuple[int, int], repeats: int, precision: str
+    name: str,
+    setting: str,
+    hw: tuple[int, int],
+    device: str,
+    precision: str,
+    repeats: int,
+    threads: int,
 ) -> dict[str, Any]:
-    """Measure one setting at one size on the GPU; running out of its memory is a result."""
-    device = torch.device("cuda")
-    call = partial(
-        inference_call,
-        name,
-        SETTINGS[setting],
-        hw,
-        torch.get_num_threads(),
-        "cuda",
-        precision,
-        setting in COMPILED,
-    )
+    """Measure one setting at one size (on CPU in a fresh process); running out of GPU memory
+    is a result."""
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
     try:
-        return measure_cuda(call, repeats=repeats, warmup=1, device=device)
+        return measure(partial(inference_call, name, setting, hw, dev, precision), repeats, dev)
     except torch.OutOfMemoryError as e:
         return {"oom": str(e).splitlines()[0]}
     finally:
@@ -108,8 +117,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--settings",
         nargs="+",
-        choices=list(SETTINGS),
-        default=[s for s in SETTINGS if s not in COMPILED],
+        choices=list(SPEED_SETTINGS),
+        default=[s for s in SPEED_SETTINGS if s not in COMPILED],
     )
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["none"])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -136,13 +145,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     prev = r if "median_s" in r else None
 
     rows = table_rows(results)
-    columns = list(dict.fromkeys(c for row in rows for c in row))
     title = (
         f"{args.device} inference, batch 1, {args.threads} threads, median of {args.repeats}; "
         "speed-up and memory against straightforward at the same size and precision"
     )
     payload = {"device": args.device, "repeats": args.repeats, "results": results}
-    return report(title, rows, payload, args.threads, args.json, columns)
+    return report(title, rows, payload, args.threads, args.json)
 
 
 def measure_size(
@@ -169,13 +177,9 @@ def measure_size(
             r["skipped"] = f"predicted peak {predicted / 2**30:.1f} GiB"
             print(f"{where}: skipped ({r['skipped']})", flush=True)
             return r
-    if args.device == "cuda":
-        r.update(run_on_cuda(name, setting, hw, args.repeats, precision))
-    elif args.in_process:
-        r.update(run_setting(name, setting, hw, args.threads, args.repeats, precision))
-    else:
-        run = (name, setting, hw, args.threads, args.repeats, precision)
-        r.update(run_isolated(run_setting, *run))
+    run = (name, setting, hw, args.device, precision, args.repeats, args.threads)
+    isolated = args.device == "cpu" and not args.in_process
+    r.update(run_isolated(run_setting, *run) if isolated else run_setting(*run))
     if "oom" in r:
         print(f"{where}: out of memory", flush=True)
         return r

@@ -50,12 +50,12 @@ from bench.common import (
     MIB,
     PRECISIONS,
     SPEED_SETTINGS,
-    Timing,
     fmt,
     model_args,
     parse_shape,
     ratio,
     report,
+    summarize,
     synchronize,
     write_json,
 )
@@ -142,7 +142,7 @@ def measure_settings(
             step()
         peaks[setting] = step_peak_mib(step, device)
     times = time_round_robin(steps, args.repeats, device)
-    return {s: {**Timing(tuple(times[s])).summary(), "peak_mib": peaks[s]} for s in steps}
+    return {s: {**summarize(times[s]), "peak_mib": peaks[s]} for s in steps}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -220,8 +220,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{args.threads} threads, median of {args.repeats} round-robin steps after "
         f"{args.warmup} warm-up; speed-up over straightforward: medians (minimums)"
     )
-    columns = list(dict.fromkeys(c for row in rows for c in row))
-    return report(title, rows, payload, args.threads, args.json, columns)
+    return report(title, rows, payload, args.threads, args.json)
 
 
 def table_rows(results: list[dict[str, Any]]) -> list[dict[str, str]]:

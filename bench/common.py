@@ -1,13 +1,12 @@
-"""Shared measurement helpers for the bench/ scripts: timing, peak memory, isolation, tables.
+"""What the bench/ scripts share: the compared settings, timing, peak memory and tables.
 
-Peak memory on CPU is measured inside a fresh process per setting (`run_isolated`), so one
-setting's allocator state cannot leak into another's: after the setup (model and inputs built,
-one warm-up call) the kernel's high-water mark of resident memory is reset through
-/proc/self/clear_refs, and the reported peak is that mark after the timed calls minus the
-resident size before them. Where the reset is unavailable, ru_maxrss (peak over the process's
-whole life) is used instead and the result says so. On CUDA the allocator reports its own peak
-(torch.cuda.max_memory_allocated), so settings share one process; every timed call there ends
-with a synchronisation, so the time is the GPU's, not the launch's.
+Peak memory on CPU is measured in a fresh process per setting (`run_isolated`), so that one
+setting's allocator state cannot leak into another's: after the set-up and one warm-up call the
+kernel's high-water mark of resident memory is reset through /proc/self/clear_refs, and the peak
+is that mark after the timed calls minus the resident size before them. Where the reset is
+unavailable, ru_maxrss (the peak over the process's whole life) is used and the result says so.
+On CUDA the allocator reports its own peak, so settings share one process; every timed call
+there ends with a synchronisation, so the time is the GPU's, not the launch's.
 """
 
 from __future__ import annotations
@@ -23,30 +22,16 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from models import build_model
 from utils.cli import positive_int
-from utils.config import Config
-from utils.devices import autocast, speed_on
-from utils.image import to_model_range
+from utils.config import STRAIGHTFORWARD, Config
+from utils.devices import speed_on
 
 MIB = 2**20
-
-# The straightforward computation (the authors' code): three padded depthwise convs, the
-# explicit (H*W x D) attention map, the unused text branch computed, NCHW activations, whole
-# maps in inference. Every benchmark compares against it.
-STRAIGHTFORWARD: dict[str, Any] = {
-    "fused_dwconv": False,
-    "attention": "explicit",
-    "text_branch": True,
-    "channels_last": False,
-    "strips": False,
-}
 # Model overrides of each compared setting: the straightforward computation, the device's
 # defaults ("optimised", utils.config.DEVICE_SPEED), and those with one speed option switched.
 SPEED_SETTINGS: dict[str, dict[str, Any]] = {
@@ -77,36 +62,22 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@dataclass(frozen=True)
-class Timing:
-    """Wall-clock seconds of repeated calls."""
-
-    times: tuple[float, ...]
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times)
-
-    @property
-    def spread(self) -> float:
-        """(max - min) / median: how far apart the repetitions were."""
-        return (max(self.times) - min(self.times)) / self.median
-
-    def summary(self) -> dict[str, float]:
-        return {
-            "median_s": self.median,
-            "min_s": min(self.times),
-            "max_s": max(self.times),
-            "spread": self.spread,
-            "repeats": len(self.times),
-        }
+def summarize(times: Sequence[float]) -> dict[str, float]:
+    """Median, extremes and spread ((max - min) / median) of repeated wall-clock seconds."""
+    median = statistics.median(times)
+    return {
+        "median_s": median,
+        "min_s": min(times),
+        "max_s": max(times),
+        "spread": (max(times) - min(times)) / median,
+        "repeats": len(times),
+    }
 
 
 def time_calls(
     fn: Callable[[], Any], repeats: int, warmup: int = 1, device: torch.device | None = None
-) -> Timing:
-    """Call `fn` `warmup` times untimed, then `repeats` times timed (each until `device` is
-    done)."""
+) -> list[float]:
+    """Seconds of `repeats` calls of `fn` (each until `device` is done), after `warmup` calls."""
     device = device or torch.device("cpu")
     for _ in range(warmup):
         fn()
@@ -117,16 +88,15 @@ def time_calls(
         fn()
         synchronize(device)
         times.append(time.perf_counter() - start)
-    return Timing(tuple(times))
+    return times
 
 
-def current_rss() -> int:
-    """Resident memory of this process now, in bytes."""
+def _resident_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def reset_peak_rss() -> bool:
+def _reset_peak_rss() -> bool:
     """Reset the kernel's high-water mark of resident memory (VmHWM); False if not possible."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -136,8 +106,7 @@ def reset_peak_rss() -> bool:
     return True
 
 
-def peak_rss(after_reset: bool) -> int:
-    """Peak resident bytes: VmHWM since the last reset, else ru_maxrss over the process life."""
+def _peak_rss(after_reset: bool) -> int:
     if after_reset:
         with open("/proc/self/status") as f:
             for line in f:
@@ -147,46 +116,35 @@ def peak_rss(after_reset: bool) -> int:
 
 
 def measure(
-    setup: Callable[[], Callable[[], Any]], repeats: int, warmup: int = 1
+    setup: Callable[[], Callable[[], Any]], repeats: int, device: torch.device | None = None
 ) -> dict[str, Any]:
-    """Time `setup()`'s returned call and measure the peak memory it adds.
+    """Time the call `setup()` returns, after one warm-up call, and the peak memory it adds.
 
-    Run this in a fresh process (`run_isolated`) so the numbers belong to one setting only.
+    On CPU run this in a fresh process (`run_isolated`) so that the peak is this setting's.
     """
+    device = device or torch.device("cpu")
     call = setup()
-    for _ in range(warmup):
-        call()
-    gc.collect()
-    baseline = current_rss()
-    was_reset = reset_peak_rss()
-    timing = time_calls(call, repeats, warmup=0)
-    peak = peak_rss(was_reset)
-    return {
-        **timing.summary(),
-        "peak_mib": (peak - baseline) / MIB,
-        "baseline_mib": baseline / MIB,
-        "peak_method": "VmHWM after reset" if was_reset else "ru_maxrss (not reset)",
-    }
-
-
-def measure_cuda(
-    setup: Callable[[], Callable[[], Any]], repeats: int, warmup: int, device: torch.device
-) -> dict[str, Any]:
-    """`measure` on CUDA, in this process: the allocator's peak during the timed calls minus
-    what was allocated before them."""
-    call = setup()
-    for _ in range(warmup):
-        call()
+    call()
     synchronize(device)
-    baseline = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    timing = time_calls(call, repeats, warmup=0, device=device)
-    peak = torch.cuda.max_memory_allocated(device)
+    gc.collect()
+    if device.type == "cuda":
+        baseline = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        method = "torch.cuda.max_memory_allocated"
+    else:
+        baseline = _resident_bytes()
+        was_reset = _reset_peak_rss()
+        method = "VmHWM after reset" if was_reset else "ru_maxrss (not reset)"
+    times = time_calls(call, repeats, warmup=0, device=device)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        peak = _peak_rss(was_reset)
     return {
-        **timing.summary(),
+        **summarize(times),
         "peak_mib": (peak - baseline) / MIB,
         "baseline_mib": baseline / MIB,
-        "peak_method": "torch.cuda.max_memory_allocated",
+        "peak_method": method,
     }
 
 
@@ -197,11 +155,11 @@ def free_cuda_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def run_isolated(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def run_isolated(fn: Callable[..., Any], *args: Any) -> Any:
     """Run a picklable top-level function in a new interpreter and return its result."""
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(fn, *args, **kwargs).result()
+        return pool.submit(fn, *args).result()
 
 
 def ratio(a: float, b: float) -> float | None:
@@ -219,38 +177,25 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], markdow
     cells = [[str(row.get(c, "")) for c in columns] for row in rows]
     if markdown:
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(r) + " |" for r in cells]
-        return "\n".join(lines)
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(lines)
+    lines = [columns, *cells]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in lines)
 
 
 def write_json(path: str | Path, payload: Any) -> None:
-    """Write benchmark results; dataclasses become dicts."""
-    if hasattr(payload, "__dataclass_fields__"):
-        payload = asdict(payload)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(payload, indent=2) + "\n")
 
 
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo, else what `platform` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info(threads: int) -> dict[str, Any]:
     """What the numbers were measured on; stored in every JSON result."""
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next((n.split(":", 1)[1].strip() for n in lines if n.startswith("model name")), cpu)
     info: dict[str, Any] = {
-        "cpu": cpu_name(),
+        "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "threads": threads,
         "torch": torch.__version__,
@@ -278,7 +223,8 @@ def report(
 ) -> dict[str, Any]:
     """Print a benchmark's table under its title; write it with the machine to `json_path`."""
     print(f"\n{title}")
-    print(format_table(rows, list(columns or rows[0]), markdown=False))
+    columns = list(columns or dict.fromkeys(c for row in rows for c in row))
+    print(format_table(rows, columns, markdown=False))
     payload = {"machine": machine_info(threads), **payload}
     if json_path:
         write_json(json_path, payload)
@@ -302,29 +248,3 @@ def parse_shape(text: str) -> tuple[int, int]:
 def size_label(hw: tuple[int, int]) -> str:
     h, w = hw
     return str(w) if h == w else f"{w}x{h}"
-
-
-def inference_call(
-    name: str,
-    overrides: dict[str, Any],
-    hw: tuple[int, int],
-    threads: int,
-    device: str = "cpu",
-    precision: str = "none",
-    compiled: bool = False,
-) -> Callable[[], None]:
-    """One forward pass of a freshly built model on a random (h, w) image, under autocast
-    with `precision`."""
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    dev = torch.device(device)
-    model = build_model(name, **model_args(dev, overrides)).eval().to(dev)
-    run = torch.compile(model) if compiled else model
-    hazy = to_model_range(torch.rand(1, 3, *hw, device=dev))
-    text = torch.randn(1, 1, 512, device=dev) if model.needs_text else None
-
-    def call() -> None:
-        with torch.inference_mode(), autocast(dev, precision):
-            run(hazy, text)
-
-    return call

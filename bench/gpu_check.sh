@@ -35,10 +35,10 @@
 # first step installs them into a temporary folder (pip --no-index --no-deps --target) and puts
 # that folder first on PYTHONPATH, for every later step and the processes they start.
 #
-# --rehearse runs the same steps on the CPU at tiny sizes (fp32 attention only, no compiled
-# training step, a trivial test selection, the ddp step's command line only), so that CI proves
-# the script between GPU loans (tests/test_gpu_check.py); --steps runs only the named steps,
-# e.g. to redo a failed one.
+# --rehearse runs the same steps on the CPU at tiny sizes (fp32 attention only, training steps
+# without CR or compiling, a trivial test selection, the ddp step's command line only), so that
+# CI proves the script between GPU loans (tests/test_gpu_check.py); --steps runs only the named
+# steps, e.g. to redo a failed one.
 set -euo pipefail
 
 usage() {
@@ -116,7 +116,7 @@ main() {
   local attention=(--model mixcl-s --train 16x256 --large 3840x2160)
   local inference=(--models mixcl-s --sizes 1024 2048 3840x2160 --option-size 1024
     --precisions none fp16 --repeats 3)
-  local train=(--models mixcl-s --shapes 16x256 --option-shape 16x256 --compile --repeats 8
+  local train=(--models mixcl-s --shapes 16x256 --option-shape 16x256 --cr --compile --repeats 8
     --warmup 2)
   local data=(--size 620x460 --pairs 512 --patch 256 --batch 16 --pin-memory --repeats 3
     --workers $(printf '%s\n' 4 8 "$(nproc)" | sort -nu))
@@ -124,7 +124,7 @@ main() {
   if ((rehearse)); then
     dev=cpu
     ddp_args=(--help)
-    pytest_args+=(--noconftest tests/test_config.py)
+    pytest_args+=(--noconftest tests/test_protocol.py)
     attention=(--model mixcl-t --train 2x32 --large 64x48 --precisions none --threads 1)
     inference=(--models mixcl-t --sizes 48 64x48 --option-size 48 --settings straightforward
       optimised --repeats 1 --in-process --threads 1)
@@ -139,7 +139,7 @@ main() {
     --json "$work/attention.json"
   step inference 150 "$py" -m bench.bench_inference --device "$dev" "${inference[@]}" \
     --json "$work/inference.json"
-  step train 210 "$py" -m bench.bench_train --device "$dev" --precision fp16 --cr "${train[@]}" \
+  step train 210 "$py" -m bench.bench_train --device "$dev" --precision fp16 "${train[@]}" \
     --json "$work/train.json"
   step pytest 300 "$py" -m pytest "${pytest_args[@]}"
   step data 90 "$py" -m bench.bench_data "${data[@]}" --json "$work/data.json"

@@ -10,6 +10,10 @@ from utils.clip_domains import load_clip
 
 from .helpers import load_entry, train_args
 
+# The suite's tensors are tiny: a second intra-op thread costs more in synchronisation than it
+# saves, and on a busy machine the threads spin against each other. The computation is the same.
+torch.set_num_threads(1)
+
 
 @pytest.fixture
 def exact_fp32():

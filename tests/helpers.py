@@ -1,10 +1,44 @@
-"""Helpers for the end-to-end tests: import entry-point scripts, build short train.py runs."""
+"""Helpers shared by test modules: tiny networks and inputs, entry-point scripts, short runs."""
 
 import importlib.util
 from pathlib import Path
 from types import ModuleType
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
+TINY = (1, 1, 1, 1, 1)  # model.depths of the tiny test networks
+TEXT_DIM = 512
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Fresh random weights and BatchNorm affine/statistics away from defaults, in eval mode."""
+    torch.manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d | torch.nn.Conv1d):
+            module.reset_parameters()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                tensor.fill_(7)
+            elif name.endswith("running_var"):
+                tensor.copy_(torch.rand(tensor.shape) + 0.5)
+            elif name.endswith(("running_mean", "norm1.bias", "norm2.bias")):
+                tensor.copy_(torch.randn(tensor.shape) * 0.1)
+            elif name.endswith(("norm1.weight", "norm2.weight")):
+                tensor.copy_(1 + torch.randn(tensor.shape) * 0.1)
+    return model.eval()
+
+
+def image(h: int, w: int, batch: int = 1, seed: int = 1) -> torch.Tensor:
+    """A random image batch in the networks' [-1, 1] range."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 3, h, w, generator=gen) * 2 - 1
+
+
+def text(batch: int = 1, seed: int = 2) -> torch.Tensor:
+    """Random per-image CLIP vectors, (batch, 1, TEXT_DIM)."""
+    return torch.randn(batch, 1, TEXT_DIM, generator=torch.Generator().manual_seed(seed))
 
 
 def load_entry(name: str) -> ModuleType:

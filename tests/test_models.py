@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from models import MODEL_NAMES, TextImageFusion, build_model, load_pretrained
-from models.mixdehazenet import MixStructureBlock
 from models.text_fusion import fused_attention, pixel_text_attention
 
-TINY = (1, 1, 1, 1, 1)
+from .helpers import TINY, image, randomize, text
+
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 # SDPA's fused kernels: with only these allowed, a fallback to the math path raises.
 FUSED_CUDA_BACKENDS = [
@@ -22,8 +22,6 @@ FUSED_CUDA_BACKENDS = [
     SDPBackend.EFFICIENT_ATTENTION,
     SDPBackend.CUDNN_ATTENTION,
 ]
-TEXT_DIM = 512
-
 PLAIN_PARAMS = {"t": 1_622_950, "s": 3_164_944, "b": 6_248_932, "l": 12_416_908}
 # The paper's concat fusion, counting upstream's unused text branch.
 WITH_TEXT_BRANCH_PARAMS = {"t": 1_623_712, "s": 3_165_706, "b": 6_249_694, "l": 12_417_670}
@@ -33,34 +31,6 @@ CONCAT_PARAMS = {"t": 1_623_656, "s": 3_165_650, "b": 6_249_638, "l": 12_417_614
 
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Fresh random weights and BatchNorm affine/statistics away from defaults, in eval mode."""
-    torch.manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d | torch.nn.Conv1d):
-            module.reset_parameters()
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith("num_batches_tracked"):
-                tensor.fill_(7)
-            elif name.endswith("running_var"):
-                tensor.copy_(torch.rand(tensor.shape) + 0.5)
-            elif name.endswith(("running_mean", "norm1.bias", "norm2.bias")):
-                tensor.copy_(torch.randn(tensor.shape) * 0.1)
-            elif name.endswith(("norm1.weight", "norm2.weight")):
-                tensor.copy_(1 + torch.randn(tensor.shape) * 0.1)
-    return model.eval()
-
-
-def image(h: int, w: int, batch: int = 1, seed: int = 1) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.rand(batch, 3, h, w, generator=gen) * 2 - 1
-
-
-def text(batch: int = 1, seed: int = 2) -> torch.Tensor:
-    return torch.randn(batch, 1, TEXT_DIM, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("size", ["t", "s", "b", "l"])
@@ -148,41 +118,6 @@ def test_sdpa_fusion_equals_explicit_formula(mode):
     grad_sdpa = torch.autograd.grad(out_sdpa.sum(), sdpa.q1.weight)[0]
     grad_explicit = torch.autograd.grad(out_explicit.sum(), explicit.q1.weight)[0]
     assert (grad_sdpa - grad_explicit).abs().max() <= 1e-5 * grad_explicit.abs().max()
-
-
-def test_fused_depthwise_convs_equal_separate_ones():
-    fused = randomize(MixStructureBlock(24, fused_dwconv=True))
-    separate = MixStructureBlock(24, fused_dwconv=False).eval()
-    assert list(fused.state_dict()) == list(separate.state_dict())
-    separate.load_state_dict(fused.state_dict())
-    x = torch.randn(2, 24, 23, 31)
-    assert (fused(x) - separate(x)).abs().max() <= 1e-5
-    fused(x).sum().backward()
-    separate(x).sum().backward()
-    for (name, a), b in zip(fused.named_parameters(), separate.parameters(), strict=True):
-        assert (a.grad - b.grad).abs().max() <= 1e-4 * (1 + b.grad.abs().max()), name
-
-
-def test_channels_last_gives_the_same_output():
-    model = randomize(build_model("mixcl-t", depths=TINY))
-    x, t = image(44, 52), text()
-    with torch.no_grad():
-        expected = model(x, t)
-        model.to(memory_format=torch.channels_last)
-        out = model(x.contiguous(memory_format=torch.channels_last), t)
-    assert (out - expected).abs().max() <= 1e-5
-
-
-def test_bf16_autocast_stays_close():
-    """bf16 keeps ~3 significant digits: outputs agree to 5% of their largest magnitude."""
-    model = randomize(build_model("mixcl-t", depths=TINY), seed=4)
-    x, t = image(40, 44), text()
-    with torch.no_grad():
-        expected = model(x, t)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model(x, t)
-    assert torch.isfinite(out).all()
-    assert (out.float() - expected).abs().max() <= 0.05 * expected.abs().max()
 
 
 def test_mixdehazenet_weights_warm_start_mixcl(tmp_path, caplog):

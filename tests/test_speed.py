@@ -9,7 +9,9 @@ import torch.nn.functional as F
 
 from models import build_model
 from models.mixdehazenet import MixStructureBlock
-from tests.test_models import TINY, image, randomize, text
+from utils.config import STRAIGHTFORWARD
+
+from .helpers import TINY, image, randomize, text
 
 FP32_TOL = 1e-5
 # bf16 keeps 8 bits of mantissa (relative step 2**-8 = 0.4%); on outputs of order 1 the
@@ -21,13 +23,6 @@ FP16_TOL = 0.005
 # cuDNN's fp32 algorithms (Winograd, FFT) round differently from the CPU's direct convolutions.
 CUDA_FP32_TOL = 1e-4
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-STRAIGHTFORWARD = {
-    "fused_dwconv": False,
-    "attention": "explicit",
-    "text_branch": True,
-    "channels_last": False,
-    "strips": False,
-}
 OPTIONS = [
     {},
     {"channels_last": False},
