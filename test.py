@@ -22,17 +22,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets import PairedDataset
-from utils.builders import (
-    domain_text_features,
-    inference_network,
-    model_from_checkpoint,
-    needs_text,
-    pick_device,
-)
+from networks import inference_network, model_from_checkpoint, pick_device
 from utils.cli import run
+from utils.clip_domains import split_text_features
 from utils.config import LOCATION_KEYS, Config, config_to_dict, covers
 from utils.domain_labels import domain_confusion, labels_file, read_domain_labels
-from utils.image import from_model_range, png_names, write_rgb
+from utils.image import from_model_range, list_images, png_names, write_rgb
 from utils.metrics import psnr, ssim
 
 RESULT_FILES = ("per_image.csv", "metrics.json", "images")
@@ -182,8 +177,9 @@ def main(argv: list[str] | None = None) -> dict:
     run_net = inference_network(net, cfg, device)
 
     text_features, domains = None, {}
-    if needs_text(cfg):
-        text_features, cache = domain_text_features(cfg, root / split, device=str(device))
+    if cfg.model.needs_text:
+        names = [p.name for p in list_images(root / split / "hazy")]
+        text_features, cache = split_text_features(cfg.clip, root / split, names, str(device))
         domains = cache.domains
     dataset = PairedDataset(root, split, "test", text_features=text_features)
     labels_path = labels_file(root / split)

@@ -25,11 +25,10 @@ from tqdm import tqdm
 
 from datasets import PairedDataset
 from datasets.synthetic import DEFAULT_ROOT, generate_if_configured
-from models import load_pretrained
-from utils.builders import build_network, check_names, domain_text_features, needs_text
-from utils.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_atomic
+from networks import build_network, check_names, load_weights
+from utils.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, read_file, save_atomic
 from utils.cli import positive_int, run
-from utils.clip_domains import embedding_width
+from utils.clip_domains import embedding_width, split_text_features
 from utils.config import (
     RESUME_KEYS,
     Config,
@@ -49,7 +48,7 @@ from utils.distributed import (
     convert_sync_batchnorm,
     init_distributed,
 )
-from utils.image import from_model_range, write_rgb
+from utils.image import from_model_range, list_images, write_rgb
 from utils.losses import ContrastiveLoss, build_contrastive_loss, training_loss
 from utils.metrics import psnr, ssim
 from utils.protocol import protocol_report
@@ -184,11 +183,12 @@ def text_features(
     """Per-image text features of a split: rank 0 builds the CLIP cache (on `device`, a GPU
     when there is one), the others read it."""
     split_dir = Path(cfg.data.root) / split
+    names = [p.name for p in list_images(split_dir / "hazy")]
     if info.is_main:
-        features, _ = domain_text_features(cfg, split_dir, str(device))
+        features, _ = split_text_features(cfg.clip, split_dir, names, str(device))
     barrier(info)
     if not info.is_main:
-        features, _ = domain_text_features(cfg, split_dir, str(device))
+        features, _ = split_text_features(cfg.clip, split_dir, names, str(device))
     return features
 
 
@@ -389,7 +389,7 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
     seed_everything(stream_seed(cfg.train.seed, info.rank))
     train_text = test_text = None
     text_dim = None
-    if needs_text(cfg):
+    if cfg.model.needs_text:
         train_text = text_features(cfg, cfg.data.train_split, info, device)
         test_text = text_features(cfg, cfg.data.test_split, info, device)
         text_dim = embedding_width(cfg.clip.arch)
@@ -404,7 +404,7 @@ def _train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str
     speed = speed_on(cfg, device)
     net = build_network(cfg, text_dim, speed).to(device)
     if cfg.model.init_from and resume_ckpt is None:
-        load_pretrained(net, cfg.model.init_from)
+        load_weights(net, read_file(cfg.model.init_from), cfg.model.init_from, cfg.model.name)
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
     )

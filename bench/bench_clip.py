@@ -21,7 +21,7 @@ from PIL import Image
 
 from bench.common import report, time_calls
 from utils.cli import positive_int
-from utils.clip_domains import classify, domain_prompts, load_clip, text_embeddings
+from utils.clip_domains import classify, domain_prompts, load_clip, prompt_embeddings
 
 ARCH = "tiny-clip"
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
 
     model, preprocess, tokenizer = load_clip(ARCH, None)
-    text_emb = text_embeddings(model, tokenizer, domain_prompts())
+    prompt_emb = prompt_embeddings(model, tokenizer, domain_prompts())
     rng = np.random.default_rng(0)
     results = []
     for batch in args.batches:
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tensors = torch.stack([preprocess(Image.fromarray(im)) for im in images])
         for inputs, what in ((images, "images"), (tensors, "tensors")):
             timing = time_calls(
-                lambda x=inputs: classify(model, preprocess, x, text_emb), args.repeats
+                lambda x=inputs: classify(model, preprocess, x, prompt_emb), args.repeats
             )
             r = {
                 "input": what,

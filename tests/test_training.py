@@ -7,7 +7,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from utils.builders import build_network
+from networks import build_network
 from utils.checkpoint import load_checkpoint
 from utils.config import load_config
 from utils.devices import speed_on
@@ -42,11 +42,12 @@ def test_validation_runs_in_the_eval_precision_not_the_training_one(data_root):
 def test_train_classifies_on_its_own_device(monkeypatch, tmp_path):
     devices = []
 
-    def fake_features(cfg, split_dir, device="cpu"):
+    def fake_features(clip, split_dir, names, device="cpu"):
         devices.append(device)
         return {}, None
 
-    monkeypatch.setattr(train, "domain_text_features", fake_features)
+    monkeypatch.setattr(train, "split_text_features", fake_features)
+    (tmp_path / "test" / "hazy").mkdir(parents=True)
     cfg = train.load_config(None, [f"data.root={tmp_path}"])
     train.text_features(cfg, "test", DistInfo(), torch.device("cuda", 0))
     assert devices == ["cuda:0"]
