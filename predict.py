@@ -21,16 +21,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from datasets import ImageFolderDataset
-from utils.builders import (
-    inference_network,
-    load_clip_for,
-    model_from_checkpoint,
-    needs_text,
-    pick_device,
-)
+from datasets import input_images
+from networks import inference_network, model_from_checkpoint, pick_device
 from utils.cli import positive_int, run
-from utils.clip_domains import classify, domain_feature, domain_prompts, text_embeddings
+from utils.clip_domains import (
+    classify,
+    domain_prompts,
+    load_clip_for,
+    prompt_embeddings,
+    text_features,
+)
 from utils.devices import speed_on
 from utils.errors import OutputError, OutputExistsError, UserError
 from utils.image import (
@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     """Dehaze every input image; returns the written output paths."""
     args = parse_args(argv)
     out_dir = Path(args.out)
-    dataset = ImageFolderDataset(args.inputs)
-    plan = plan_outputs(dataset.paths, out_dir, args.compare, args.overwrite)
+    inputs = input_images(args.inputs)
+    plan = plan_outputs(inputs, out_dir, args.compare, args.overwrite)
     _check_out_dir(out_dir)
     net, cfg, _ = model_from_checkpoint(args.ckpt, args.model, args.config, args.overrides)
     device = pick_device()
@@ -169,15 +169,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
     run_net = inference_network(net, cfg, device, precision)
 
     clip = None
-    if needs_text(cfg):
+    if cfg.model.needs_text:
         clip_model, preprocess, tokenizer = load_clip_for(cfg.clip, device=str(device))
         prompts = domain_prompts(cfg.clip.domains, cfg.clip.template)
-        text_emb = text_embeddings(clip_model, tokenizer, prompts)
-        clip = (clip_model, preprocess, text_emb)
+        prompt_emb = prompt_embeddings(clip_model, tokenizer, prompts)
+        clip = (clip_model, preprocess, prompt_emb)
 
     written: list[Path] = []
     failed: list[str] = []
-    jobs = zip(dataset.paths, plan, strict=True)
+    jobs = zip(inputs, plan, strict=True)
     for path, targets in tqdm(jobs, "dehazing", len(plan), disable=None):
         try:
             img = read_rgb(path)
@@ -191,9 +191,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
         hazy = uint8_to_tensor(img)[None].to(device)
         text = None
         if clip is not None:
-            clip_model, preprocess, text_emb = clip
-            probs = classify(clip_model, preprocess, [img], text_emb)
-            text = domain_feature(probs[0], text_emb, cfg.clip.mode)[None].to(device)
+            clip_model, preprocess, prompt_emb = clip
+            probs = classify(clip_model, preprocess, [img], prompt_emb)
+            text = text_features(probs, prompt_emb, cfg.clip.mode).to(device)
         out01 = from_model_range(run_net(to_model_range(hazy), text))[0].cpu()
         write_rgb(targets[0], out01)
         written.append(targets[0])

@@ -22,14 +22,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets import PairedDataset
-from utils.builders import (
-    domain_text_features,
-    inference_network,
-    model_from_checkpoint,
-    needs_text,
-    pick_device,
-)
+from networks import inference_network, model_from_checkpoint, pick_device
 from utils.cli import run
+from utils.clip_domains import split_text_features
 from utils.config import LOCATION_KEYS, Config, config_to_dict, covers
 from utils.domain_labels import domain_confusion, labels_file, read_domain_labels
 from utils.errors import DataError, OutputExistsError
@@ -183,11 +178,11 @@ def open_test_split(
 ) -> tuple[PairedDataset, dict[str, str], dict[str, str]]:
     """The split with its CLIP text features (if the network takes them), CLIP's domain of
     each image, and the true domains of the split's labels file (empty without one)."""
-    text_features, domains = None, {}
-    if needs_text(cfg):
-        text_features, cache = domain_text_features(cfg, root / split, device=str(device))
+    dataset, domains = PairedDataset(root, split, "test"), {}
+    if cfg.model.needs_text:
+        features, cache = split_text_features(cfg.clip, root / split, dataset.names, str(device))
+        dataset.set_text_features(features)
         domains = cache.domains
-    dataset = PairedDataset(root, split, "test", text_features=text_features)
     labels_path = labels_file(root / split)
     true_domains = {}
     if labels_path.is_file():

@@ -27,11 +27,10 @@ from tqdm import tqdm
 
 from datasets import PairedDataset
 from datasets.synthetic import DEFAULT_ROOT, generate_if_configured
-from models import load_pretrained
-from utils.builders import build_network, check_names, domain_text_features, needs_text
-from utils.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_atomic
+from networks import build_network, check_names, load_weights
+from utils.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, read_file, save_atomic
 from utils.cli import positive_int, run
-from utils.clip_domains import embedding_width
+from utils.clip_domains import embedding_width, split_text_features
 from utils.config import (
     RESUME_KEYS,
     Config,
@@ -242,15 +241,16 @@ def prepare_data(cfg: Config, info: DistInfo) -> tuple[PairedDataset, PairedData
 
 
 def text_features(
-    cfg: Config, split_dir: Path, info: DistInfo, device: torch.device
+    cfg: Config, dataset: PairedDataset, info: DistInfo, device: torch.device
 ) -> dict[str, torch.Tensor]:
-    """Per-image text features of a split: rank 0 builds the CLIP cache (on `device`, a GPU
-    when there is one), the others read it."""
+    """Per-image text features of a split's images: rank 0 builds the CLIP cache (on `device`,
+    a GPU when there is one), the others read it."""
+    split_dir, names = dataset.split_dir, dataset.names
     if info.is_main:
-        features, _ = domain_text_features(cfg, split_dir, str(device))
+        features, _ = split_text_features(cfg.clip, split_dir, names, str(device))
     barrier(info)
     if not info.is_main:
-        features, _ = domain_text_features(cfg, split_dir, str(device))
+        features, _ = split_text_features(cfg.clip, split_dir, names, str(device))
     return features
 
 
@@ -259,10 +259,10 @@ def attach_text_features(
 ) -> int | None:
     """Give every sample of `splits` its image's CLIP text feature, if the network takes one;
     returns the feature width (None without text)."""
-    if not needs_text(cfg):
+    if not cfg.model.needs_text:
         return None
     for dataset in splits:
-        dataset.set_text_features(text_features(cfg, dataset.split_dir, info, device))
+        dataset.set_text_features(text_features(cfg, dataset, info, device))
     return embedding_width(cfg.clip.arch)
 
 
@@ -396,7 +396,7 @@ def build_state(
     """The training state, new or continued from `resume`, and the criterion."""
     net = build_network(cfg, text_dim, speed_on(cfg, device)).to(device)
     if cfg.model.init_from and resume is None:
-        load_pretrained(net, cfg.model.init_from)
+        load_weights(net, read_file(cfg.model.init_from), cfg.model.init_from, cfg.model.name)
     t = cfg.train
     optimizer = torch.optim.AdamW(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(

@@ -43,7 +43,7 @@ from torch import nn
 
 from models import build_model
 from utils.distributed import DistInfo, convert_sync_batchnorm
-from utils.losses import ContrastiveLoss, resnet_slices, training_loss
+from utils.losses import ContrastiveLoss, Criterion, resnet_slices
 
 GLOBAL_BATCH = 4
 PATCH = {"cpu": 32, "cuda": 64}  # CPUs only check the plumbing: small and fast
@@ -97,7 +97,7 @@ def _train(rank: int, world: int, device: str, batchnorm: str, steps: int, tmp: 
     parts = convert_sync_batchnorm(
         nn.ModuleList([net, cr]), info, torch.device(device), batchnorm == "sync"
     )
-    net, cr = parts[0], parts[1]
+    net, criterion = parts[0], Criterion(parts[1], CR_WEIGHT)
     net.train(batchnorm != "frozen")
     model = nn.parallel.DistributedDataParallel(net) if world > 1 else net
     optimizer = torch.optim.SGD(net.parameters(), lr=LR)
@@ -105,7 +105,7 @@ def _train(rank: int, world: int, device: str, batchnorm: str, steps: int, tmp: 
     for batch in _batches(steps, PATCH[device]):
         local = {k: v[rank * share : (rank + 1) * share].to(device) for k, v in batch.items()}
         out = model(local["hazy"], local["text"])
-        loss = training_loss(out, local["gt"], local["hazy"], cr, CR_WEIGHT)
+        loss = criterion(out, local["gt"], local["hazy"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

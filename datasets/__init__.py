@@ -3,6 +3,6 @@
 The synthetic data generator lives in `datasets.synthetic` (also a command-line tool).
 """
 
-from datasets.paired import ImageFolderDataset, PairedDataset
+from datasets.paired import PairedDataset, input_images
 
-__all__ = ["ImageFolderDataset", "PairedDataset"]
+__all__ = ["PairedDataset", "input_images"]

@@ -267,71 +267,41 @@ class PairedDataset(Dataset):
         return sample
 
 
-class ImageFolderDataset(Dataset):
-    """Hazy images without ground truth, for prediction on arbitrary files.
+def _files_of(inputs: Sequence[PathLike]) -> tuple[list[Path], list[str]]:
+    """The files each input names (a file, or the files in a folder), and the non-image ones."""
+    paths, skipped = [], []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files = sorted((p for p in item.iterdir() if p.is_file()), key=lambda p: p.name)
+        elif item.is_file():
+            files = [item]
+        else:
+            raise DataError(f"input not found: {item}")
+        paths += [p for p in files if is_image_file(p)]
+        skipped += [str(p) for p in files if not is_image_file(p) and not p.name.startswith(".")]
+    return paths, skipped
 
-    Args:
-        inputs: image files and/or folders (folders are not searched recursively).
-            Non-image files are skipped with a warning; a missing path is an error, and so
-            are two different files with the same name (their outputs would collide).
-        text_features: optional map file name -> CLIP text feature, as for PairedDataset.
 
-    Samples: hazy (3, H, W) in [-1, 1], name (file name), path (str), size (LongTensor
-    [H, W]) and, with text_features, text (1, D).
+def input_images(inputs: PathLike | Sequence[PathLike]) -> list[Path]:
+    """The image files to dehaze among `inputs`: files and/or folders (not searched recursively).
+
+    Non-image files are skipped with a warning; a missing path is an error, and so are two
+    different files with the same name (their outputs would collide).
     """
-
-    def __init__(
-        self,
-        inputs: PathLike | Sequence[PathLike],
-        text_features: Mapping[str, torch.Tensor] | None = None,
-    ) -> None:
-        if isinstance(inputs, str | Path):
-            inputs = [inputs]
-        paths, skipped = [], []
-        for item in map(Path, inputs):
-            if item.is_dir():
-                files = sorted((p for p in item.iterdir() if p.is_file()), key=lambda p: p.name)
-            elif item.is_file():
-                files = [item]
-            else:
-                raise FileNotFoundError(f"input not found: {item}")
-            for p in files:
-                if is_image_file(p):
-                    paths.append(p)
-                elif not p.name.startswith("."):
-                    skipped.append(str(p))
-        if skipped:
-            warnings.warn(
-                f"skipping {len(skipped)} non-image file(s): {_name_list(skipped)}", stacklevel=2
-            )
-
-        unique = list(dict.fromkeys(p.resolve() for p in paths))
-        by_name: dict[str, list[Path]] = {}
-        for p in unique:
-            by_name.setdefault(p.name, []).append(p)
-        clashes = [f"{n}: {', '.join(map(str, ps))}" for n, ps in by_name.items() if len(ps) > 1]
-        if clashes:
-            raise ValueError("different input files share a name: " + "; ".join(clashes))
-        if not unique:
-            raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {inputs}")
-
-        self.paths = unique
-        self.names = [p.name for p in unique]
-        self.text, missing = _text_lookup(text_features, self.names)
-        if missing:
-            raise ValueError(f"no text feature for {len(missing)} image(s): {_name_list(missing)}")
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, idx: int) -> dict:
-        img = read_rgb(self.paths[idx])
-        sample = {
-            "hazy": _to_model_tensor(img),
-            "name": self.names[idx],
-            "path": str(self.paths[idx]),
-            "size": torch.tensor(img.shape[:2]),
-        }
-        if self.text is not None:
-            sample["text"] = self.text[self.names[idx]]
-        return sample
+    if isinstance(inputs, str | Path):
+        inputs = [inputs]
+    paths, skipped = _files_of(inputs)
+    if skipped:
+        warnings.warn(
+            f"skipping {len(skipped)} non-image file(s): {_name_list(skipped)}", stacklevel=2
+        )
+    unique = list(dict.fromkeys(p.resolve() for p in paths))
+    by_name: dict[str, list[Path]] = {}
+    for p in unique:
+        by_name.setdefault(p.name, []).append(p)
+    clashes = [f"{n}: {', '.join(map(str, ps))}" for n, ps in by_name.items() if len(ps) > 1]
+    if clashes:
+        raise DataError("different input files share a name: " + "; ".join(clashes))
+    if not unique:
+        raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {inputs}")
+    return unique

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from os import PathLike
 
 import torch
 from torch import nn
@@ -52,19 +51,14 @@ def _is_text_branch_key(key: str) -> bool:
     return key.startswith(FUSION_PREFIX) and parts[1] in TEXT_BRANCH_MODULES
 
 
-def load_pretrained(
-    model: nn.Module, path_or_state_dict: str | PathLike | Mapping[str, torch.Tensor]
-) -> None:
+def load_pretrained(model: nn.Module, source: Mapping) -> None:
     """Load weights in place; raise ValueError naming missing, unexpected or misshaped keys.
 
-    A MixDehazeNet file loaded into a model with text fusion is a warm start: the fusion keeps
-    its initial weights and the extra input channels of `patch_embed` get zero weights, so the
-    network initially computes what MixDehazeNet computes.
+    `source` is a loaded checkpoint: a state_dict, or a dict holding one under 'model' or
+    'state_dict'. A MixDehazeNet file loaded into a model with text fusion is a warm start: the
+    fusion keeps its initial weights and the extra input channels of `patch_embed` get zero
+    weights, so the network initially computes what MixDehazeNet computes.
     """
-    if isinstance(path_or_state_dict, Mapping):
-        source = path_or_state_dict
-    else:
-        source = torch.load(path_or_state_dict, map_location="cpu", weights_only=True)
     state = _state_dict_of(source)
     target = model.state_dict()
 

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.text_fusion import FUSION_MODES, TextImageFusion
+from models.text_fusion import TextImageFusion
+from utils.variants import FUSION_MODES
 
 EMBED_DIMS = (24, 48, 96, 48, 24)
 # Side of the padded input that every stage can reflect-pad: the 1/4-scale stage pads by 9.
@@ -336,9 +337,9 @@ class MixDehazeNet(nn.Module):
         self.layer5 = BasicLayer(dims[4], depths[4], fused_dwconv, strips)
         self.patch_unembed = PatchUnEmbed(1, out_chans, dims[4], kernel_size=3)
 
-    def forward_features(self, x: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor, text_feature: torch.Tensor | None) -> torch.Tensor:
         if self.needs_text:
-            x = self.text_emb(x, text)
+            x = self.text_emb(x, text_feature)
         if self.channels_last:  # after the fusion, whose concatenation returns NCHW
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.layer1(self.patch_embed(x))
@@ -351,9 +352,10 @@ class MixDehazeNet(nn.Module):
         x = self.fusion2([x, self.skip1(skip1)]) + x
         return self.patch_unembed(self.layer5(x))
 
-    def forward(self, hazy: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
-        """hazy: (B, 3, H, W) in [-1, 1]; text: (B, 1, D) or (B, D), ignored without fusion."""
+    def forward(self, hazy: torch.Tensor, text_feature: torch.Tensor | None = None) -> torch.Tensor:
+        """hazy: (B, 3, H, W) in [-1, 1]; text_feature: (B, 1, D) or (B, D), the image's CLIP
+        text feature (ignored without fusion)."""
         h, w = hazy.shape[-2:]
         x = _pad_bottom_right(hazy, padded_size(h) - h, padded_size(w) - w)
-        k, b = torch.split(self.forward_features(x, text), (1, 3), dim=1)
+        k, b = torch.split(self.forward_features(x, text_feature), (1, 3), dim=1)
         return (k * x - b + x)[:, :, :h, :w].contiguous()

@@ -1,8 +1,8 @@
-"""Text-image fusion (`text_emb`): a small parametric attention from pixels to CLIP text tokens.
+"""Text-image fusion (the network's `text_emb`): attention from pixels to CLIP text tokens.
 
-Every one of the D entries of the CLIP text feature becomes a token with P features; every pixel
-attends over those D tokens and the result is projected to a 3-channel map that is concatenated
-to (or added to) the image. Parameter names match the authors' checkpoints.
+Every one of the D entries of the image's CLIP text feature becomes a token with P features;
+every pixel attends over those D tokens and the result is projected to a 3-channel map that is
+concatenated to (or added to) the image. Parameter names match the authors' checkpoints.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FUSION_MODES = ("none", "concat", "add")
+from utils.variants import FUSION_MODES
+
 ATTENTION_MODES = ("sdpa", "explicit")
 # Parameters of the text branch that upstream defines but never uses (see `text_branch`).
 TEXT_BRANCH_MODULES = ("q2", "k1", "v1", "postProj_t")
@@ -75,7 +76,7 @@ class TextImageFusion(nn.Module):
         text_branch: bool = False,
     ) -> None:
         super().__init__()
-        if mode not in ("concat", "add"):
+        if mode == "none" or mode not in FUSION_MODES:
             raise ValueError(f"fusion mode must be 'concat' or 'add', got {mode!r}")
         if attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
@@ -97,19 +98,18 @@ class TextImageFusion(nn.Module):
             self.v1 = nn.Conv2d(in_chans, proj_dim, 1)
             self.postProj_t = nn.Conv1d(proj_dim, 1, 1)
 
-    def _check_text(self, image: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
-        if text is None:
-            raise ValueError("this model fuses a CLIP text feature: call model(hazy, text)")
-        if text.dim() == 2:
-            text = text.unsqueeze(1)
+    def _check_text(self, image: torch.Tensor, text_feature: torch.Tensor | None) -> torch.Tensor:
+        if text_feature is None:
+            raise ValueError("this model fuses a CLIP text feature: call model(hazy, text_feature)")
+        text = text_feature.unsqueeze(1) if text_feature.dim() == 2 else text_feature
         if text.dim() != 3 or text.shape[1] != 1 or text.shape[2] != self.text_dim:
             raise ValueError(
-                f"text must be (B, 1, {self.text_dim}) or (B, {self.text_dim}), "
-                f"got {tuple(text.shape)}"
+                f"text feature must be (B, 1, {self.text_dim}) or (B, {self.text_dim}), "
+                f"got {tuple(text_feature.shape)}"
             )
         if text.shape[0] != image.shape[0]:
             raise ValueError(
-                f"batch of text ({text.shape[0]}) != batch of image ({image.shape[0]})"
+                f"batch of text features ({text.shape[0]}) != batch of image ({image.shape[0]})"
             )
         return text.to(image.dtype)
 
@@ -121,8 +121,8 @@ class TextImageFusion(nn.Module):
         out = pixel_text_attention(q_t, k_s, v_s)  # (B, D, P)
         return self.postProj_t(out.transpose(1, 2))  # (B, 1, D)
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
-        text = self._check_text(image, text)
+    def forward(self, image: torch.Tensor, text_feature: torch.Tensor | None) -> torch.Tensor:
+        text = self._check_text(image, text_feature)
         b, _, h, w = image.shape
         # Contiguous last dims let SDPA take its fused kernel instead of the map-storing fallback.
         q = self.q1(image).flatten(2).transpose(1, 2).contiguous()  # (B, HW, P)

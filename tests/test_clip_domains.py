@@ -7,18 +7,19 @@ import torch
 from PIL import Image
 
 from datasets import PairedDataset
-from utils.builders import domain_cache_for
 from utils.clip_domains import (
+    cache_file_for,
     classify,
     clip_precision,
-    domain_feature,
     domain_prompts,
     load_clip,
     prepare_domains,
+    prompt_embeddings,
     quick_gelu_for,
-    text_embeddings,
+    text_features,
 )
 from utils.config import DEFAULT_DOMAINS, ClipConfig
+from utils.errors import ConfigError, WeightsError
 from utils.image import list_images, read_rgb, write_rgb
 
 
@@ -27,19 +28,14 @@ def _states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def _prepare(paths, cache, pretrained=None, template="a photo of a {}", mode="hard", **kw):
-    return prepare_domains(
-        paths,
-        cache,
-        "tiny-clip",
-        pretrained,
-        DEFAULT_DOMAINS,
-        template,
-        mode=mode,
-        batch_size=2,
-        num_workers=1,
-        **kw,
-    )
+def _prepare(paths, cache, pretrained=None, template="a photo of a {}"):
+    clip = ClipConfig(arch="tiny-clip", pretrained=pretrained, template=template, batch_size=2)
+    return prepare_domains(paths, cache, clip, num_workers=1)
+
+
+def domain_cache_for(clip: ClipConfig, hazy_dir):
+    """CLIP's domains of every image in `hazy_dir`, cached where training keeps them."""
+    return prepare_domains(list_images(hazy_dir), cache_file_for(clip, hazy_dir), clip)
 
 
 def _rebuilt(capsys) -> bool:
@@ -73,12 +69,12 @@ def test_torchscript_weights_file_is_loaded(tiny_clip, tmp_path):
 
 
 def test_unloadable_weights_explain_the_fix(tmp_path):
-    with pytest.raises(RuntimeError, match=r"not found.*clip\.pretrained"):
+    with pytest.raises(WeightsError, match=r"not found.*clip\.pretrained"):
         load_clip("tiny-clip", str(tmp_path / "ViT-B-32.pt"))
-    with pytest.raises(RuntimeError, match=r"not-a-tag.*clip\.pretrained"):
+    with pytest.raises(WeightsError, match=r"not-a-tag.*clip\.pretrained"):
         load_clip("tiny-clip", "not-a-tag")
     (tmp_path / "wrong.pt").write_bytes(b"garbage")
-    with pytest.raises(RuntimeError, match=r"wrong\.pt"):
+    with pytest.raises(WeightsError, match=r"wrong\.pt"):
         load_clip("tiny-clip", str(tmp_path / "wrong.pt"))
 
 
@@ -86,7 +82,7 @@ def test_prompts_embeddings_and_probabilities(tiny_clip, synthetic_root):
     model, preprocess, tokenizer = tiny_clip
     prompts = domain_prompts()
     assert prompts == ["a photo of a indoor", "a photo of a outdoor"]
-    emb = text_embeddings(model, tokenizer, prompts)
+    emb = prompt_embeddings(model, tokenizer, prompts)
     assert emb.shape == (2, 32)
     assert torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-5)
 
@@ -101,9 +97,9 @@ def test_prompts_embeddings_and_probabilities(tiny_clip, synthetic_root):
 
 def test_hard_and_soft_features():
     emb = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)
-    probs = torch.tensor([0.3, 0.7])
-    hard = domain_feature(probs, emb, "hard")
-    soft = domain_feature(probs, emb, "soft")
+    probs = torch.tensor([[0.3, 0.7]])
+    hard = text_features(probs, emb, "hard")
+    soft = text_features(probs, emb, "soft")
     for feat in (hard, soft):
         assert feat.shape == (1, 8)
         assert torch.allclose(feat.norm(), torch.tensor(1.0), atol=1e-6)
@@ -111,7 +107,7 @@ def test_hard_and_soft_features():
     expected = 0.3 * emb[0] + 0.7 * emb[1]
     assert torch.allclose(soft[0], expected / expected.norm(), atol=1e-6)
     with pytest.raises(ValueError, match="mode"):
-        domain_feature(probs, emb, "top1")
+        text_features(probs, emb, "top1")
 
 
 def test_cache_reused_and_feeds_the_dataset(synthetic_root, tmp_path, capsys):
@@ -123,12 +119,12 @@ def test_cache_reused_and_feeds_the_dataset(synthetic_root, tmp_path, capsys):
     assert set(first.domains.values()) <= set(DEFAULT_DOMAINS)
 
     mtime = cache_file.stat().st_mtime_ns
-    again = _prepare(paths, cache_file, mode="soft")  # feature mode needs no rebuild
+    again = _prepare(paths, cache_file)
     assert not _rebuilt(capsys)
     assert cache_file.stat().st_mtime_ns == mtime
     assert torch.equal(again.probs, first.probs)
-    feats = again.features()
-    assert not torch.equal(feats["0000.png"], first.features()["0000.png"])
+    feats = again.text_features("soft")  # the feature mode needs no new classification
+    assert not torch.equal(feats["0000.png"], first.text_features("hard")["0000.png"])
 
     ds = PairedDataset(synthetic_root, "test", "test", text_features=feats)
     text = ds[0]["text"]
@@ -182,7 +178,7 @@ def test_truncated_cache_is_rebuilt(synthetic_root, tmp_path, capsys):
     second = _prepare(paths, cache_file)
     assert "unreadable or truncated" in capsys.readouterr().out
     assert torch.equal(first.probs, second.probs)
-    assert not any(p.name.startswith("domains.pt.tmp") for p in tmp_path.iterdir())
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left
 
 
 def test_cache_of_an_earlier_format_is_rebuilt(synthetic_root, tmp_path, capsys):
@@ -206,11 +202,11 @@ def test_fp16_clip_rounds_as_openai_clip_on_a_gpu(tiny_clip, synthetic_root):
     assert norms and all(m.weight.dtype == torch.float32 for m in norms)
 
     arrays = [read_rgb(p) for p in list_images(synthetic_root / "test" / "hazy")]
-    emb = text_embeddings(model, tokenizer, domain_prompts())
+    emb = prompt_embeddings(model, tokenizer, domain_prompts())
     probs = classify(model, preprocess, arrays, emb)
     for t in (emb, probs):
         assert t.dtype == torch.float32 and torch.equal(t.half().float(), t)
-    emb32 = text_embeddings(tiny_clip[0], tiny_clip[2], domain_prompts())
+    emb32 = prompt_embeddings(tiny_clip[0], tiny_clip[2], domain_prompts())
     probs32 = classify(tiny_clip[0], tiny_clip[1], arrays, emb32)
     assert torch.allclose(probs, probs32, atol=1e-2) and not torch.equal(probs, probs32)
 
@@ -219,7 +215,7 @@ def test_clip_precision_auto_is_fp16_on_cuda_only():
     assert clip_precision("auto", "cuda:0") == "fp16"
     assert clip_precision("auto", torch.device("cpu")) == "fp32"
     assert clip_precision("fp32", "cuda") == "fp32"
-    with pytest.raises(ValueError, match=r"clip\.precision"):
+    with pytest.raises(ConfigError, match=r"clip\.precision"):
         clip_precision("bf16", "cpu")
 
 

@@ -8,11 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets import ImageFolderDataset, PairedDataset, synthetic
+from datasets import PairedDataset, input_images, synthetic
 from datasets.paired import random_crop_flip_rotate
 from datasets.synthetic import main as synthetic_main
 from datasets.synthetic import make_synthetic_dataset
 from utils.config import load_config
+from utils.errors import DataError
 from utils.image import (
     from_model_range,
     image_size,
@@ -115,7 +116,7 @@ def test_read_rgb_errors_name_the_file(tmp_path):
     for name in ("empty.png", "junk.png"):
         with pytest.raises(ValueError, match=name):
             read_rgb(tmp_path / name)
-    with pytest.raises(FileNotFoundError, match=r"missing\.png"):
+    with pytest.raises(DataError, match=r"missing\.png"):
         read_rgb(tmp_path / "missing.png")
 
 
@@ -468,26 +469,24 @@ def test_text_features_become_float32_rows(tmp_path):
     assert s["text"].tolist() == [[0.5, 1.5]]
 
 
-# --- ImageFolderDataset -----------------------------------------------------------------
+# --- input images of predict.py --------------------------------------------------------
 
 
-def test_image_folder_dataset(tmp_path):
+def test_input_images(tmp_path):
     write_rgb(tmp_path / "in" / "a.png", _noise(5, 6))
     write_rgb(tmp_path / "in" / "b.jpg", _noise(7, 8))
     (tmp_path / "in" / "readme.txt").write_text("x")
     write_rgb(tmp_path / "c.png", _noise(3, 4))
     with pytest.warns(UserWarning, match="readme.txt"):
-        ds = ImageFolderDataset([tmp_path / "in", tmp_path / "c.png"])
-    assert ds.names == ["a.png", "b.jpg", "c.png"]
-    s = ds[1]
-    assert s["hazy"].shape == (3, 7, 8) and s["size"].tolist() == [7, 8]
-    assert s["path"] == str((tmp_path / "in" / "b.jpg").resolve())
+        paths = input_images([tmp_path / "in", tmp_path / "c.png"])
+    assert [p.name for p in paths] == ["a.png", "b.jpg", "c.png"]
+    assert paths[1] == (tmp_path / "in" / "b.jpg").resolve()
 
     write_rgb(tmp_path / "other" / "a.png", _noise(5, 6))
-    with pytest.raises(ValueError, match="share a name"):
-        ImageFolderDataset([tmp_path / "in" / "a.png", tmp_path / "other" / "a.png"])
-    with pytest.raises(FileNotFoundError, match="missing"):
-        ImageFolderDataset(tmp_path / "missing")
+    with pytest.raises(DataError, match="share a name"):
+        input_images([tmp_path / "in" / "a.png", tmp_path / "other" / "a.png"])
+    with pytest.raises(DataError, match="missing"):
+        input_images(tmp_path / "missing")
 
 
 # --- synthetic data ---------------------------------------------------------------------
@@ -565,25 +564,13 @@ def test_image_folder_inputs_are_deduplicated_and_hidden_files_skipped_silently(
     write_rgb(tmp_path / "in" / "a.png", _noise(5, 6))
     write_rgb(tmp_path / "in" / ".a.png", _noise(5, 6))
     (tmp_path / "in" / "sub").mkdir()
-    ds = ImageFolderDataset([tmp_path / "in", str(tmp_path / "in" / "a.png"), tmp_path / "in"])
-    assert ds.names == ["a.png"] and len(ds) == 1
+    paths = input_images([tmp_path / "in", str(tmp_path / "in" / "a.png"), tmp_path / "in"])
+    assert [p.name for p in paths] == ["a.png"]
     assert not recwarn.list
-    assert ImageFolderDataset(str(tmp_path / "in" / "a.png")).names == ["a.png"]
+    assert [p.name for p in input_images(str(tmp_path / "in" / "a.png"))] == ["a.png"]
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match=r"no image files \(\.png, \.jpg.*empty"):
-        ImageFolderDataset(tmp_path / "empty")
-
-
-def test_image_folder_text_features(tmp_path):
-    write_rgb(tmp_path / "a.png", _noise(5, 6))
-    write_rgb(tmp_path / "b.png", _noise(5, 6))
-    feats = {"a.png": torch.ones(3), "b.png": torch.zeros(1, 3)}
-    ds = ImageFolderDataset(tmp_path, text_features=feats)
-    assert ds[0]["text"].tolist() == [[1.0, 1.0, 1.0]]
-    assert ds[1]["text"].tolist() == [[0.0, 0.0, 0.0]]
-    assert "text" not in ImageFolderDataset(tmp_path)[0]
-    with pytest.raises(ValueError, match=r"no text feature for 1 image\(s\): b\.png"):
-        ImageFolderDataset(tmp_path, text_features={"a.png": torch.ones(3)})
+    with pytest.raises(DataError, match=r"no image files \(\.png, \.jpg.*empty"):
+        input_images(tmp_path / "empty")
 
 
 def test_image_folder_problems_name_every_file(tmp_path):
@@ -592,13 +579,11 @@ def test_image_folder_problems_name_every_file(tmp_path):
             write_rgb(tmp_path / folder / name, _noise(4, 4))
     (tmp_path / "in" / "notes.txt").write_text("x")
     with pytest.warns(UserWarning, match=r"skipping 1 non-image file\(s\): .*notes\.txt"):
-        ds = ImageFolderDataset(tmp_path / "in")
-    assert [ds[i]["name"] for i in range(2)] == ["a.png", "b.png"]
+        paths = input_images(tmp_path / "in")
+    assert [p.name for p in paths] == ["a.png", "b.png"]
     inp, other = (tmp_path / "in").resolve(), (tmp_path / "other").resolve()
-    with pytest.raises(ValueError) as info:
-        ImageFolderDataset(
-            [tmp_path / "in" / "a.png", tmp_path / "in" / "b.png", tmp_path / "other"]
-        )
+    with pytest.raises(DataError) as info:
+        input_images([tmp_path / "in" / "a.png", tmp_path / "in" / "b.png", tmp_path / "other"])
     assert str(info.value) == (
         f"different input files share a name: a.png: {inp / 'a.png'}, {other / 'a.png'}; "
         f"b.png: {inp / 'b.png'}, {other / 'b.png'}"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import utils.builders
+import networks
 import utils.devices
 from utils.config import DEVICE_SPEED, SpeedSettings, load_config, speed_settings
 from utils.devices import device_kind, speed_on
@@ -48,7 +48,7 @@ def test_the_network_gets_the_resolved_options():
         "strips": False,
         "fused_dwconv": True,
     }
-    net = utils.builders.build_network(load_config(None, ["model.name=mixcl-t"]), 512, settings)
+    net = networks.build_network(load_config(None, ["model.name=mixcl-t"]), 512, settings)
     assert not net.channels_last and net.layer1.blocks[0].fused_dwconv
 
 
@@ -88,13 +88,13 @@ def test_memory_estimate_uses_the_devices_own_bytes_per_pixel(monkeypatch):
 def autocast_calls(monkeypatch) -> list[str]:
     """The precisions the entry points' networks run under, in order."""
     calls = []
-    real_autocast = utils.builders.autocast
+    real_autocast = networks.autocast
 
     def recording_autocast(device, amp):
         calls.append(amp)
         return real_autocast(device, amp)
 
-    monkeypatch.setattr(utils.builders, "autocast", recording_autocast)
+    monkeypatch.setattr(networks, "autocast", recording_autocast)
     return calls
 
 
@@ -118,7 +118,7 @@ def test_predict_runs_bf16_on_native_bf16_cpus(trained, tmp_path, monkeypatch, a
 def test_test_py_keeps_fp32_on_native_bf16_cpus(native_bf16, autocast_calls):
     """The protocol evaluates in fp32: test.py's network runs under precision.eval."""
     cfg = load_config(None, ["model.name=mixcl-t", "model.depths=[1,1,1,1,1]"])
-    net = utils.builders.build_network(cfg, 512, speed_on(cfg, CPU))
-    run = utils.builders.inference_network(net, cfg, CPU)
+    net = networks.build_network(cfg, 512, speed_on(cfg, CPU))
+    run = networks.inference_network(net, cfg, CPU)
     run(torch.zeros(1, 3, 40, 40), torch.zeros(1, 1, 512))
     assert autocast_calls == ["none"]

@@ -14,7 +14,7 @@ import torchvision
 from torch import nn
 
 from datasets.synthetic import make_synthetic_dataset
-from utils.builders import build_network
+from networks import build_network
 from utils.config import load_config
 from utils.devices import speed_on
 from utils.distributed import DistInfo

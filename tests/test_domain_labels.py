@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils.builders import domain_text_features
+from utils.clip_domains import split_text_features
 from utils.config import load_config
 from utils.domain_labels import (
     domain_confusion,
@@ -16,6 +16,8 @@ from utils.domain_labels import (
     read_domain_labels,
     write_domain_labels,
 )
+from utils.errors import DataError
+from utils.image import list_images
 
 from .helpers import REPO, load_entry, train_args
 
@@ -59,7 +61,7 @@ def test_a_labels_file_that_does_not_match_its_images_is_refused(tmp_path):
     path.write_text("file,label\na.png,indoor\n")
     with pytest.raises(ValueError, match=r"domains\.csv: expected a header"):
         read_domain_labels(path, DOMAINS, ["a.png"])
-    with pytest.raises(FileNotFoundError, match=r"missing\.csv"):
+    with pytest.raises(DataError, match=r"missing\.csv"):
         read_domain_labels(tmp_path / "missing.csv", DOMAINS, ["a.png"])
 
 
@@ -68,6 +70,12 @@ def test_synthetic_data_comes_with_its_true_domains(synthetic_root):
         names = sorted(p.name for p in (synthetic_root / split / "hazy").iterdir())
         labels = read_domain_labels(synthetic_root / split / "domains.csv", DOMAINS, names)
         assert sorted(labels) == names
+
+
+def domain_text_features(cfg, split: Path):
+    """Text features and CLIP's domains of every hazy image of `split`."""
+    names = [p.name for p in list_images(split / "hazy")]
+    return split_text_features(cfg.clip, split, names)
 
 
 def oracle_config(root: Path, cache: Path, source: str):
@@ -86,15 +94,15 @@ def test_oracle_labels_feed_exactly_the_labelled_domains_prompt_embedding(synthe
     oracle, _ = domain_text_features(oracle_config(synthetic_root, tmp_path, "labels"), split)
     assert sorted(oracle) == sorted(guessed) == sorted(flipped)
     for name, domain in flipped.items():
-        assert oracle[name].shape == (1, cache.text_emb.shape[1])
-        assert torch.equal(oracle[name][0], cache.text_emb[DOMAINS.index(domain)])
+        assert oracle[name].shape == (1, cache.prompt_emb.shape[1])
+        assert torch.equal(oracle[name][0], cache.prompt_emb[DOMAINS.index(domain)])
         assert not torch.equal(oracle[name], guessed[name])
 
 
 def test_oracle_labels_fail_before_clip_runs_when_the_file_is_missing(synthetic_root, tmp_path):
     (synthetic_root / "test" / "domains.csv").unlink()
     cfg = oracle_config(synthetic_root, tmp_path / "cache", "labels")
-    with pytest.raises(FileNotFoundError, match=r"test/domains\.csv"):
+    with pytest.raises(DataError, match=r"test/domains\.csv"):
         domain_text_features(cfg, synthetic_root / "test")
     assert not (tmp_path / "cache").exists()
 
@@ -122,7 +130,7 @@ def test_a_run_trained_on_oracle_domains_feeds_them_to_the_network_in_test_py(
     names = sorted(flipped)  # test.py evaluates in file name order
     assert len(fed) == len(names)
     for name, text in zip(names, fed, strict=True):
-        assert torch.equal(text[0], cache.text_emb[DOMAINS.index(flipped[name])].reshape(1, -1))
+        assert torch.equal(text[0], cache.prompt_emb[DOMAINS.index(flipped[name])].reshape(1, -1))
     # CLIP guessed the opposite of every label.
     assert summary["clip_domains"]["accuracy"] == 0.0
     assert json.loads((out / "metrics.json").read_text())["config"]["clip"]["domain_source"] == (

@@ -16,9 +16,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from models import build_model
+from models import MixDehazeNet, build_model
 from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.cli import run
 from utils.config import ConfigError
+from utils.errors import WeightsError
 from utils.image import read_rgb, write_rgb
 
 from .helpers import REPO, load_entry, train_args
@@ -78,6 +80,20 @@ def test_new_run_refuses_to_overwrite_and_resume_checks_model(data_root, trained
 def test_config_typo_names_the_key(data_root, tmp_path):
     with pytest.raises(ConfigError, match=r"train\.lrr"):
         train.main(train_args(data_root, tmp_path, "train.lrr=1e-3"))
+    with pytest.raises(SystemExit) as e:  # what the command line shows: one line
+        run(lambda: train.main(train_args(data_root, tmp_path, "train.lrr=1e-3")))
+    assert e.value.code.startswith("error: ") and "unknown config key train.lrr" in e.value.code
+    assert "\n" not in e.value.code
+
+
+def test_a_bug_in_the_network_keeps_its_traceback(data_root, tmp_path, monkeypatch):
+    def broken_forward(self, hazy, text_feature=None):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x24 and 48x24)")
+
+    monkeypatch.setattr(MixDehazeNet, "forward", broken_forward)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied") as e:
+        run(lambda: train.main(train_args(data_root, tmp_path)))
+    assert any(entry.name == "broken_forward" for entry in e.traceback)
 
 
 def test_test_py_writes_csv_and_metrics(trained, data_root, tmp_path):
@@ -253,7 +269,7 @@ def test_a_moved_clip_file_is_overridden_and_the_network_settings_are_not(
     torch.save(moved, tmp_path / "moved.pth")
     write_rgb(tmp_path / "in" / "a.png", np.full((20, 24, 3), 120, np.uint8))
     args = ["--ckpt", str(tmp_path / "moved.pth"), str(tmp_path / "in")]
-    with pytest.raises(RuntimeError, match="old-machine"):
+    with pytest.raises(WeightsError, match="old-machine"):
         predict.main([*args, "--out", str(tmp_path / "a")])
     override = f"clip.pretrained={tiny_clip_weights}"
     assert len(predict.main([*args, "--out", str(tmp_path / "b"), override])) == 1

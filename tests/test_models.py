@@ -126,7 +126,7 @@ def test_mixdehazenet_weights_warm_start_mixcl(tmp_path, caplog):
     torch.save({"state_dict": plain.state_dict()}, path)
     mixcl = build_model("mixcl-t", depths=TINY).eval()
     with caplog.at_level(logging.INFO, logger="models.loading"):
-        load_pretrained(mixcl, path)
+        load_pretrained(mixcl, torch.load(path, weights_only=True))
     assert "text_emb.q1.weight" in caplog.text
     assert torch.equal(mixcl.patch_embed.proj.weight[:, 3:], torch.zeros(24, 3, 3, 3))
     x = image(41, 45)
@@ -142,7 +142,7 @@ def test_upstream_checkpoint_with_prefix_and_text_branch(tmp_path, caplog):
 
     model = build_model("mixcl-t", depths=TINY).eval()
     with caplog.at_level(logging.INFO, logger="models.loading"):
-        load_pretrained(model, path)
+        load_pretrained(model, torch.load(path, weights_only=True))
     assert "text_emb.postProj_t.weight" in caplog.text
     assert torch.equal(
         model.layer3.blocks[0].norm2.running_var, upstream.layer3.blocks[0].norm2.running_var

@@ -132,12 +132,12 @@ def test_invalid_constructor_arguments_are_refused(kwargs, message):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (None, r"^this model fuses a CLIP text feature: call model\(hazy, text\)$"),
-        (torch.zeros(2, 1, 8), r"text must be \(B, 1, 16\) or \(B, 16\), got \(2, 1, 8\)"),
+        (None, r"^this model fuses a CLIP text feature: call model\(hazy, text_feature\)$"),
+        (torch.zeros(2, 1, 8), r"text feature must be \(B, 1, 16\) or \(B, 16\), got \(2, 1, 8\)"),
         (torch.zeros(2, 2, D), r"got \(2, 2, 16\)"),
         (torch.zeros(2, 1, 1, D), r"got \(2, 1, 1, 16\)"),
-        (torch.zeros(3, 1, D), r"batch of text \(3\) != batch of image \(2\)"),
-        (torch.zeros(1, D), r"batch of text \(1\) != batch of image \(2\)"),
+        (torch.zeros(3, 1, D), r"batch of text features \(3\) != batch of image \(2\)"),
+        (torch.zeros(1, D), r"batch of text features \(1\) != batch of image \(2\)"),
     ],
 )
 def test_bad_text_is_refused(text, message):

@@ -3,12 +3,14 @@ one extra epoch at the final lr, and a saved note of every key that leaves the p
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from datasets import paired
-from utils.builders import build_network
+from networks import build_network
 from utils.checkpoint import load_checkpoint
 from utils.config import load_config
 from utils.devices import speed_on
@@ -45,13 +47,14 @@ def test_validation_runs_in_the_eval_precision_not_the_training_one(data_root):
 def test_train_classifies_on_its_own_device(monkeypatch, tmp_path):
     devices = []
 
-    def fake_features(cfg, split_dir, device="cpu"):
+    def fake_features(clip, split_dir, names, device="cpu"):
         devices.append(device)
         return {}, None
 
-    monkeypatch.setattr(train, "domain_text_features", fake_features)
+    monkeypatch.setattr(train, "split_text_features", fake_features)
+    split = SimpleNamespace(split_dir=tmp_path / "test", names=["a.png"])  # a PairedDataset's
     cfg = train.load_config(None, [f"data.root={tmp_path}"])
-    train.text_features(cfg, tmp_path / "test", DistInfo(), torch.device("cuda", 0))
+    train.text_features(cfg, split, DistInfo(), torch.device("cuda", 0))
     assert devices == ["cuda:0"]
 
 

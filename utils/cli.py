@@ -1,25 +1,20 @@
-"""How the entry points read numbers and end on a user's mistake: one clear line, no traceback."""
+"""How the entry points read numbers and end: a user's mistake in one line, a bug with its trace."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 
+from utils.errors import UserError
+
 
 def run(main: Callable[[], object]) -> None:
-    """Call an entry point's `main`; report bad input, missing files and failed runs as one line.
-
-    Config, checkpoint and dataset errors are ValueErrors, file problems OSErrors and failed
-    runs RuntimeErrors, each with a message naming the key or file. Set MIXCL_TRACEBACK=1 to see
-    the full traceback instead.
-    """
+    """Call an entry point's `main`; a UserError (bad config, data, checkpoint or weights) ends
+    the process as one line naming the key or file, anything else raises with its traceback."""
     try:
         main()
-    except (ValueError, OSError, RuntimeError) as e:
-        if os.environ.get("MIXCL_TRACEBACK"):
-            raise
+    except UserError as e:
         sys.exit(f"error: {e}")
 
 

@@ -1,17 +1,17 @@
 """CLIP zero-shot domains (indoor / outdoor) and the per-image text features derived from them.
 
 A frozen open_clip model classifies every hazy image against one prompt per domain (cosine
-similarity * 100, softmax). The paper feeds the network the text embedding of the top-1
-domain ("hard"); "soft" mixes the domain embeddings by probability. Classification is run
-once per dataset split and cached on disk (`prepare_domains`); the cache stores
-probabilities and embeddings, so switching hard/soft never needs CLIP again.
-
-    python -m utils.clip_domains --data-dir data/RESIDE-6K --split test --pretrained openai
+similarity * 100, softmax). The paper feeds the network, as the image's text feature, the
+prompt embedding of the top-1 domain ("hard"); "soft" mixes the prompt embeddings by
+probability. Classification is run once per dataset split and cached on disk
+(`prepare_domains`); the cache stores probabilities and prompt embeddings, so switching
+hard/soft never needs CLIP again.
 """
 
 import difflib
 import hashlib
 import os
+import re
 import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,16 +26,24 @@ from PIL import Image
 from tqdm import tqdm
 
 from utils.checkpoint import save_atomic
-from utils.config import DEFAULT_DOMAINS, DEFAULT_TEMPLATE, ClipPrecision, ConfigError
+from utils.config import (
+    DEFAULT_DOMAINS,
+    DEFAULT_TEMPLATE,
+    TEXT_FEATURE_MODES,
+    ClipConfig,
+    ClipPrecision,
+)
+from utils.domain_labels import labels_file, read_domain_labels
+from utils.errors import ConfigError, DataError, WeightsError
 from utils.image import PathLike, read_rgb
 
-FEATURE_MODES = ("hard", "soft")
 # Fixed softmax temperature of the protocol (equal to OpenAI CLIP's learned logit scale).
 LOGIT_SCALE = 100.0
 # Seed of randomly initialised CLIP models, so that every process builds the same one.
 RANDOM_INIT_SEED = 0
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "clip"
-CACHE_FORMAT = 2  # 2: images read upright (EXIF orientation); activation and precision recorded
+# 2: images read upright (EXIF orientation), activation and precision recorded; 3: "prompt_emb"
+CACHE_FORMAT = 3
 
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
 
@@ -60,7 +68,7 @@ def check_arch(arch: str) -> None:
 
 
 def embedding_width(arch: str) -> int:
-    """D, the width of the CLIP text embedding of `arch`, read from its config (no weights)."""
+    """D, the width of the prompt embeddings (and text features) of `arch`, from its config."""
     check_arch(arch)
     return int(open_clip.get_model_config(arch)["embed_dim"])
 
@@ -94,7 +102,7 @@ def clip_precision(setting: str, device: str | torch.device) -> str:
     if setting == "auto":
         return "fp16" if torch.device(device).type == "cuda" else "fp32"
     if setting not in get_args(ClipPrecision):
-        raise ValueError(f"clip.precision must be auto, fp16 or fp32, got {setting!r}")
+        raise ConfigError(f"clip.precision must be auto, fp16 or fp32, got {setting!r}")
     return setting
 
 
@@ -139,7 +147,7 @@ def load_clip(
         precision: "fp32", or "fp16" as OpenAI's CLIP on a GPU: linear and convolution
             weights in fp16, LayerNorm computed in fp32 (open_clip's precision="fp16").
         quick_gelu: "auto", True or False (see `quick_gelu_for`).
-    Raises RuntimeError, saying what was tried, when the weights cannot be loaded.
+    Raises WeightsError, saying what was tried, when the weights cannot be loaded.
     """
     check_arch(arch)
     precision = clip_precision(precision, device)
@@ -180,7 +188,7 @@ def _activation_note(arch: str, path: Path, quick: bool) -> str:
 
 def _load_from_file(arch: str, path: Path, device: str | torch.device, options: dict) -> tuple:
     if not path.is_file():
-        raise RuntimeError(f"CLIP weights file not found: {path}. {_weights_help(arch)}")
+        raise WeightsError(f"CLIP weights file not found: {path}. {_weights_help(arch)}")
     try:
         if _is_torchscript_archive(path):
             # OpenAI's files: TorchScript, not loadable with weights_only.
@@ -197,7 +205,7 @@ def _load_from_file(arch: str, path: Path, device: str | torch.device, options: 
                 arch, pretrained=str(path), device=device, **options
             )
     except Exception as e:
-        raise RuntimeError(
+        raise WeightsError(
             f"cannot load CLIP weights for {arch} from {path}: {e}. Check that the file is "
             f"a complete {arch} checkpoint (the architecture must match)."
         ) from e
@@ -207,7 +215,7 @@ def _load_from_file(arch: str, path: Path, device: str | torch.device, options: 
 def _load_from_tag(arch: str, tag: str, device: str | torch.device, options: dict) -> tuple:
     tags = open_clip.list_pretrained_tags_by_model(arch)
     if tag not in tags:
-        raise RuntimeError(
+        raise WeightsError(
             f"{tag!r} is neither an existing weights file nor an open_clip weights tag for "
             f"{arch} (known tags: {', '.join(tags) or 'none'}). {_weights_help(arch)}"
         )
@@ -216,7 +224,7 @@ def _load_from_tag(arch: str, tag: str, device: str | torch.device, options: dic
             arch, pretrained=tag, device=device, **options
         )
     except Exception as e:
-        raise RuntimeError(
+        raise WeightsError(
             f"cannot download CLIP weights {arch}/{tag} ({type(e).__name__}: {e}). "
             f"{_weights_help(arch)}"
         ) from e
@@ -228,7 +236,7 @@ def domain_prompts(
 ) -> list[str]:
     """One prompt per domain; the default reproduces upstream's "a photo of a indoor"."""
     if "{}" not in template:
-        raise ValueError(f"prompt template must contain '{{}}', got {template!r}")
+        raise ConfigError(f"clip.template must contain '{{}}', got {template!r}")
     return [template.format(d) for d in domains]
 
 
@@ -239,8 +247,8 @@ def _compute_dtype(model: torch.nn.Module) -> torch.dtype:
 
 
 @torch.no_grad()
-def text_embeddings(model: torch.nn.Module, tokenizer: Callable, prompts: Sequence[str]):
-    """L2-normalised text embeddings of `prompts`, float32 on the CPU, shape (K, D).
+def prompt_embeddings(model: torch.nn.Module, tokenizer: Callable, prompts: Sequence[str]):
+    """L2-normalised CLIP embeddings of `prompts`, float32 on the CPU, shape (K, D).
 
     Normalised in the model's precision, so an fp16 CLIP gives fp16-rounded unit vectors, as
     OpenAI's code saves them.
@@ -255,7 +263,7 @@ def classify(
     model: torch.nn.Module,
     preprocess: Callable,
     images: Sequence,
-    text_emb: torch.Tensor,
+    prompt_emb: torch.Tensor,
 ) -> torch.Tensor:
     """Zero-shot domain probabilities (N, K): softmax over 100 * cosine similarity.
 
@@ -269,7 +277,7 @@ def classify(
         batch = torch.stack([preprocess(_as_pil(im)) for im in images])
     device, dtype = next(model.parameters()).device, _compute_dtype(model)
     img_emb = F.normalize(model.encode_image(batch.to(device, dtype)), dim=-1)
-    logits = LOGIT_SCALE * img_emb @ text_emb.to(device, dtype).T
+    logits = LOGIT_SCALE * img_emb @ prompt_emb.to(device, dtype).T
     return logits.softmax(dim=-1).float().cpu()
 
 
@@ -277,22 +285,17 @@ def _as_pil(image) -> Image.Image:
     return image if isinstance(image, Image.Image) else Image.fromarray(image)
 
 
-def domain_features(probs: torch.Tensor, text_emb: torch.Tensor, mode: str) -> torch.Tensor:
+def text_features(probs: torch.Tensor, prompt_emb: torch.Tensor, mode: str) -> torch.Tensor:
     """Text features (N, D) of unit norm from domain probabilities (N, K).
 
-    "hard": the embedding of the most probable domain (the paper); "soft": the
-    probability-weighted mix of the domain embeddings, re-normalised.
+    "hard": the prompt embedding of the most probable domain (the paper); "soft": the
+    probability-weighted mix of the prompt embeddings, re-normalised.
     """
     if mode == "hard":
-        return text_emb[probs.argmax(dim=-1)].clone()
+        return prompt_emb[probs.argmax(dim=-1)]
     if mode == "soft":
-        return F.normalize(probs.float() @ text_emb, dim=-1)
-    raise ValueError(f"feature mode must be one of {FEATURE_MODES}, got {mode!r}")
-
-
-def domain_feature(probs_row: torch.Tensor, text_emb: torch.Tensor, mode: str) -> torch.Tensor:
-    """The (1, D) text feature of one image from its (K,) or (1, K) domain probabilities."""
-    return domain_features(probs_row.reshape(1, -1), text_emb, mode)
+        return F.normalize(probs.float() @ prompt_emb, dim=-1)
+    raise ValueError(f"text feature mode must be one of {TEXT_FEATURE_MODES}, got {mode!r}")
 
 
 @dataclass(frozen=True)
@@ -302,8 +305,7 @@ class DomainCache:
     Attributes:
         names: image file names, in the order given to `prepare_domains`.
         domain_names: the K domains; prompts: their K prompts.
-        probs: (N, K) probabilities; text_emb: (K, D) unit-norm prompt embeddings.
-        mode: default feature mode for `features()`.
+        probs: (N, K) probabilities; prompt_emb: (K, D) unit-norm prompt embeddings.
         record: what produced the results (arch, weights, prompts, image fingerprints).
     """
 
@@ -311,8 +313,7 @@ class DomainCache:
     domain_names: list[str]
     prompts: list[str]
     probs: torch.Tensor
-    text_emb: torch.Tensor
-    mode: str
+    prompt_emb: torch.Tensor
     record: dict
 
     @property
@@ -328,16 +329,20 @@ class DomainCache:
             counts[d] += 1
         return counts
 
-    def features(self, mode: str | None = None) -> dict[str, torch.Tensor]:
-        """Image file name -> (1, D) text feature, for PairedDataset(text_features=...)."""
-        feats = domain_features(self.probs, self.text_emb, mode or self.mode)
-        return {n: feats[i : i + 1] for i, n in enumerate(self.names)}
+    def text_features(
+        self, mode: str, labels: dict[str, str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Image file name -> (1, D) text feature, for PairedDataset(text_features=...).
 
-    def labelled_features(self, labels: dict[str, str]) -> dict[str, torch.Tensor]:
-        """Image file name -> (1, D) prompt embedding of its labelled domain (oracle domains),
-        in place of CLIP's guess; `labels` maps every image name to one of `domain_names`."""
-        index = {d: k for k, d in enumerate(self.domain_names)}
-        return {n: self.text_emb[index[labels[n]]].reshape(1, -1).clone() for n in self.names}
+        With `labels` (every image name -> one of `domain_names`: oracle domains), the prompt
+        embedding of each image's labelled domain replaces CLIP's guess and `mode` does not apply.
+        """
+        if labels is None:
+            feats = text_features(self.probs, self.prompt_emb, mode)
+        else:
+            index = {d: k for k, d in enumerate(self.domain_names)}
+            feats = self.prompt_emb[[index[labels[n]] for n in self.names]]
+        return {n: feats[i : i + 1] for i, n in enumerate(self.names)}
 
 
 def _sha256(path: Path) -> str:
@@ -393,7 +398,7 @@ def _load_cache(cache_file: Path) -> tuple[dict | None, str]:
         n, k = len(data["names"]), len(data["record"]["prompts"])
         ok = (
             data["probs"].shape == (n, k)
-            and data["text_emb"].shape[0] == k
+            and data["prompt_emb"].shape[0] == k
             and len(data["record"]["images"]) == n
         )
     except Exception as e:
@@ -423,97 +428,122 @@ def _stale_reason(data: dict, record: dict, names: list[str], paths: list[Path])
     return None
 
 
-def _read_for_clip(path: Path, preprocess: Callable) -> torch.Tensor:
-    return preprocess(Image.fromarray(read_rgb(path)))
+def _check_images(paths: list[Path]) -> None:
+    names = [p.name for p in paths]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise DataError(f"image names must be unique, repeated: {', '.join(dup[:20])}")
+    if not paths:
+        raise DataError("no images to classify")
+
+
+def _record(clip: ClipConfig, device: str | torch.device) -> dict:
+    """What a cache's results depend on besides the images."""
+    quick = quick_gelu_for(clip.arch, clip.pretrained, clip.quick_gelu)
+    return {
+        "arch": clip.arch,
+        "weights": weights_id(clip.pretrained),
+        "activation": "QuickGELU" if quick else "GELU",
+        "precision": clip_precision(clip.precision, device),
+        "domains": list(clip.domains),
+        "prompts": domain_prompts(clip.domains, clip.template),
+    }
+
+
+def load_clip_for(clip: ClipConfig, device: str | torch.device = "cpu") -> tuple:
+    """The frozen CLIP of the config, its preprocessing and tokenizer (see `load_clip`)."""
+    return load_clip(clip.arch, clip.pretrained, device, clip.precision, clip.quick_gelu)
 
 
 def prepare_domains(
     image_paths: Sequence[PathLike],
     cache_file: PathLike,
-    arch: str,
-    pretrained: str | None,
-    domains: Sequence[str] = DEFAULT_DOMAINS,
-    template: str = DEFAULT_TEMPLATE,
-    mode: str = "hard",
-    batch_size: int = 64,
+    clip: ClipConfig,
     device: str | torch.device = "cpu",
     num_workers: int = 4,
-    precision: str = "auto",
-    quick_gelu: bool | str = "auto",
 ) -> DomainCache:
-    """Zero-shot domains of `image_paths`, from `cache_file` when still valid.
+    """Zero-shot domains of `image_paths` with the CLIP of `clip`, from `cache_file` when valid.
 
-    `precision` and `quick_gelu` are those of `load_clip` ('auto' precision: fp16 when
-    `device` is a GPU). The cache is reused when the architecture, weights (tag or file
-    sha256), activation, precision, domains, prompts, image names and image contents are
-    unchanged; otherwise CLIP classifies every
-    image again (the reason is printed) and the file is replaced atomically. Image names
-    must be unique: features are looked up by file name.
+    'auto' precision is fp16 when `device` is a GPU. The cache is reused when the architecture,
+    weights (tag or file sha256), activation, precision, domains, prompts, image names and
+    image contents are unchanged; otherwise CLIP classifies every image again (the reason is
+    printed) and the file is replaced atomically. Image names must be unique: text features
+    are looked up by file name.
     """
-    if mode not in FEATURE_MODES:
-        raise ValueError(f"feature mode must be one of {FEATURE_MODES}, got {mode!r}")
     paths = [Path(p) for p in image_paths]
+    _check_images(paths)
     names = [p.name for p in paths]
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"image names must be unique, repeated: {', '.join(dup[:20])}")
-    if not paths:
-        raise ValueError("no images to classify")
     cache_file = Path(cache_file)
-    prompts = domain_prompts(domains, template)
-    precision = clip_precision(precision, device)
-    quick = quick_gelu_for(arch, pretrained, quick_gelu)
-    record = {
-        "arch": arch,
-        "weights": weights_id(pretrained),
-        "activation": "QuickGELU" if quick else "GELU",
-        "precision": precision,
-        "domains": list(domains),
-        "prompts": prompts,
-    }
-
+    record = _record(clip, device)
     data, reason = _load_cache(cache_file)
     if data is not None:
         reason = _stale_reason(data, record, names, paths)
         if reason is None:
             print(f"CLIP domains: reusing {cache_file}")
-            return _to_cache(data, mode)
+            return _to_cache(data)
     print(
-        f"CLIP domains: classifying {len(paths)} images with {arch} in {precision} on "
-        f"{torch.device(device).type} ({reason})"
+        f"CLIP domains: classifying {len(paths)} images with {clip.arch} in "
+        f"{record['precision']} on {torch.device(device).type} ({reason})"
     )
 
-    model, preprocess, tokenizer = load_clip(arch, pretrained, device, precision, quick_gelu)
-    text_emb = text_embeddings(model, tokenizer, prompts)
+    model, preprocess, tokenizer = load_clip_for(clip, device)
+    prompt_emb = prompt_embeddings(model, tokenizer, record["prompts"])
     images = [{**_stat(p), "sha1": _sha1(p)} for p in paths]
     probs = []
     with ThreadPoolExecutor(max(1, num_workers)) as pool:
-        starts = range(0, len(paths), batch_size)
+        starts = range(0, len(paths), clip.batch_size)
         for start in tqdm(starts, "CLIP domains", unit="batch", disable=None):
-            chunk = paths[start : start + batch_size]
-            batch = torch.stack(list(pool.map(lambda p: _read_for_clip(p, preprocess), chunk)))
-            probs.append(classify(model, preprocess, batch, text_emb))
+            chunk = paths[start : start + clip.batch_size]
+            batch = pool.map(lambda p: preprocess(Image.fromarray(read_rgb(p))), chunk)
+            probs.append(classify(model, preprocess, torch.stack(list(batch)), prompt_emb))
     data = {
         "format": CACHE_FORMAT,
         "names": names,
         "probs": torch.cat(probs),
-        "text_emb": text_emb,
+        "prompt_emb": prompt_emb,
         "record": {**record, "images": images},
     }
     save_atomic(data, cache_file)
-    cache = _to_cache(data, mode)
+    cache = _to_cache(data)
     print("CLIP domains: " + ", ".join(f"{d} {c}" for d, c in cache.counts().items()))
     return cache
 
 
-def _to_cache(data: dict, mode: str) -> DomainCache:
+def _to_cache(data: dict) -> DomainCache:
     rec = data["record"]
     return DomainCache(
         names=list(data["names"]),
         domain_names=list(rec["domains"]),
         prompts=list(rec["prompts"]),
         probs=data["probs"],
-        text_emb=data["text_emb"],
-        mode=mode,
+        prompt_emb=data["prompt_emb"],
         record=rec,
     )
+
+
+def cache_file_for(clip: ClipConfig, hazy_dir: Path) -> Path:
+    """One cache file per (image folder, CLIP setup); its contents are checked again on load."""
+    what = f"{hazy_dir.resolve()}|{clip.arch}|{clip.pretrained}|{clip.template}|{clip.domains}"
+    digest = hashlib.sha1(what.encode()).hexdigest()[:10]
+    readable = re.sub(
+        r"[^A-Za-z0-9_.-]+", "_", f"{hazy_dir.parent.parent.name}-{hazy_dir.parent.name}"
+    )
+    return Path(clip.cache_dir) / f"{readable}-{clip.arch}-{digest}.pt"
+
+
+def split_text_features(
+    clip: ClipConfig, split_dir: Path, names: Sequence[str], device: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], DomainCache]:
+    """The text feature of each hazy image `names` of a split, and CLIP's domains of them.
+
+    The text features are those of CLIP's zero-shot domains, or with `clip.domain_source: labels`
+    exactly the prompt embedding of each image's domain in `<split>/domains.csv` (read first,
+    so a bad labels file fails before CLIP runs).
+    """
+    labels = None
+    if clip.domain_source == "labels":
+        labels = read_domain_labels(labels_file(split_dir), clip.domains, names)
+    hazy_dir = split_dir / "hazy"
+    paths = [hazy_dir / n for n in names]
+    cache = prepare_domains(paths, cache_file_for(clip, hazy_dir), clip, device)
+    return cache.text_features(clip.mode, labels), cache

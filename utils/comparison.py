@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import DegenerateDataWarning, bootstrap
 
+from utils.config import covers, flatten
 from utils.domain_labels import domain_confusion
+from utils.errors import UserError
 
 COLUMNS = ("name", "domain", "psnr", "ssim", "hazy_psnr", "hazy_ssim")  # test.py's per_image.csv
 METRICS = ("psnr", "ssim")
@@ -38,7 +40,7 @@ REPEAT_IGNORES = (
 )
 
 
-class ComparisonError(ValueError):
+class ComparisonError(UserError, ValueError):
     """Result folders that cannot be compared; the message names them."""
 
 
@@ -312,24 +314,12 @@ def paired_differences(
     return out
 
 
-def _flat(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        out.update(_flat(value, f"{name}.") if isinstance(value, dict) else {name: value})
-    return out
-
-
 def repeat_key(result: Result) -> str | None:
     """What a run computes (its config without REPEAT_IGNORES, and which checkpoint was tested),
     or None when its metrics.json records no config."""
     if result.config is None:
         return None
-    kept = {
-        k: v
-        for k, v in _flat(result.config).items()
-        if not any(k == i or k.startswith(f"{i}.") for i in REPEAT_IGNORES)
-    }
+    kept = {k: v for k, v in flatten(result.config).items() if not covers(REPEAT_IGNORES, k)}
     return json.dumps([kept, Path(result.metrics.get("checkpoint", "")).name], sort_keys=True)
 
 

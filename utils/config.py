@@ -18,10 +18,14 @@ from typing import Any, Literal
 import yaml
 
 from utils.errors import ConfigError
+from utils.variants import FUSION_MODES, MODEL_NAMES, default_fusion
 
 # The paper's prompts ("a photo of a indoor" / "a photo of a outdoor", grammar as upstream).
 DEFAULT_DOMAINS = ("indoor", "outdoor")
 DEFAULT_TEMPLATE = "a photo of a {}"
+# The text feature of an image from its domain probabilities: the most probable domain's prompt
+# embedding (the paper), or the probability-weighted mix (utils/clip_domains.text_features).
+TEXT_FEATURE_MODES = ("hard", "soft")
 Precision = Literal["none", "fp16", "bf16"]
 ClipPrecision = Literal["auto", "fp16", "fp32"]  # auto: fp16 on CUDA, fp32 on the CPU
 CRBatchNorm = Literal["batch", "frozen"]  # the CR ResNet's BatchNorm: training or eval mode
@@ -59,7 +63,7 @@ LOCATION_KEYS = (
 )
 # ... how fast and how precisely the network runs (changes results within float tolerance) ...
 SPEED_KEYS = ("speed", "precision.eval", "precision.predict")
-# ... in test.py and predict.py also the domain features (soft for a hard-trained network, the
+# ... in test.py and predict.py also the text features (soft for a hard-trained network, the
 # CLIP precision of the machine at hand) ...
 EVALUATION_KEYS = (*LOCATION_KEYS, *SPEED_KEYS, "clip.mode", "clip.precision")
 # ... and with train.py --resume the number of epochs (the cosine schedule is re-planned), how
@@ -77,12 +81,17 @@ RESUME_KEYS = (
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which network to build (see `models.MODEL_NAMES`)."""
+    """Which network to build (utils/variants.py lists the variants)."""
 
-    name: str = "mixcl-s"
-    fusion: Literal["none", "concat", "add"] | None = None  # None: the variant's own fusion
+    name: Literal[MODEL_NAMES] = "mixcl-s"
+    fusion: Literal[FUSION_MODES] | None = None  # None: the variant's own fusion
     depths: tuple[int, ...] | None = None  # None: the variant's own depths
     init_from: str | None = None  # warm start, e.g. a released MixDehazeNet .pth
+
+    @property
+    def needs_text(self) -> bool:
+        """Whether the network takes a CLIP text feature (its fusion, or its variant's)."""
+        return (self.fusion or default_fusion(self.name)) != "none"
 
 
 @dataclass(frozen=True)
@@ -125,9 +134,9 @@ class ClipConfig:
     pretrained: str | None = "openai"  # open_clip tag, a local weights file, or null (random)
     domains: tuple[str, ...] = DEFAULT_DOMAINS
     template: str = DEFAULT_TEMPLATE
-    mode: Literal["hard", "soft"] = "hard"
+    mode: Literal[TEXT_FEATURE_MODES] = "hard"
     # "labels": each image's domain from <split folder>/domains.csv instead of CLIP's guess
-    # (oracle domains; the feature is that domain's prompt embedding, `mode` does not apply).
+    # (oracle domains; the text feature is that domain's prompt embedding, `mode` does not apply).
     domain_source: Literal["clip", "labels"] = "clip"
     precision: ClipPrecision = "auto"  # auto: fp16 on CUDA, as OpenAI's CLIP runs there
     # auto: QuickGELU for OpenAI-trained weights (see utils/clip_domains.quick_gelu_for)
@@ -267,20 +276,15 @@ def speed_settings(cfg: Config, device_kind: str) -> SpeedSettings:
     return dataclasses.replace(DEVICE_SPEED[device_kind], **chosen)
 
 
+# What a value of each plain type must be, as an error message says it (bool is not an int).
+_PLAIN_TYPES = {bool: "true or false", int: "an integer", str: "a string"}
+
+
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`; convert lists to tuples and ints to floats."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _convert(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {tp}")
+        return _convert_union(value, tp, key)
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
@@ -291,28 +295,38 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
     if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {tp} for {key}")
+        return _number(value, key)
+    if tp not in _PLAIN_TYPES:
+        raise TypeError(f"unsupported config type {tp} for {key}")
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {_PLAIN_TYPES[tp]}, got {value!r}")
+    return value
+
+
+def _convert_union(value: Any, tp: Any, key: str) -> Any:
+    """The first member of the union `tp` that `value` fits (None fits an optional key)."""
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in (a for a in args if a is not type(None)):
+        try:
+            return _convert(value, arg, key)
+        except ConfigError as e:
+            errors.append(str(e))
+    raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {tp}")
+
+
+def _number(value: Any, key: str) -> float:
+    if isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    return float(value)
 
 
 def _build(cls: type, data: Any, prefix: str = "") -> Any:
@@ -430,11 +444,12 @@ def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
-def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested plain data as {dotted key: value}, e.g. {"train.lr": 1e-4}."""
     out: dict[str, Any] = {}
     for k, v in data.items():
         key = f"{prefix}{k}"
-        out.update(_flat(v, f"{key}.") if isinstance(v, dict) else {key: v})
+        out.update(flatten(v, f"{key}.") if isinstance(v, dict) else {key: v})
     return out
 
 
@@ -445,7 +460,7 @@ def covers(keys: Sequence[str], key: str) -> bool:
 
 def config_changes(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
     """Every dotted key whose value differs, with its (old, new) values."""
-    a, b = _flat(config_to_dict(old)), _flat(config_to_dict(new))
+    a, b = flatten(config_to_dict(old)), flatten(config_to_dict(new))
     return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
 
 

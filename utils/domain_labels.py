@@ -12,6 +12,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from utils.errors import DataError
+
 LABELS_FILE = "domains.csv"
 COLUMNS = ("name", "domain")
 
@@ -43,12 +45,12 @@ def read_domain_labels(
     """`name -> domain` for exactly the images `names`, checked against the known `domains`.
 
     Every problem (missing header, unknown domains, repeated, missing or extra names) is
-    reported together in one ValueError naming the file; a labels file that no longer matches
+    reported together in one DataError naming the file; a labels file that no longer matches
     its images is an error, never silently used.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise DataError(
             f"domain labels file not found: {path} (a CSV with columns name,domain, one row "
             "per image, as `python -m datasets.synthetic` writes; without one, use CLIP's "
             "domains: clip.domain_source=clip)"
@@ -56,7 +58,7 @@ def read_domain_labels(
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or not set(COLUMNS) <= set(reader.fieldnames):
-            raise ValueError(
+            raise DataError(
                 f"{path}: expected a header with the columns name,domain, got {reader.fieldnames}"
             )
         rows = [(row["name"], row["domain"], reader.line_num) for row in reader]
@@ -79,7 +81,7 @@ def read_domain_labels(
         )
     if problems:
         details = "\n".join(f"  - {p}" for p in problems)
-        raise ValueError(f"invalid domain labels file {path}:\n{details}")
+        raise DataError(f"invalid domain labels file {path}:\n{details}")
     return labels
 
 

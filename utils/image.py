@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from utils.errors import DataError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 EXIF_ORIENTATION = 0x0112
 
@@ -73,7 +75,7 @@ def list_images(folder: PathLike) -> list[Path]:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
+        raise DataError(f"image folder not found: {folder}")
     return sorted(
         (p for p in folder.iterdir() if p.is_file() and is_image_file(p)), key=lambda p: p.name
     )
@@ -97,18 +99,16 @@ def png_names(names: Sequence[str]) -> dict[str, str]:
 def image_size(path: PathLike) -> tuple[int, int]:
     """(height, width) as displayed (EXIF orientation applied), from the file header only.
 
-    Cheap enough to check thousands of files when a dataset is opened. Raises ValueError
-    naming the file when the header cannot be parsed.
+    Cheap enough to check thousands of files when a dataset is opened. Raises DataError
+    naming the file when the header cannot be read.
     """
     try:
         with Image.open(path) as im:
             w, h = im.size
             if _orientation(im) >= 5:  # a quarter turn
                 w, h = h, w
-    except FileNotFoundError:
-        raise
     except Exception as e:
-        raise ValueError(f"cannot read image header of {path}: {e}") from e
+        raise DataError(f"cannot read image header of {path}: {e}") from e
     return h, w
 
 
@@ -128,20 +128,20 @@ def read_rgb(path: PathLike) -> np.ndarray:
     """Read an image file as an (H, W, 3) uint8 RGB array (see the module docstring)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
+        raise DataError(f"image file not found: {path}")
     # np.fromfile + imdecode also handles non-ASCII paths, which cv2.imread does not everywhere.
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size == 0:
-        raise ValueError(f"image file is empty: {path}")
+        raise DataError(f"image file is empty: {path}")
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
-        raise ValueError(f"cannot decode image file (corrupt or unsupported format): {path}")
+        raise DataError(f"cannot decode image file (corrupt or unsupported format): {path}")
 
     if img.dtype == np.uint16:
         warnings.warn(f"{path}: 16-bit image converted to 8 bits", stacklevel=2)
         img = np.round(img.astype(np.float32) / 257.0).astype(np.uint8)
     elif img.dtype != np.uint8:
-        raise ValueError(f"{path}: unsupported pixel type {img.dtype} (expected 8 or 16 bit)")
+        raise DataError(f"{path}: unsupported pixel type {img.dtype} (expected 8 or 16 bit)")
 
     return _upright(_to_rgb(img, path), data)
 

@@ -135,14 +135,3 @@ def build_criterion(cfg: LossConfig, device: torch.device) -> Criterion:
             cfg.resnet_weights, cfg.resnet_imagenet_norm, cfg.resnet_batchnorm
         )
     return Criterion(cr, cfg.cr_weight).to(device)
-
-
-def training_loss(
-    output: torch.Tensor,
-    gt: torch.Tensor,
-    hazy: torch.Tensor,
-    cr: ContrastiveLoss | None,
-    cr_weight: float,
-) -> torch.Tensor:
-    """`Criterion(cr, cr_weight)` as a function (bench/ddp_equality.py)."""
-    return Criterion(cr, cr_weight)(output, gt, hazy)

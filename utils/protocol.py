@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from utils.config import DEFAULT_DOMAINS, DEFAULT_TEMPLATE, Config, config_to_dict
+from utils.config import DEFAULT_DOMAINS, DEFAULT_TEMPLATE, Config, config_to_dict, flatten
 
 
 @dataclass(frozen=True)
@@ -106,16 +106,6 @@ def published_setting(data_root: str) -> tuple[str, PublishedSetting] | None:
     return None
 
 
-def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def _show(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
@@ -128,7 +118,7 @@ def _show(value: Any) -> str:
 
 def differences(cfg: Config, setting: PublishedSetting) -> list[str]:
     """`key=value (paper: value)` for every compared key whose value differs."""
-    resolved = _flat(config_to_dict(cfg))
+    resolved = flatten(config_to_dict(cfg))
     return [
         f"{key}={_show(resolved[key])} (paper: {_show(want)})"
         for key, want in setting.values.items()
