@@ -153,7 +153,7 @@ def test_a_saved_file_gets_the_permissions_of_any_new_file(tmp_path):
         save_atomic(_checkpoint(1.0), tmp_path / "last.pth")
     finally:
         os.umask(umask)
-    assert stat.S_IMODE((tmp_path / "last.pth").stat().st_mode) == 0o644  # 0o666 & ~umask: no execute bit
+    assert stat.S_IMODE((tmp_path / "last.pth").stat().st_mode) == 0o644  # 0o666 & ~umask
 
 
 def test_a_checkpoint_saved_on_a_gpu_loads_on_the_cpu(tmp_path, monkeypatch):
