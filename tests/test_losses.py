@@ -1,6 +1,7 @@
 """Contrastive regularisation: the authors' loss (ResNet-152 BatchNorm in training mode) by
 default, the frozen-statistics variant, the weights file, ImageNet normalisation, clear errors."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,14 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from utils.losses import CR_LAYER_WEIGHTS, ContrastiveLoss, build_contrastive_loss, resnet_slices
+from utils.config import LossConfig
+from utils.losses import (
+    CR_LAYER_WEIGHTS,
+    ContrastiveLoss,
+    build_contrastive_loss,
+    build_criterion,
+    resnet_slices,
+)
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +136,19 @@ def test_imagenet_normalisation_feeds_the_resnet_normalised_images():
 def test_missing_weights_file_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"loss\.resnet_weights.*loss\.cr_weight=0"):
         build_contrastive_loss(str(tmp_path / "resnet152.pth"))
+
+
+def test_criterion_is_l1_plus_the_weighted_cr_of_the_loss_section(resnet152_file):
+    """MODEL_SPEC's loss, L1(out, GT) + 0.1 * CR, built from the `loss` config section."""
+    resnet, path = resnet152_file
+    out, gt, hazy = _images(2)
+    cfg = LossConfig(resnet_weights=str(path))
+    criterion = build_criterion(cfg, torch.device("cpu"))
+    cr = _authors_cr(resnet.train(), out, gt, hazy)
+    expected = (out - gt).abs().mean() + 0.1 * cr
+    assert criterion(out, gt, hazy).item() == pytest.approx(expected.item(), rel=1e-5)
+    l1_only = build_criterion(
+        replace(cfg, cr_weight=0.0, resnet_weights="/nowhere.pth"), torch.device("cpu")
+    )
+    assert l1_only.cr is None  # the ResNet is not even built
+    assert l1_only(out, gt, hazy).item() == pytest.approx((out - gt).abs().mean().item())
