@@ -111,9 +111,9 @@ class PairedDataset(Dataset):
 
     Sample keys: hazy, gt, name (file name) and, after `set_text_features`, text (1, D).
     Every problem with the split (missing folders, unmatched or unreadable files, size
-    mismatches) is reported together in one DataError. Only file
-    headers are read here, so opening a large split is cheap; a file whose pixels are
-    corrupt is reported by name when it is loaded.
+    mismatches) is reported together in one DataError. Only file headers are read here, so
+    opening a large split is cheap; a file whose pixels are corrupt is reported by name when it
+    is loaded.
     """
 
     def __init__(

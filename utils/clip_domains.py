@@ -240,12 +240,6 @@ def domain_prompts(
     return [template.format(d) for d in domains]
 
 
-def _compute_dtype(model: torch.nn.Module) -> torch.dtype:
-    """The dtype CLIP's image tower computes in: its first linear or convolution weight's."""
-    layers = (torch.nn.Conv2d, torch.nn.Linear)
-    return next(m.weight.dtype for m in model.visual.modules() if isinstance(m, layers))
-
-
 @torch.no_grad()
 def prompt_embeddings(model: torch.nn.Module, tokenizer: Callable, prompts: Sequence[str]):
     """L2-normalised CLIP embeddings of `prompts`, float32 on the CPU, shape (K, D).
@@ -271,18 +265,16 @@ def classify(
     (N, 3, h, w) tensor. Computed in the model's precision (fp16 as OpenAI's code on a GPU:
     similarities and softmax included), returned as float32.
     """
-    if isinstance(images, torch.Tensor):
-        batch = images
-    else:
-        batch = torch.stack([preprocess(_as_pil(im)) for im in images])
-    device, dtype = next(model.parameters()).device, _compute_dtype(model)
-    img_emb = F.normalize(model.encode_image(batch.to(device, dtype)), dim=-1)
+    if not isinstance(images, torch.Tensor):
+        pil = [im if isinstance(im, Image.Image) else Image.fromarray(im) for im in images]
+        images = torch.stack([preprocess(im) for im in pil])
+    # The dtype the image tower computes in: its first linear or convolution weight's.
+    layers = (torch.nn.Conv2d, torch.nn.Linear)
+    dtype = next(m.weight.dtype for m in model.visual.modules() if isinstance(m, layers))
+    device = next(model.parameters()).device
+    img_emb = F.normalize(model.encode_image(images.to(device, dtype)), dim=-1)
     logits = LOGIT_SCALE * img_emb @ prompt_emb.to(device, dtype).T
     return logits.softmax(dim=-1).float().cpu()
-
-
-def _as_pil(image) -> Image.Image:
-    return image if isinstance(image, Image.Image) else Image.fromarray(image)
 
 
 def text_features(probs: torch.Tensor, prompt_emb: torch.Tensor, mode: str) -> torch.Tensor:
