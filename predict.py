@@ -24,13 +24,7 @@ from tqdm import tqdm
 from datasets import input_images
 from networks import inference_network, model_from_checkpoint, pick_device
 from utils.cli import positive_int, run
-from utils.clip_domains import (
-    classify,
-    domain_prompts,
-    load_clip_for,
-    prompt_embeddings,
-    text_features,
-)
+from utils.clip_domains import classify, load_classifier, text_features
 from utils.devices import speed_on
 from utils.errors import OutputError, OutputExistsError, UserError
 from utils.image import (
@@ -168,12 +162,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     precision = speed_on(cfg, device).predict_precision
     run_net = inference_network(net, cfg, device, precision)
 
-    clip = None
-    if cfg.model.needs_text:
-        clip_model, preprocess, tokenizer = load_clip_for(cfg.clip, device=str(device))
-        prompts = domain_prompts(cfg.clip.domains, cfg.clip.template)
-        prompt_emb = prompt_embeddings(clip_model, tokenizer, prompts)
-        clip = (clip_model, preprocess, prompt_emb)
+    clip = load_classifier(cfg.clip, str(device)) if cfg.model.needs_text else None
 
     written: list[Path] = []
     failed: list[str] = []

@@ -109,32 +109,23 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+def _means(rows: list[dict], prefix: str = "") -> dict:
+    return {m: _mean([r[prefix + m] for r in rows]) for m in ("psnr", "ssim")}
+
+
 def _per_domain(rows: list[dict], key: str) -> dict:
     """Means per value of the column `key` ("domain" or "true_domain"), empty values left out."""
     by_domain: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         if r[key]:
             by_domain[r[key]].append(r)
-    return {
-        d: {
-            "psnr": _mean([r["psnr"] for r in rs]),
-            "ssim": _mean([r["ssim"] for r in rs]),
-            "count": len(rs),
-        }
-        for d, rs in sorted(by_domain.items())
-    }
+    return {d: {**_means(rs), "count": len(rs)} for d, rs in sorted(by_domain.items())}
 
 
 def summarise(rows: list[dict]) -> dict:
     """Means over images, overall and per predicted domain (the reported figures)."""
-    return {
-        "psnr": _mean([r["psnr"] for r in rows]),
-        "ssim": _mean([r["ssim"] for r in rows]),
-        "count": len(rows),
-        "hazy_psnr": _mean([r["hazy_psnr"] for r in rows]),
-        "hazy_ssim": _mean([r["hazy_ssim"] for r in rows]),
-        "per_domain": _per_domain(rows, "domain"),
-    }
+    hazy = {f"hazy_{m}": v for m, v in _means(rows, "hazy_").items()}
+    return {**_means(rows), "count": len(rows), **hazy, "per_domain": _per_domain(rows, "domain")}
 
 
 def label_summary(rows: list[dict], domains: Sequence[str], labels_path: Path) -> dict:

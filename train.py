@@ -240,29 +240,22 @@ def prepare_data(cfg: Config, info: DistInfo) -> tuple[PairedDataset, PairedData
     return train_set, val_set
 
 
-def text_features(
-    cfg: Config, dataset: PairedDataset, info: DistInfo, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """Per-image text features of a split's images: rank 0 builds the CLIP cache (on `device`,
-    a GPU when there is one), the others read it."""
-    split_dir, names = dataset.split_dir, dataset.names
-    if info.is_main:
-        features, _ = split_text_features(cfg.clip, split_dir, names, str(device))
-    barrier(info)
-    if not info.is_main:
-        features, _ = split_text_features(cfg.clip, split_dir, names, str(device))
-    return features
-
-
 def attach_text_features(
     cfg: Config, info: DistInfo, device: torch.device, splits: tuple[PairedDataset, ...]
 ) -> int | None:
     """Give every sample of `splits` its image's CLIP text feature, if the network takes one;
-    returns the feature width (None without text)."""
+    returns the feature width (None without text). Rank 0 builds each split's CLIP cache (on
+    `device`, a GPU when there is one), then the others read it."""
     if not cfg.model.needs_text:
         return None
     for dataset in splits:
-        dataset.set_text_features(text_features(cfg, dataset, info, device))
+        args = (cfg.clip, dataset.split_dir, dataset.names, str(device))
+        if info.is_main:
+            features, _ = split_text_features(*args)
+        barrier(info)
+        if not info.is_main:
+            features, _ = split_text_features(*args)
+        dataset.set_text_features(features)
     return embedding_width(cfg.clip.arch)
 
 

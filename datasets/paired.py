@@ -11,7 +11,7 @@ process for reproducible runs; `valid` and `test` modes are deterministic.
 
 import random
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from utils.errors import DataError
+from utils.errors import DataError, name_list
 from utils.image import (
     IMAGE_EXTENSIONS,
     PathLike,
@@ -33,15 +33,6 @@ from utils.image import (
 )
 
 MODES = ("train", "valid", "test")
-
-# At most this many file names are listed per kind of problem in an error message.
-_MAX_NAMES = 20
-
-
-def _name_list(names: Sequence[str]) -> str:
-    shown = ", ".join(names[:_MAX_NAMES])
-    more = len(names) - _MAX_NAMES
-    return shown + (f" ... and {more} more" if more > 0 else "")
 
 
 def _to_model_tensor(img: np.ndarray) -> torch.Tensor:
@@ -93,21 +84,6 @@ def center_crop(imgs: list[np.ndarray], size: int) -> list[np.ndarray]:
     return [im[top : top + size, left : left + size] for im in imgs]
 
 
-def _text_lookup(
-    text_features: Mapping[str, torch.Tensor] | None, names: Iterable[str]
-) -> tuple[dict[str, torch.Tensor] | None, list[str]]:
-    """Features reshaped to (1, D) float32 for `names`, and the names that have none."""
-    if text_features is None:
-        return None, []
-    found, missing = {}, []
-    for name in names:
-        if name in text_features:
-            found[name] = torch.as_tensor(text_features[name]).detach().float().reshape(1, -1)
-        else:
-            missing.append(name)
-    return found, missing
-
-
 def _unmatched(have: set[str], other: set[str], lacking: str) -> list[str]:
     """The problem of the names in `have` without a counterpart in `other`, if there are any."""
     unmatched = sorted(have - other)
@@ -117,12 +93,8 @@ def _unmatched(have: set[str], other: set[str], lacking: str) -> list[str]:
     near = any(Path(n).stem in other_stems for n in unmatched)
     hint = " (names must match including the extension)" if near else ""
     return [
-        f"{len(unmatched)} image(s) without a {lacking} counterpart{hint}: {_name_list(unmatched)}"
+        f"{len(unmatched)} image(s) without a {lacking} counterpart{hint}: {name_list(unmatched)}"
     ]
-
-
-def _missing_text(names: list[str]) -> list[str]:
-    return [f"no text feature for {len(names)} image(s): {_name_list(names)}"] if names else []
 
 
 class PairedDataset(Dataset):
@@ -136,14 +108,12 @@ class PairedDataset(Dataset):
         patch_size: crop size for train/valid; smaller images are reflect-padded first.
         edge_decay: train only, bias towards crops touching the image border.
         only_h_flip: train only, disable the 90-degree rotations.
-        text_features: optional map file name -> (1, D) or (D,) CLIP text feature; when given,
-            samples carry it under "text".
 
-    Sample keys: hazy, gt, name (file name) and, with text_features, text (1, D).
+    Sample keys: hazy, gt, name (file name) and, after `set_text_features`, text (1, D).
     Every problem with the split (missing folders, unmatched or unreadable files, size
-    mismatches, missing text features) is reported together in one DataError. Only file
-    headers are read here, so opening a large split is cheap; a file whose pixels are
-    corrupt is reported by name when it is loaded.
+    mismatches) is reported together in one DataError. Only file headers are read here, so
+    opening a large split is cheap; a file whose pixels are corrupt is reported by name when it
+    is loaded.
     """
 
     def __init__(
@@ -154,7 +124,6 @@ class PairedDataset(Dataset):
         patch_size: int = 256,
         edge_decay: float = 0.0,
         only_h_flip: bool = False,
-        text_features: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -167,8 +136,8 @@ class PairedDataset(Dataset):
         self.split_dir = Path(root) / split
 
         names, self.sizes, problems = self._scan()
-        self.text, missing_text = _text_lookup(text_features, names)
-        self._refuse([*problems, *_missing_text(missing_text)])
+        self._refuse(problems)
+        self.text: dict[str, torch.Tensor] | None = None
         self.names = names
         self.hazy_paths = [self.split_dir / "hazy" / n for n in names]
         self.gt_paths = [self.split_dir / "GT" / n for n in names]
@@ -180,10 +149,13 @@ class PairedDataset(Dataset):
             raise DataError(f"invalid dataset split {self.split_dir}:\n{details}")
 
     def set_text_features(self, text_features: Mapping[str, torch.Tensor]) -> None:
-        """Give every sample its image's CLIP text feature (as `text_features=` does)."""
-        text, missing = _text_lookup(text_features, self.names)
-        self._refuse(_missing_text(missing))
-        self.text = text
+        """Give every sample its image's CLIP text feature ((1, D) or (D,), by file name)."""
+        missing = [n for n in self.names if n not in text_features]
+        if missing:
+            self._refuse([f"no text feature for {len(missing)} image(s): {name_list(missing)}"])
+        self.text = {
+            n: torch.as_tensor(text_features[n]).detach().float().reshape(1, -1) for n in self.names
+        }
 
     def _scan(self) -> tuple[list[str], dict[str, tuple[int, int]], list[str]]:
         """Matched file names, their (height, width), and a list of every problem found."""
@@ -217,10 +189,10 @@ class PairedDataset(Dataset):
                 )
             pair_size[name] = sizes[0]
         if unreadable:
-            problems.append(f"{len(unreadable)} unreadable file(s): {_name_list(unreadable)}")
+            problems.append(f"{len(unreadable)} unreadable file(s): {name_list(unreadable)}")
         if mismatched:
             problems.append(
-                f"{len(mismatched)} pair(s) with different GT/hazy sizes: {_name_list(mismatched)}"
+                f"{len(mismatched)} pair(s) with different GT/hazy sizes: {name_list(mismatched)}"
             )
         return names, pair_size, problems
 
@@ -244,7 +216,7 @@ class PairedDataset(Dataset):
             results = list(bar)
         bad = [r for r in results if r is not None]
         if bad:
-            self._refuse([f"{len(bad)} undecodable image(s): {_name_list(bad)}"])
+            self._refuse([f"{len(bad)} undecodable image(s): {name_list(bad)}"])
 
     def __len__(self) -> int:
         return len(self.names)
@@ -293,7 +265,7 @@ def input_images(inputs: PathLike | Sequence[PathLike]) -> list[Path]:
     paths, skipped = _files_of(inputs)
     if skipped:
         warnings.warn(
-            f"skipping {len(skipped)} non-image file(s): {_name_list(skipped)}", stacklevel=2
+            f"skipping {len(skipped)} non-image file(s): {name_list(skipped)}", stacklevel=2
         )
     unique = list(dict.fromkeys(p.resolve() for p in paths))
     by_name: dict[str, list[Path]] = {}

@@ -211,14 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.min_side > args.max_side:
         parser.error("need --min-side <= --max-side")
-    syn = SyntheticConfig(
-        train=args.train,
-        test=args.test,
-        min_side=args.min_side,
-        max_side=args.max_side,
-        seed=args.seed,
-    )
-    root = write_new_dataset(args.out, syn)
+    sizes = {k: v for k, v in vars(args).items() if k != "out"}  # named as SyntheticConfig's
+    root = write_new_dataset(args.out, SyntheticConfig(**sizes))
     print(f"wrote {args.train} train and {args.test} test pairs to {root}")
     return 0
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from models.text_fusion import TEXT_BRANCH_MODULES
+from utils.errors import name_list
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +40,6 @@ def _state_dict_of(source: Mapping) -> dict[str, torch.Tensor]:
     if state and all(k.startswith(DATA_PARALLEL_PREFIX) for k in state):
         state = {k[len(DATA_PARALLEL_PREFIX) :]: v for k, v in state.items()}
     return state
-
-
-def _some(keys: list[str]) -> str:
-    more = len(keys) - MAX_KEYS_SHOWN
-    return ", ".join(keys[:MAX_KEYS_SHOWN]) + (f" ... and {more} more" if more > 0 else "")
 
 
 def _is_text_branch_key(key: str) -> bool:
@@ -93,7 +89,7 @@ def load_pretrained(model: nn.Module, source: Mapping) -> None:
         if state[k].shape != target[k].shape
     )
     problems = [
-        f"{label}: {_some(keys)}"
+        f"{label}: {name_list(keys, MAX_KEYS_SHOWN)}"
         for label, keys in (
             ("missing keys", missing),
             ("unexpected keys", unexpected),

@@ -30,12 +30,13 @@ def _states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 def _prepare(paths, cache, pretrained=None, template="a photo of a {}"):
     clip = ClipConfig(arch="tiny-clip", pretrained=pretrained, template=template, batch_size=2)
-    return prepare_domains(paths, cache, clip, num_workers=1)
+    return prepare_domains(paths[0].parent, [p.name for p in paths], cache, clip, num_workers=1)
 
 
 def domain_cache_for(clip: ClipConfig, hazy_dir):
     """CLIP's domains of every image in `hazy_dir`, cached where training keeps them."""
-    return prepare_domains(list_images(hazy_dir), cache_file_for(clip, hazy_dir), clip)
+    names = [p.name for p in list_images(hazy_dir)]
+    return prepare_domains(hazy_dir, names, cache_file_for(clip, hazy_dir), clip)
 
 
 def _rebuilt(capsys) -> bool:
@@ -126,7 +127,8 @@ def test_cache_reused_and_feeds_the_dataset(synthetic_root, tmp_path, capsys):
     feats = again.text_features("soft")  # the feature mode needs no new classification
     assert not torch.equal(feats["0000.png"], first.text_features("hard")["0000.png"])
 
-    ds = PairedDataset(synthetic_root, "test", "test", text_features=feats)
+    ds = PairedDataset(synthetic_root, "test", "test")
+    ds.set_text_features(feats)
     text = ds[0]["text"]
     assert text.shape == (1, 32)
     assert torch.allclose(text.norm(), torch.tensor(1.0), atol=1e-5)

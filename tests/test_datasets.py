@@ -209,13 +209,19 @@ def test_small_images_are_reflect_padded(tmp_path):
     assert PairedDataset(root, "test", "train", patch_size=16)[0]["gt"].shape == (3, 16, 16)
 
 
+def _with_text(root, text_features):
+    ds = PairedDataset(root, "test", "test")
+    ds.set_text_features(text_features)
+    return ds
+
+
 def test_text_features_looked_up_by_name(tmp_path):
     root, _ = _inverse_pair(tmp_path, 8, 8)
     feat = torch.arange(4.0)
-    s = PairedDataset(root, "test", "test", text_features={"a.png": feat})[0]
+    s = _with_text(root, {"a.png": feat})[0]
     assert torch.equal(s["text"], feat.reshape(1, 4))
     with pytest.raises(ValueError, match=r"no text feature.*a\.png"):
-        PairedDataset(root, "test", "test", text_features={"other.png": feat})
+        _with_text(root, {"other.png": feat})
 
 
 def test_all_split_problems_reported_together(tmp_path):
@@ -462,10 +468,10 @@ def test_verify_pixels_names_every_undecodable_file(tmp_path):
 def test_text_features_become_float32_rows(tmp_path):
     root, _ = _inverse_pair(tmp_path, 8, 8)
     feat = torch.arange(6, dtype=torch.float64).requires_grad_()
-    s = PairedDataset(root, "test", "test", text_features={"a.png": feat})[0]
+    s = _with_text(root, {"a.png": feat})[0]
     assert s["text"].dtype == torch.float32 and not s["text"].requires_grad
     assert s["text"].tolist() == [[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]]
-    s = PairedDataset(root, "test", "test", text_features={"a.png": [[0.5, 1.5]]})[0]
+    s = _with_text(root, {"a.png": [[0.5, 1.5]]})[0]
     assert s["text"].tolist() == [[0.5, 1.5]]
 
 

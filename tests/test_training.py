@@ -52,9 +52,11 @@ def test_train_classifies_on_its_own_device(monkeypatch, tmp_path):
         return {}, None
 
     monkeypatch.setattr(train, "split_text_features", fake_features)
-    split = SimpleNamespace(split_dir=tmp_path / "test", names=["a.png"])  # a PairedDataset's
+    split = SimpleNamespace(  # a PairedDataset's
+        split_dir=tmp_path / "test", names=["a.png"], set_text_features=lambda features: None
+    )
     cfg = train.load_config(None, [f"data.root={tmp_path}"])
-    train.text_features(cfg, split, DistInfo(), torch.device("cuda", 0))
+    train.attach_text_features(cfg, DistInfo(), torch.device("cuda", 0), (split,))
     assert devices == ["cuda:0"]
 
 

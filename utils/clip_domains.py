@@ -34,7 +34,7 @@ from utils.config import (
     ClipPrecision,
 )
 from utils.domain_labels import labels_file, read_domain_labels
-from utils.errors import ConfigError, DataError, WeightsError
+from utils.errors import ConfigError, WeightsError
 from utils.image import PathLike, read_rgb
 
 # Fixed softmax temperature of the protocol (equal to OpenAI CLIP's learned logit scale).
@@ -240,12 +240,6 @@ def domain_prompts(
     return [template.format(d) for d in domains]
 
 
-def _compute_dtype(model: torch.nn.Module) -> torch.dtype:
-    """The dtype CLIP's image tower computes in: its first linear or convolution weight's."""
-    layers = (torch.nn.Conv2d, torch.nn.Linear)
-    return next(m.weight.dtype for m in model.visual.modules() if isinstance(m, layers))
-
-
 @torch.no_grad()
 def prompt_embeddings(model: torch.nn.Module, tokenizer: Callable, prompts: Sequence[str]):
     """L2-normalised CLIP embeddings of `prompts`, float32 on the CPU, shape (K, D).
@@ -271,18 +265,16 @@ def classify(
     (N, 3, h, w) tensor. Computed in the model's precision (fp16 as OpenAI's code on a GPU:
     similarities and softmax included), returned as float32.
     """
-    if isinstance(images, torch.Tensor):
-        batch = images
-    else:
-        batch = torch.stack([preprocess(_as_pil(im)) for im in images])
-    device, dtype = next(model.parameters()).device, _compute_dtype(model)
-    img_emb = F.normalize(model.encode_image(batch.to(device, dtype)), dim=-1)
+    if not isinstance(images, torch.Tensor):
+        pil = [im if isinstance(im, Image.Image) else Image.fromarray(im) for im in images]
+        images = torch.stack([preprocess(im) for im in pil])
+    # The dtype the image tower computes in: its first linear or convolution weight's.
+    layers = (torch.nn.Conv2d, torch.nn.Linear)
+    dtype = next(m.weight.dtype for m in model.visual.modules() if isinstance(m, layers))
+    device = next(model.parameters()).device
+    img_emb = F.normalize(model.encode_image(images.to(device, dtype)), dim=-1)
     logits = LOGIT_SCALE * img_emb @ prompt_emb.to(device, dtype).T
     return logits.softmax(dim=-1).float().cpu()
-
-
-def _as_pil(image) -> Image.Image:
-    return image if isinstance(image, Image.Image) else Image.fromarray(image)
 
 
 def text_features(probs: torch.Tensor, prompt_emb: torch.Tensor, mode: str) -> torch.Tensor:
@@ -304,14 +296,13 @@ class DomainCache:
 
     Attributes:
         names: image file names, in the order given to `prepare_domains`.
-        domain_names: the K domains; prompts: their K prompts.
+        domain_names: the K domains.
         probs: (N, K) probabilities; prompt_emb: (K, D) unit-norm prompt embeddings.
         record: what produced the results (arch, weights, prompts, image fingerprints).
     """
 
     names: list[str]
     domain_names: list[str]
-    prompts: list[str]
     probs: torch.Tensor
     prompt_emb: torch.Tensor
     record: dict
@@ -332,7 +323,7 @@ class DomainCache:
     def text_features(
         self, mode: str, labels: dict[str, str] | None = None
     ) -> dict[str, torch.Tensor]:
-        """Image file name -> (1, D) text feature, for PairedDataset(text_features=...).
+        """Image file name -> (1, D) text feature, for PairedDataset.set_text_features.
 
         With `labels` (every image name -> one of `domain_names`: oracle domains), the prompt
         embedding of each image's labelled domain replaces CLIP's guess and `mode` does not apply.
@@ -345,21 +336,14 @@ class DomainCache:
         return {n: feats[i : i + 1] for i, n in enumerate(self.names)}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def weights_id(pretrained: str | None) -> str:
     """What identifies CLIP weights in a cache record: the tag, or the file's sha256."""
     if not pretrained:
         return f"random-init(seed={RANDOM_INIT_SEED})"
     path = Path(pretrained).expanduser()
     if _is_file_spec(pretrained) and path.is_file():
-        return f"sha256:{_sha256(path)}"
+        with open(path, "rb") as f:
+            return f"sha256:{hashlib.file_digest(f, 'sha256').hexdigest()}"
     return f"open_clip:{pretrained}"
 
 
@@ -428,15 +412,6 @@ def _stale_reason(data: dict, record: dict, names: list[str], paths: list[Path])
     return None
 
 
-def _check_images(paths: list[Path]) -> None:
-    names = [p.name for p in paths]
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise DataError(f"image names must be unique, repeated: {', '.join(dup[:20])}")
-    if not paths:
-        raise DataError("no images to classify")
-
-
 def _record(clip: ClipConfig, device: str | torch.device) -> dict:
     """What a cache's results depend on besides the images."""
     quick = quick_gelu_for(clip.arch, clip.pretrained, clip.quick_gelu)
@@ -450,29 +425,37 @@ def _record(clip: ClipConfig, device: str | torch.device) -> dict:
     }
 
 
-def load_clip_for(clip: ClipConfig, device: str | torch.device = "cpu") -> tuple:
-    """The frozen CLIP of the config, its preprocessing and tokenizer (see `load_clip`)."""
-    return load_clip(clip.arch, clip.pretrained, device, clip.precision, clip.quick_gelu)
+def load_classifier(
+    clip: ClipConfig, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, Callable, torch.Tensor]:
+    """The frozen CLIP of the config (see `load_clip`), its image preprocessing and the prompt
+    embeddings of its domains: what `classify` takes."""
+    model, preprocess, tokenizer = load_clip(
+        clip.arch, clip.pretrained, device, clip.precision, clip.quick_gelu
+    )
+    prompts = domain_prompts(clip.domains, clip.template)
+    return model, preprocess, prompt_embeddings(model, tokenizer, prompts)
 
 
 def prepare_domains(
-    image_paths: Sequence[PathLike],
+    hazy_dir: PathLike,
+    names: Sequence[str],
     cache_file: PathLike,
     clip: ClipConfig,
     device: str | torch.device = "cpu",
     num_workers: int = 4,
 ) -> DomainCache:
-    """Zero-shot domains of `image_paths` with the CLIP of `clip`, from `cache_file` when valid.
+    """Zero-shot domains of the images `names` in `hazy_dir` with the CLIP of `clip`, from
+    `cache_file` when valid (one folder's file names are unique: text features are looked up
+    by them).
 
     'auto' precision is fp16 when `device` is a GPU. The cache is reused when the architecture,
     weights (tag or file sha256), activation, precision, domains, prompts, image names and
     image contents are unchanged; otherwise CLIP classifies every image again (the reason is
-    printed) and the file is replaced atomically. Image names must be unique: text features
-    are looked up by file name.
+    printed) and the file is replaced atomically.
     """
-    paths = [Path(p) for p in image_paths]
-    _check_images(paths)
-    names = [p.name for p in paths]
+    names = list(names)
+    paths = [Path(hazy_dir) / n for n in names]
     cache_file = Path(cache_file)
     record = _record(clip, device)
     data, reason = _load_cache(cache_file)
@@ -486,8 +469,7 @@ def prepare_domains(
         f"{record['precision']} on {torch.device(device).type} ({reason})"
     )
 
-    model, preprocess, tokenizer = load_clip_for(clip, device)
-    prompt_emb = prompt_embeddings(model, tokenizer, record["prompts"])
+    model, preprocess, prompt_emb = load_classifier(clip, device)
     images = [{**_stat(p), "sha1": _sha1(p)} for p in paths]
     probs = []
     with ThreadPoolExecutor(max(1, num_workers)) as pool:
@@ -514,7 +496,6 @@ def _to_cache(data: dict) -> DomainCache:
     return DomainCache(
         names=list(data["names"]),
         domain_names=list(rec["domains"]),
-        prompts=list(rec["prompts"]),
         probs=data["probs"],
         prompt_emb=data["prompt_emb"],
         record=rec,
@@ -544,6 +525,5 @@ def split_text_features(
     if clip.domain_source == "labels":
         labels = read_domain_labels(labels_file(split_dir), clip.domains, names)
     hazy_dir = split_dir / "hazy"
-    paths = [hazy_dir / n for n in names]
-    cache = prepare_domains(paths, cache_file_for(clip, hazy_dir), clip, device)
+    cache = prepare_domains(hazy_dir, names, cache_file_for(clip, hazy_dir), clip, device)
     return cache.text_features(clip.mode, labels), cache

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import math
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
@@ -77,11 +76,12 @@ class Bootstrap:
 
 @dataclass(frozen=True)
 class Interval:
-    """Mean paired difference and its confidence interval; `method` says how it was found."""
+    """Mean paired difference and its confidence interval (None where there is none); `method`
+    says how it was found."""
 
     mean: float
-    low: float
-    high: float
+    low: float | None
+    high: float | None
     method: str
 
 
@@ -177,7 +177,8 @@ def common_images(results: list[Result]) -> list[str]:
                 "compare results of the same test split"
             )
         a, b = base.values("hazy_psnr", shared), other.values("hazy_psnr", shared)
-        differ = [n for n, x, y in zip(shared, a, b, strict=True) if not _close(x, y)]
+        close = np.isclose(a, b, rtol=0, atol=HAZY_PSNR_TOLERANCE_DB)  # inf equals inf
+        differ = [n for n, ok in zip(shared, close, strict=True) if not ok]
         if differ:
             n = differ[0]
             raise ComparisonError(
@@ -191,10 +192,6 @@ def common_images(results: list[Result]) -> list[str]:
             "no image is common to all of " + ", ".join(str(r.folder) for r in results)
         )
     return names
-
-
-def _close(a: float, b: float) -> bool:
-    return a == b or abs(a - b) <= HAZY_PSNR_TOLERANCE_DB
 
 
 def image_domains(results: list[Result], names: list[str]) -> tuple[dict[str, str], str]:
@@ -243,7 +240,7 @@ def paired_interval(run_values: np.ndarray, base_values: np.ndarray, boot: Boots
         return Interval(float(diff[0]), float(diff[0]), float(diff[0]), "exact")
     mean = float(np.mean(diff))
     if len(diff) < 2 or not np.all(np.isfinite(diff)):
-        return Interval(mean, math.nan, math.nan, "none")
+        return Interval(mean, None, None, "none")
     for method in ("BCa", "percentile"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DegenerateDataWarning)
@@ -261,15 +258,11 @@ def paired_interval(run_values: np.ndarray, base_values: np.ndarray, boot: Boots
             ).confidence_interval
         if np.isfinite(ci.low) and np.isfinite(ci.high):
             return Interval(mean, float(ci.low), float(ci.high), method)
-    return Interval(mean, math.nan, math.nan, "none")
+    return Interval(mean, None, None, "none")
 
 
 def _means(result: Result, names: list[str]) -> dict:
     return {m: float(np.mean(result.values(m, names))) for m in METRICS} | {"count": len(names)}
-
-
-def _none_if_nan(x: float) -> float | None:
-    return None if math.isnan(x) else x
 
 
 def run_summaries(
@@ -308,7 +301,7 @@ def paired_differences(
             for m in METRICS:
                 iv = paired_interval(r.values(m, names), base.values(m, names), boot)
                 row[f"d_{m}"] = iv.mean
-                row[f"d_{m}_low"], row[f"d_{m}_high"] = _none_if_nan(iv.low), _none_if_nan(iv.high)
+                row[f"d_{m}_low"], row[f"d_{m}_high"] = iv.low, iv.high
                 row[f"d_{m}_method"] = iv.method
             out.append(row)
     return out

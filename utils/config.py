@@ -8,6 +8,7 @@ time with the key's dotted name instead of deep inside a training run.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from collections.abc import Sequence
@@ -231,11 +232,7 @@ class SpeedSettings:
 
     def network_args(self) -> dict[str, bool]:
         """The MixDehazeNet arguments among these settings."""
-        return {
-            "channels_last": self.channels_last,
-            "strips": self.strips,
-            "fused_dwconv": self.fused_dwconv,
-        }
+        return {k: getattr(self, k) for k in ("channels_last", "strips", "fused_dwconv")}
 
 
 # The speed defaults of each kind of device, chosen by measurement (docs/PERFORMANCE.md). A null
@@ -429,15 +426,7 @@ def override_config(cfg: Config, overrides: Sequence[str]) -> Config:
 
 def config_to_dict(cfg: Config) -> dict:
     """Plain, YAML-friendly data (tuples as lists) that `config_from_dict` reads back."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        if isinstance(v, list | tuple):
-            return [plain(x) for x in v]
-        return v
-
-    return plain(dataclasses.asdict(cfg))
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
 def dump_config(cfg: Config) -> str:

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from utils.errors import DataError
+from utils.errors import DataError, name_list
 
 LABELS_FILE = "domains.csv"
 COLUMNS = ("name", "domain")
@@ -31,12 +31,6 @@ def write_domain_labels(path: str | Path, labels: Mapping[str, str]) -> None:
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
         writer.writerows(sorted(labels.items()))
-
-
-def _listed(names: Iterable[str], limit: int = 10) -> str:
-    names = list(names)
-    more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
 
 
 def read_domain_labels(
@@ -65,19 +59,19 @@ def read_domain_labels(
     problems = []
     unknown = [f"line {line}: {domain!r}" for _, domain, line in rows if domain not in domains]
     if unknown:
-        problems.append(f"domains not in clip.domains {list(domains)}: {_listed(unknown)}")
+        problems.append(f"domains not in clip.domains {list(domains)}: {name_list(unknown, 10)}")
     counts = Counter(name for name, _, _ in rows)
     repeated = [name for name, n in counts.items() if n > 1]
     if repeated:
-        problems.append(f"names listed more than once: {_listed(sorted(repeated))}")
+        problems.append(f"names listed more than once: {name_list(sorted(repeated), 10)}")
     labels = {name: domain for name, domain, _ in rows}
     missing, extra = set(names) - set(labels), set(labels) - set(names)
     if missing:
-        problems.append(f"no label for {len(missing)} image(s): {_listed(sorted(missing))}")
+        problems.append(f"no label for {len(missing)} image(s): {name_list(sorted(missing), 10)}")
     if extra:
         problems.append(
             f"labels for {len(extra)} name(s) that are not images of the split: "
-            + _listed(sorted(extra))
+            + name_list(sorted(extra), 10)
         )
     if problems:
         details = "\n".join(f"  - {p}" for p in problems)

@@ -7,6 +7,14 @@ catch ValueError or FileNotFoundError keep working.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+
+def name_list(names: Sequence[str], limit: int = 20) -> str:
+    """The first `limit` names for an error message, and how many more there are."""
+    more = len(names) - limit
+    return ", ".join(names[:limit]) + (f" ... and {more} more" if more > 0 else "")
+
 
 class UserError(Exception):
     """Wrong input: the message names the file, key or argument and says what to do."""
