@@ -112,7 +112,7 @@ main() {
   fi
 
   local dev=cuda ddp_args=(--device cuda --json "$work/ddp.json")
-  local pytest_args=(-q -rs -p no:cacheprovider --junitxml="$out/pytest.xml")
+  local pytest_args=(-q -rs -p no:cacheprovider -o addopts= --junitxml="$out/pytest.xml")
   local attention=(--model mixcl-s --train 16x256 --large 3840x2160)
   local inference=(--models mixcl-s --sizes 1024 2048 3840x2160 --option-size 1024
     --precisions none fp16 --repeats 3)
