@@ -1,6 +1,7 @@
 """Config loading: inheritance, overrides, and errors that name the offending key."""
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -8,15 +9,21 @@ import pytest
 import yaml
 
 from utils.config import (
+    DEVICE_SPEED,
     Config,
     ConfigError,
     _convert,
+    config_changes,
     config_from_checkpoint,
     config_from_dict,
     config_to_dict,
+    covers,
     dump_config,
+    flatten,
     load_config,
     override_config,
+    refuse_changes,
+    speed_settings,
 )
 
 from .helpers import load_entry
@@ -342,3 +349,51 @@ def test_a_union_takes_the_first_type_that_fits(value, message):
 def test_a_field_of_an_unsupported_type_is_a_code_error_naming_it():
     with pytest.raises(TypeError, match=r"unsupported config type <class 'complex'> for train\.x"):
         _convert(1, complex, "train.x")
+
+
+def test_refuse_changes_names_each_refused_key_with_both_values():
+    old = load_config(None, ["train.lr=0.5", "train.epochs=3"])
+    new = load_config(None, ["train.lr=0.25", "train.epochs=4", "data.num_workers=1"])
+    allowed = ["train.epochs", "data"]
+    assert refuse_changes(old, old, allowed, "a.pth") == {}
+    with pytest.raises(ConfigError) as info:
+        refuse_changes(old, new, allowed, "a.pth", "; start a new run")
+    assert str(info.value) == (
+        "a.pth was trained with train.lr=0.5 but the config says train.lr=0.25; only these "
+        "may differ: train.epochs, data; start a new run"
+    )
+    allowed = [*allowed, "train.lr"]
+    assert refuse_changes(old, new, allowed, "a.pth") == {
+        "train.lr": (0.5, 0.25),
+        "train.epochs": (3, 4),
+        "data.num_workers": (8, 1),
+    }
+    assert config_changes(new, old)["train.lr"] == (0.25, 0.5)
+
+
+def test_covers_takes_keys_and_whole_sections_but_not_prefixes():
+    assert covers(["train.lr", "data"], "train.lr")
+    assert covers(["train.lr", "data"], "data.synthetic.seed")
+    assert not covers(["train.lr", "data"], "train.lr_min_ratio")
+    assert not covers(["train.lr", "data"], "dataset")
+    assert not covers([], "train.lr")
+
+
+def test_flatten_dots_nested_keys():
+    assert flatten({"a": {"b": 1, "c": {"d": [2]}}, "e": None}) == {
+        "a.b": 1,
+        "a.c.d": [2],
+        "e": None,
+    }
+
+
+def test_speed_settings_fill_only_the_null_keys_from_the_device():
+    cfg = load_config(None, ["speed.strips=false", "precision.predict=fp16"])
+    chosen = speed_settings(cfg, "cpu")
+    assert chosen == replace(DEVICE_SPEED["cpu"], strips=False, predict_precision="fp16")
+    assert speed_settings(Config(), "cuda") == DEVICE_SPEED["cuda"]
+    assert chosen.network_args() == {
+        "channels_last": DEVICE_SPEED["cpu"].channels_last,
+        "strips": False,
+        "fused_dwconv": DEVICE_SPEED["cpu"].fused_dwconv,
+    }
