@@ -397,3 +397,9 @@ def test_speed_settings_fill_only_the_null_keys_from_the_device():
         "strips": False,
         "fused_dwconv": DEVICE_SPEED["cpu"].fused_dwconv,
     }
+
+
+def test_a_checkpoint_without_a_section_gets_its_added_keys_as_they_were_then():
+    old = config_to_dict(Config())
+    del old["loss"]  # written before the section existed, and trained with the defaults
+    assert config_from_checkpoint(old).loss == replace(Config().loss, resnet_batchnorm="frozen")
