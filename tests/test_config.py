@@ -362,6 +362,12 @@ def test_refuse_changes_names_each_refused_key_with_both_values():
         "a.pth was trained with train.lr=0.5 but the config says train.lr=0.25; only these "
         "may differ: train.epochs, data; start a new run"
     )
+    with pytest.raises(ConfigError) as info:
+        refuse_changes(old, new, ["data"], "a.pth")  # two refused keys, no hint
+    assert str(info.value) == (
+        "a.pth was trained with train.lr=0.5, train.epochs=3 but the config says "
+        "train.lr=0.25, train.epochs=4; only these may differ: data"
+    )
     allowed = [*allowed, "train.lr"]
     assert refuse_changes(old, new, allowed, "a.pth") == {
         "train.lr": (0.5, 0.25),
