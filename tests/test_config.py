@@ -365,8 +365,8 @@ def test_refuse_changes_names_each_refused_key_with_both_values():
     with pytest.raises(ConfigError) as info:
         refuse_changes(old, new, ["data"], "a.pth")  # two refused keys, no hint
     assert str(info.value) == (
-        "a.pth was trained with train.lr=0.5, train.epochs=3 but the config says "
-        "train.lr=0.25, train.epochs=4; only these may differ: data"
+        "a.pth was trained with train.epochs=3, train.lr=0.5 but the config says "
+        "train.epochs=4, train.lr=0.25; only these may differ: data"
     )
     allowed = [*allowed, "train.lr"]
     assert refuse_changes(old, new, allowed, "a.pth") == {
