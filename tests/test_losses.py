@@ -157,3 +157,23 @@ def test_criterion_is_l1_plus_the_weighted_cr_of_the_loss_section(resnet152_file
     )
     assert l1_only.cr is None  # the ResNet is not even built
     assert l1_only(out, gt, hazy).item() == pytest.approx((out - gt).abs().mean().item())
+
+
+def test_without_a_weights_file_torchvisions_imagenet_weights_are_asked_for(monkeypatch):
+    asked = []
+
+    def offline(weights):
+        asked.append(weights)
+        raise RuntimeError("no internet")
+
+    monkeypatch.setattr(torchvision.models, "resnet152", offline)
+    with pytest.raises(FileNotFoundError) as info:
+        build_contrastive_loss(None)
+    assert asked == [torchvision.models.ResNet152_Weights.IMAGENET1K_V1]
+    assert str(info.value) == (
+        "could not load ImageNet ResNet-152 weights for the contrastive loss (RuntimeError: no "
+        "internet). Without internet, download "
+        "https://download.pytorch.org/models/resnet152-394f9c45.pth elsewhere and set "
+        "loss.resnet_weights=/path/to/resnet152-394f9c45.pth, or copy it into "
+        f"{torch.hub.get_dir()}/checkpoints/; or set loss.cr_weight=0 to train without CR"
+    )
