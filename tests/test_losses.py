@@ -177,3 +177,14 @@ def test_without_a_weights_file_torchvisions_imagenet_weights_are_asked_for(monk
         "loss.resnet_weights=/path/to/resnet152-394f9c45.pth, or copy it into "
         f"{torch.hub.get_dir()}/checkpoints/; or set loss.cr_weight=0 to train without CR"
     )
+
+
+def test_loss_section_settings_reach_the_cr_and_nested_weight_files_load(resnet152_file, tmp_path):
+    resnet, _ = resnet152_file
+    path = tmp_path / "nested.pth"  # a training checkpoint's layout: {"state_dict": ...}
+    torch.save({"state_dict": resnet.state_dict()}, path)
+    cfg = LossConfig(resnet_weights=str(path), resnet_imagenet_norm=True, resnet_batchnorm="frozen")
+    cr = build_criterion(cfg, torch.device("cpu")).cr
+    assert cr.imagenet_norm is True
+    assert not any(m.training for m in cr.slices.modules() if isinstance(m, nn.BatchNorm2d))
+    assert torch.equal(cr.slices.state_dict()["0.0.weight"], resnet.state_dict()["conv1.weight"])
