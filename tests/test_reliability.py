@@ -83,7 +83,9 @@ def test_empty_split(tmp_path):
         train.main(train_args(root, tmp_path / "runs"))
 
 
-def _start_training(data_root: Path, out: Path, epochs: int) -> subprocess.Popen:
+def _start_training(
+    data_root: Path, out: Path, epochs: int, ignore_sigint: bool = False
+) -> subprocess.Popen:
     args = train_args(data_root, out, f"train.epochs={epochs}", "train.eval_freq=1")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
@@ -93,6 +95,10 @@ def _start_training(data_root: Path, out: Path, epochs: int) -> subprocess.Popen
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as a background job of a non-interactive shell starts
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        if ignore_sigint
+        else None,
     )
 
 
@@ -135,17 +141,23 @@ def test_sigkill_mid_run_leaves_loadable_checkpoints_and_resume_continues(
     assert not list(run.glob(".*.tmp"))
 
 
-def test_sigint_saves_a_checkpoint_before_exiting(data_root, tmp_path):
+@pytest.mark.parametrize(
+    ("signum", "ignore_sigint"), [(signal.SIGINT, True), (signal.SIGTERM, False)]
+)
+def test_a_stop_signal_writes_the_current_step_and_exits_with_its_code(
+    data_root, tmp_path, signum, ignore_sigint
+):
     run = tmp_path / "run"
-    proc = _start_training(data_root, tmp_path, epochs=200)
+    proc = _start_training(data_root, tmp_path, epochs=200, ignore_sigint=ignore_sigint)
     _wait_for_epochs(run / "last.pth", 1, proc)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-2000:]
-    assert "--resume" in err and "interrupted.pth" in err
-    saved = load_checkpoint(run / "interrupted.pth")
-    assert saved["epoch"] >= 1
-    assert load_checkpoint(run / "last.pth")["epoch"] >= 1
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=180)  # one more step, one save: seconds even under load
+    assert proc.returncode == 128 + signum, err[-2000:]
+    name = signal.Signals(signum).name
+    (line,) = [line for line in err.splitlines() if line.startswith(f"{name}: stopped")]
+    saved = load_checkpoint(run / "last.pth")
+    assert f"(global step {saved['global_step']})" in line and "--resume auto" in line
+    assert saved["epoch"] >= 1 and saved["global_step"] == 2 * saved["epoch"] + saved["epoch_step"]
 
 
 def test_full_disk_while_saving_keeps_the_previous_checkpoint(data_root, tmp_path, monkeypatch):

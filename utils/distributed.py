@@ -51,6 +51,13 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
+def all_reduce_max(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The element-wise maximum over ranks (in place, returned for chaining)."""
+    if info.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
 class _AllReduceSum(torch.autograd.Function):
     """Sum over processes; the gradient of every input is the sum of the output's gradients."""
 
