@@ -17,7 +17,7 @@ from utils.config import load_config
 
 from .helpers import REPO, load_entry
 
-STEPS = ("env", "attention", "inference", "train", "data", "pytest")
+STEPS = ("env", "attention", "inference", "train", "data", "checkpoint", "pytest")
 
 
 def test_rehearsal_runs_every_step_and_reports_in_one_json(tmp_path):
@@ -48,6 +48,7 @@ def test_rehearsal_runs_every_step_and_reports_in_one_json(tmp_path):
     assert set(verdicts["data"]["pairs_per_s_by_workers"]) == {"0", "1"}
     assert payload["pytest"]["tests"] > 0 and payload["pytest"]["failures"] == 0
     assert payload["env"]["collective"] == {"backend": "gloo", "ok": True}
+    assert payload["checkpoint"]["save_s"] > 0 and payload["checkpoint"]["load_s"] > 0
     assert "GPU check summary" in (out / "gpu_check.log").read_text()
 
 
