@@ -343,3 +343,37 @@ def test_test_py_from_another_folder_names_the_relative_path_and_the_way_out(
     msg = str(e.value)
     assert "data/synthetic/test" in msg and "data.root" in msg
     assert str(tmp_path) in msg and "--data-dir" in msg
+
+
+def test_a_stop_under_slurm_requeues_the_job_after_the_checkpoint(
+    data_root, tmp_path, monkeypatch, capsys
+):
+    calls = tmp_path / "scontrol-calls"
+    bin_dir = tmp_path / "bin"  # SLURM's command, as a cluster node has it on PATH
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "1234")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    real_step = train.training_step
+
+    def usr1_before_step_2(setup, state, batch):
+        if state.global_step == 1:
+            assert not (tmp_path / "run" / "last.pth").exists()
+            setup.stop.signum = signal.SIGUSR1
+        return real_step(setup, state, batch)
+
+    monkeypatch.setattr(train, "training_step", usr1_before_step_2)
+    args = train_args(data_root, tmp_path, "train.requeue=true", "train.resume=auto")
+    with pytest.raises(SystemExit) as e:
+        train.main(args)
+    assert e.value.code == 128 + signal.SIGUSR1
+    assert calls.read_text() == "requeue 1234\n"
+    assert "SLURM job 1234 requeued" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "run" / "last.pth")["global_step"] == 2
+
+
+def test_keeping_no_checkpoint_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.keep_checkpoints=0"):
+        train.main(train_args(tmp_path / "no-data", tmp_path, "train.keep_checkpoints=0"))
