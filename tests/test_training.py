@@ -104,3 +104,13 @@ def test_each_split_is_opened_once_per_run(data_root, tmp_path, monkeypatch):
     train.main(train_args(data_root, tmp_path, "model.name=mixdehazenet-t", "train.epochs=1"))
     pairs = len(list(data_root.glob("*/hazy/*.png")))
     assert len(headers) == 2 * pairs  # one hazy and one GT header per pair
+
+
+def test_mid_epoch_checkpoints_fall_due_by_steps_or_by_rank_0s_clock():
+    cfg = load_config(None, ["train.checkpoint_every_steps=3", "train.checkpoint_every_minutes=2"])
+    clock = train.CheckpointClock(cfg)
+    assert [clock.due(step, is_main=True) for step in (1, 2, 3, 6)] == [False, False, True, True]
+    clock.saved -= 121  # two minutes and a second since the last write
+    assert clock.due(4, is_main=True) and not clock.due(4, is_main=False)
+    clock.reset()
+    assert not clock.due(4, is_main=True)
