@@ -82,6 +82,7 @@ STREAMS_PER_SEED = 1_000_000  # more than any run's epochs or processes
 
 
 Resume = Literal["auto"] | bool
+RESUME_MODES: dict[str, Resume] = {"auto": "auto", "true": True, "false": False}
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -98,25 +99,22 @@ class Stopped(Exception):
 
 def resume_mode(text: str) -> Resume:
     """argparse type of --resume: auto, true or false."""
-    modes: dict[str, Resume] = {"auto": "auto", "true": True, "false": False}
-    if text not in modes:
+    if text not in RESUME_MODES:
         raise argparse.ArgumentTypeError(f"expected auto, true or false, got {text!r}")
-    return modes[text]
+    return RESUME_MODES[text]
 
 
 def spell_resume(argv: list[str]) -> list[str]:
     """`--resume MODE` as `--resume=MODE`, a bare `--resume` as `--resume=true`: a value that
     may be left out would otherwise swallow a following `key=value` override."""
-    spelled = []
-    for i, arg in enumerate(argv):
-        if arg != "--resume":
-            if not (i > 0 and argv[i - 1] == "--resume" and arg in ("auto", "true", "false")):
-                spelled.append(arg)
-            continue
-        following = argv[i + 1] if i + 1 < len(argv) else ""
-        spelled.append(
-            f"--resume={following if following in ('auto', 'true', 'false') else 'true'}"
-        )
+    spelled: list[str] = []
+    bare = False  # the previous argument was `--resume`
+    for arg in argv:
+        if bare and arg in RESUME_MODES:
+            spelled[-1] = f"--resume={arg}"
+        else:
+            spelled.append("--resume=true" if arg == "--resume" else arg)
+        bare = arg == "--resume"
     return spelled
 
 
@@ -128,6 +126,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--resume",
         type=resume_mode,
         default=None,
+        metavar="auto|true|false",
         help="continue from the newest valid <run>/last.pth (or last.1.pth, ...); `--resume auto`"
         "\nstarts the run when there is none (one command for every launch); default: "
         "train.resume",
