@@ -127,9 +127,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=resume_mode,
         default=None,
         metavar="auto|true|false",
-        help="continue from the newest valid <run>/last.pth (or last.1.pth, ...); `--resume auto`"
-        "\nstarts the run when there is none (one command for every launch); default: "
-        "train.resume",
+        help="continue from the newest valid <run>/last.pth (or last.1.pth, ...); a bare --resume"
+        "\nis `true`; `auto` starts the run when there is none (one command for every launch);"
+        "\ndefault: train.resume",
     )
     p.add_argument(
         "--stop-after-epochs",
