@@ -582,10 +582,8 @@ class CheckpointClock:
         """Whether to write last.pth after optimiser step `global_step`."""
         if self.every_steps and global_step % self.every_steps == 0:
             return True
-        return bool(is_main and self.every_seconds) and self.elapsed() >= self.every_seconds
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.saved
+        waited = time.monotonic() - self.saved
+        return bool(is_main and self.every_seconds) and waited >= self.every_seconds
 
     def reset(self) -> None:
         self.saved = time.monotonic()
