@@ -149,8 +149,10 @@ def window_reverse(windows: torch.Tensor, window_size: int, h: int, w: int) -> t
 
 
 class Attention(nn.Module):
-    """The token mixer of a block: a convolution ('DWConv' on V, or 'Conv' on the input) and,
-    in the blocks that use it, shifted-window attention added to it before the projection."""
+    """The token mixer of a block: a convolution of V ('DWConv': depthwise 5x5; 'Conv': two
+    3x3 convs, of the input itself in blocks without attention, which have no V and no
+    projection) and, in the blocks that use it, shifted-window attention added to it before the
+    projection."""
 
     def __init__(
         self,
