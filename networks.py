@@ -14,6 +14,7 @@ from torch import nn
 
 from models import build_model, load_pretrained
 from models.mixdehazenet import EMBED_DIMS
+from models.registry import speed_options
 from utils.checkpoint import is_project_checkpoint, read_file
 from utils.clip_domains import check_arch, embedding_width
 from utils.config import (
@@ -39,9 +40,10 @@ def check_names(cfg: Config) -> None:
 
 
 def build_network(cfg: Config, text_dim: int | None, speed: SpeedSettings) -> nn.Module:
-    """The configured network with `speed`'s options; `text_dim` is the width D of the CLIP
-    text feature (None without fusion)."""
-    overrides: dict = speed.network_args()
+    """The configured network with those of `speed`'s options that it takes (its registry
+    entry says which); `text_dim` is the width D of the CLIP text feature (None without fusion)."""
+    takes = speed_options(cfg.model.name)
+    overrides: dict = {k: v for k, v in speed.network_args().items() if k in takes}
     if cfg.model.fusion is not None:
         overrides["fusion"] = cfg.model.fusion
     if cfg.model.depths is not None:

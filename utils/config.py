@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 import yaml
 
+from models.registry import FUSION_MODES, MODEL_NAMES, SPEED_OPTIONS, default_fusion
 from utils.errors import ConfigError
-from utils.variants import FUSION_MODES, MODEL_NAMES, default_fusion
 
 # The paper's prompts ("a photo of a indoor" / "a photo of a outdoor", grammar as upstream).
 DEFAULT_DOMAINS = ("indoor", "outdoor")
@@ -82,7 +82,7 @@ RESUME_KEYS = (
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which network to build (utils/variants.py lists the variants)."""
+    """Which network to build (models/registry.py lists the variants)."""
 
     name: Literal[MODEL_NAMES] = "mixcl-s"
     fusion: Literal[FUSION_MODES] | None = None  # None: the variant's own fusion
@@ -231,8 +231,9 @@ class SpeedSettings:
     predict_precision: Precision
 
     def network_args(self) -> dict[str, bool]:
-        """The MixDehazeNet arguments among these settings."""
-        return {k: getattr(self, k) for k in ("channels_last", "strips", "fused_dwconv")}
+        """The network arguments among these settings (a backbone takes those its registry
+        entry names)."""
+        return {k: getattr(self, k) for k in SPEED_OPTIONS}
 
 
 # The speed defaults of each kind of device, chosen by measurement (docs/PERFORMANCE.md). A null
