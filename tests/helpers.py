@@ -59,6 +59,7 @@ def train_args(data_root: Path, out: Path, *extra: str, exp: str = "run") -> lis
         "data.patch_size=32",
         "data.num_workers=0",
         f"clip.cache_dir={out / 'cache'}",
+        f"speed.cache_dir={out / 'speed-cache'}",
         "model.depths=[1,1,1,1,1]",
         "train.batch_size=4",
         "train.epochs=2",
