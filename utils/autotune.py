@@ -179,7 +179,7 @@ def tune(
     """The fastest combination of `options` for the workload `key` describes: read from
     `cache_dir`, or measured (`make_step`) and cached there; printed either way. `what` names
     the workload in the output."""
-    key = {**key, "options": {k: list(v) for k, v in options.items()}}
+    key = json.loads(json.dumps({**key, "options": options}))  # as read back: tuples as lists
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"{digest}.json"
     cached = _read_cache(path, key)
