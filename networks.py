@@ -112,9 +112,15 @@ def model_from_checkpoint(
         changes = config_changes(load_config(config, [named]), cfg)
         check_names(cfg)
         text_dim = embedding_width(cfg.clip.arch) if cfg.model.needs_text else None
-    speed, _ = tune_speed(cfg, text_dim, pick_device(), phase, 1, cfg.data.patch_size)
-    net = build_network(cfg, text_dim, speed)
-    load_weights(net, obj, ckpt_path, cfg.model.name)
+    device = pick_device()
+    table = speed_on(cfg, device)
+    net = build_network(cfg, text_dim, table)
+    load_weights(net, obj, ckpt_path, cfg.model.name)  # weights that do not fit: before measuring
+    speed, _ = tune_speed(cfg, text_dim, device, phase, 1, cfg.data.patch_size)
+    if speed.network_args() != table.network_args():
+        weights = net.state_dict()  # the same keys with every speed option
+        net = build_network(cfg, text_dim, speed)
+        net.load_state_dict(weights)
     return net.eval(), with_speed(cfg, speed), changes
 
 

@@ -82,9 +82,26 @@ def make_step(
     compile_backend: str,
 ) -> Callable[[], None]:
     """A closure running one training step of a freshly built model on fixed random data."""
+    backend = compile_backend if setting in COMPILED else None
+    args = model_args(device, SETTINGS[setting])
+    return training_step(name, args, batch, patch, device, precision, cr, backend)
+
+
+def training_step(
+    name: str,
+    args: dict[str, Any],
+    batch: int,
+    patch: int,
+    device: torch.device,
+    precision: str,
+    cr: ContrastiveLoss | None,
+    compile_backend: str | None = None,
+) -> Callable[[], None]:
+    """One training step of the model `name` built with `args`, compiled with
+    `compile_backend` unless None."""
     torch.manual_seed(0)
-    net = build_model(name, **model_args(device, SETTINGS[setting])).train().to(device)
-    model = torch.compile(net, backend=compile_backend) if setting in COMPILED else net
+    net = build_model(name, **args).train().to(device)
+    model = torch.compile(net, backend=compile_backend) if compile_backend else net
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.01)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     gen = torch.Generator().manual_seed(1)
