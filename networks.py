@@ -170,6 +170,7 @@ def speed_probe(
             with torch.set_grad_enabled(train), autocast(device, precision):
                 out = net(hazy, text)
             if train:
+                net.zero_grad(set_to_none=True)
                 F.l1_loss(out.float(), hazy).backward()
 
         return step

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 WARMUP = 1  # untimed steps of each candidate first (allocations, oneDNN/cuDNN plan choice)
-REPEATS = 3  # timed steps of each candidate; the median counts
+REPEATS = 2  # timed steps of each candidate, round-robin; the median counts
 CACHE_VERSION = 1  # bump when what is measured changes, so that old choices are not reused
 
 Setting = dict[str, Any]  # measured SpeedSettings fields, e.g. {"channels_last": True}
