@@ -17,7 +17,7 @@ medians; of minimums in brackets).
 Settings (model arguments, see models.MixDehazeNet):
   straightforward   the authors' computation: separate depthwise convs, explicit attention
                     map, the unused text branch computed, NCHW activations
-  optimised         the device's defaults (utils.config.DEVICE_SPEED): on both devices today
+  optimised         the table (utils.config.DEVICE_SPEED, speed.autotune=false): today
                     channels-last, fused attention kernel, no text branch
   -channels_last    the defaults with NCHW activations
   +fused_dwconv     the defaults with the three depthwise convs as one grouped conv
@@ -25,6 +25,7 @@ Settings (model arguments, see models.MixDehazeNet):
   +text_branch      the defaults computing the unused text branch
   +compile          the defaults under torch.compile (only with --compile)
 The option settings run at --option-shape only; the other shapes compare the first two.
+What `speed.*: auto` picks on the machine, and its step beside these: bench/bench_auto.py.
 
 Usage: python -m bench.bench_train [--models mixcl-s] [--shapes 2x128 4x128 2x256 4x256]
        [--settings ...] [--device cpu] [--precision none] [--cr] [--compile]

@@ -16,6 +16,7 @@ import utils.devices
 from utils.autotune import tune
 from utils.config import DEVICE_SPEED, load_config
 from utils.devices import precisions, tuned_speed
+from utils.image import write_rgb
 
 from .helpers import TINY, image, load_entry, text, train_args
 from .test_speed import FP32_TOL, reference_and
@@ -186,3 +187,27 @@ def test_a_training_run_records_its_resolved_speed_and_measures_once(data_root, 
     assert ckpt_a["config"]["speed"]["channels_last"] == "auto"
     for key, value in ckpt_a["model"].items():
         assert torch.equal(value, ckpt_b["model"][key]), key
+
+
+def test_predict_measures_once_and_never_a_set_key(trained, tmp_path, monkeypatch):
+    """predict.py measures its own settings (a checkpoint keeps `auto`), reuses them, and
+    leaves a key set on its command line alone."""
+    measured = []
+    real = utils.autotune.measure
+
+    def spy(settings, *args, **kwargs):
+        measured.append(list(settings))
+        return real(settings, *args, **kwargs)
+
+    monkeypatch.setattr(utils.autotune, "measure", spy)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(utils.devices, "cpu_has_native_bf16", lambda: False)
+    photo = tmp_path / "in.png"
+    write_rgb(photo, torch.rand(3, 40, 44))
+    predict = load_entry("predict")
+    ckpt, cache = str(trained / "last.pth"), f"speed.cache_dir={tmp_path / 'speed'}"
+    for out, extra in (("a", []), ("b", []), ("c", ["speed.strips=false"])):
+        predict.main(["--ckpt", ckpt, str(photo), "--out", str(tmp_path / out), cache, *extra])
+    assert [len(m) for m in measured] == [4, 2]
+    assert {s["strips"] for s in measured[0]} == {True, False}
+    assert all("strips" not in s for s in measured[1])
