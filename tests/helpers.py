@@ -9,6 +9,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 TINY = (1, 1, 1, 1, 1)  # model.depths of the tiny test networks
 TEXT_DIM = 512
+# Where the tests' runs cache their measured speed settings: one folder per session (conftest),
+# so that the tiny networks are measured once, not in every test.
+SPEED_CACHE = Path("cache/speed")
 
 
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -59,6 +62,7 @@ def train_args(data_root: Path, out: Path, *extra: str, exp: str = "run") -> lis
         "data.patch_size=32",
         "data.num_workers=0",
         f"clip.cache_dir={out / 'cache'}",
+        f"speed.cache_dir={SPEED_CACHE}",
         "model.depths=[1,1,1,1,1]",
         "train.batch_size=4",
         "train.epochs=2",
