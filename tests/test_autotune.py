@@ -13,6 +13,7 @@ import yaml
 import networks
 import utils.autotune
 import utils.devices
+from models.registry import speed_options
 from utils.autotune import tune
 from utils.config import DEVICE_SPEED, load_config
 from utils.devices import precisions, tuned_speed
@@ -120,7 +121,7 @@ def tiny_config(tmp_path, *overrides: str):
 def test_a_set_value_is_never_measured_nor_overridden(tmp_path):
     work = FakeWorkload({(True,): 9.0, (False,): 1.0})
     cfg = tiny_config(tmp_path, "speed.channels_last=true")
-    accepted = networks.speed_options()
+    accepted = speed_options("mixcl-t")
     speed, tuning = tuned_speed(cfg, CPU, "train", accepted, {}, work.make_step)
     assert speed.channels_last is True and speed.fused_dwconv is False
     assert work.built == [{"fused_dwconv": True}, {"fused_dwconv": False}]
@@ -152,7 +153,7 @@ def test_the_chosen_settings_compute_the_reference_network(tmp_path, phase):
     speed, tuning = networks.tune_speed(cfg, 512, CPU, phase, 2, 32)
     assert (
         set(tuning.choice)
-        == set(networks.speed_options())
+        == set(speed_options("mixcl-t"))
         - {
             "train": {"strips"},
             "test": {"fused_dwconv"},
