@@ -19,8 +19,7 @@ from utils.config import DEVICE_SPEED, load_config
 from utils.devices import precisions, tuned_speed
 from utils.image import write_rgb
 
-from .helpers import TINY, image, load_entry, text, train_args
-from .test_speed import FP32_TOL, reference_and
+from .helpers import FP32_TOL, TINY, image, load_entry, reference_and, text, train_args
 
 CPU = torch.device("cpu")
 TWO = {"channels_last": (True, False), "fused_dwconv": (True, False)}
