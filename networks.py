@@ -6,14 +6,18 @@ built exactly as it was for training.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models import build_model, load_pretrained
 from models.mixdehazenet import EMBED_DIMS
+from models.registry import speed_options
+from utils.autotune import StepMaker, Tuning
 from utils.checkpoint import is_project_checkpoint, read_file
 from utils.clip_domains import check_arch, embedding_width
 from utils.config import (
@@ -26,8 +30,9 @@ from utils.config import (
     load_config,
     override_config,
     refuse_changes,
+    with_speed,
 )
-from utils.devices import autocast, speed_on
+from utils.devices import Phase, autocast, speed_on, tuned_speed
 from utils.errors import CheckpointError, ConfigError
 
 
@@ -39,9 +44,10 @@ def check_names(cfg: Config) -> None:
 
 
 def build_network(cfg: Config, text_dim: int | None, speed: SpeedSettings) -> nn.Module:
-    """The configured network with `speed`'s options; `text_dim` is the width D of the CLIP
-    text feature (None without fusion)."""
-    overrides: dict = speed.network_args()
+    """The configured network with those of `speed`'s options that it takes (its registry
+    entry says which); `text_dim` is the width D of the CLIP text feature (None without fusion)."""
+    takes = speed_options(cfg.model.name)
+    overrides: dict = {k: v for k, v in speed.network_args().items() if k in takes}
     if cfg.model.fusion is not None:
         overrides["fusion"] = cfg.model.fusion
     if cfg.model.depths is not None:
@@ -70,9 +76,11 @@ def model_from_checkpoint(
     model_name: str | None = None,
     config: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
+    phase: Phase = "test",
 ) -> tuple[nn.Module, Config, dict]:
-    """Rebuild the network (in eval mode, with the speed settings of the device `pick_device`
-    chooses) and its config from a checkpoint.
+    """Rebuild the network (in eval mode, with the speed settings of `phase` on the device
+    `pick_device` chooses, measured where `auto`) and its config, those settings resolved, from
+    a checkpoint.
 
     A checkpoint written by train.py carries its config, of which `overrides` may change only
     EVALUATION_KEYS; the authors' released .pth files do not, so they need `model_name` (and
@@ -105,9 +113,16 @@ def model_from_checkpoint(
         changes = config_changes(load_config(config, [named]), cfg)
         check_names(cfg)
         text_dim = embedding_width(cfg.clip.arch) if cfg.model.needs_text else None
-    net = build_network(cfg, text_dim, speed_on(cfg, pick_device()))
-    load_weights(net, obj, ckpt_path, cfg.model.name)
-    return net.eval(), cfg, changes
+    device = pick_device()
+    table = speed_on(cfg, device)
+    net = build_network(cfg, text_dim, table)
+    load_weights(net, obj, ckpt_path, cfg.model.name)  # weights that do not fit: before measuring
+    speed, _ = tune_speed(cfg, text_dim, device, phase, 1, cfg.data.patch_size)
+    if speed.network_args() != table.network_args():
+        weights = net.state_dict()  # the same keys with every speed option
+        net = build_network(cfg, text_dim, speed)
+        net.load_state_dict(weights)
+    return net.eval(), with_speed(cfg, speed), changes
 
 
 def inference_network(
@@ -124,6 +139,63 @@ def inference_network(
             return model(hazy, text_feature).float()
 
     return run
+
+
+def speed_probe(
+    cfg: Config, text_dim: int | None, device: torch.device, batch: int, side: int, phase: Phase
+) -> StepMaker:
+    """Steps of `phase` on random `batch`x3x`side`x`side` images, for a setting of some speed
+    keys: a training step is forward, L1 loss and backward (the optimiser's step does not
+    depend on them), an inference step a forward pass without autograd."""
+    base = speed_on(cfg, device)
+    gen = torch.Generator().manual_seed(0)
+    hazy = (torch.rand(batch, 3, side, side, generator=gen) * 2 - 1).to(device)
+    text = torch.randn(batch, 1, text_dim, generator=gen).to(device) if text_dim else None
+    train = phase == "train"
+    amp = cfg.precision.eval  # as test.py runs, and as train.py trains (fp32 on the CPU):
+    if train:
+        amp = cfg.precision.train if device.type == "cuda" else "none"
+
+    def make_step(setting: dict) -> Callable[[], None]:
+        speed = dataclasses.replace(base, **setting)
+        net = build_network(cfg, text_dim, speed).to(device).train(train)
+        precision = speed.predict_precision if phase == "predict" else amp
+
+        def step() -> None:
+            with torch.set_grad_enabled(train), autocast(device, precision):
+                out = net(hazy, text)
+            if train:
+                net.zero_grad(set_to_none=True)
+                F.l1_loss(out.float(), hazy).backward()
+
+        return step
+
+    return make_step
+
+
+def tune_speed(
+    cfg: Config,
+    text_dim: int | None,
+    device: torch.device,
+    phase: Phase,
+    batch: int,
+    side: int,
+) -> tuple[SpeedSettings, Tuning | None]:
+    """The speed settings of `phase` on `device` for `batch` images of `side` pixels squared,
+    measured where `auto` (utils.devices.tuned_speed); the measurement, if any. Inference is
+    measured on one image of the patch size: its time grows linearly in pixels."""
+    m = cfg.model
+    workload = {
+        "model": m.name,
+        "depths": m.depths,
+        "fusion": m.fusion,
+        "text_dim": text_dim,
+        "batch": batch,
+        "side": side,
+        "precision": cfg.precision.train if phase == "train" else cfg.precision.eval,
+    }
+    probe = speed_probe(cfg, text_dim, device, batch, side, phase)
+    return tuned_speed(cfg, device, phase, speed_options(m.name), workload, probe)
 
 
 def pick_device() -> torch.device:

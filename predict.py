@@ -157,7 +157,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     inputs = input_images(args.inputs)
     plan = plan_outputs(inputs, out_dir, args.compare, args.overwrite)
     _check_out_dir(out_dir)
-    net, cfg, _ = model_from_checkpoint(args.ckpt, args.model, args.config, args.overrides)
+    net, cfg, _ = model_from_checkpoint(
+        args.ckpt, args.model, args.config, args.overrides, phase="predict"
+    )
     device = pick_device()
     precision = speed_on(cfg, device).predict_precision
     run_net = inference_network(net, cfg, device, precision)

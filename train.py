@@ -9,6 +9,7 @@ build the training state (what each checkpoint holds), then train epoch by epoch
 
 import argparse
 import itertools
+import json
 import math
 import os
 import random
@@ -31,7 +32,7 @@ from tqdm import tqdm
 
 from datasets import PairedDataset
 from datasets.synthetic import DEFAULT_ROOT, generate_if_configured
-from networks import build_network, check_names, load_weights
+from networks import build_network, check_names, load_weights, tune_speed
 from utils.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
@@ -47,13 +48,15 @@ from utils.clip_domains import embedding_width, split_text_features
 from utils.config import (
     RESUME_KEYS,
     Config,
+    SpeedSettings,
     config_from_checkpoint,
     config_to_dict,
     dump_config,
     load_config,
     refuse_changes,
+    with_speed,
 )
-from utils.devices import autocast, speed_on
+from utils.devices import autocast
 from utils.distributed import (
     DistInfo,
     all_reduce_max,
@@ -282,17 +285,41 @@ def set_aside_damaged(cfg: Config, resumed: Path) -> None:
         print(f"{path} set aside as {path.name}.corrupt", file=sys.stderr)
 
 
-def record_run(cfg: Config, argv: list[str] | None, resumed: Path | None) -> None:
-    """config.yaml: the settings the run trains with from now on; command.txt: every command;
-    protocol_differences.txt (also printed): how this run's config departs from the paper's.
-    Left-overs of a killed save and damaged checkpoints (when `resumed` is an older one) go."""
+def training_speed(
+    cfg: Config, info: DistInfo, device: torch.device, text_dim: int | None
+) -> tuple[SpeedSettings, dict[str, Any] | None]:
+    """The speed settings this run trains with, measured on one process's batch where `auto`
+    (rank 0 measures, the other ranks read its choice), and the measurement's record."""
+    batch = cfg.train.batch_size // info.world_size
+    if info.is_main:
+        speed, tuning = tune_speed(cfg, text_dim, device, "train", batch, cfg.data.patch_size)
+    barrier(info)
+    if not info.is_main:
+        speed, tuning = tune_speed(cfg, text_dim, device, "train", batch, cfg.data.patch_size)
+    return speed, tuning.record() if tuning is not None else None
+
+
+def record_run(
+    cfg: Config,
+    argv: list[str] | None,
+    resumed: Path | None,
+    speed: SpeedSettings,
+    tuning: dict[str, Any] | None,
+) -> None:
+    """config.yaml: the settings the run trains with from now on, speed resolved; speed.json:
+    how they were measured; command.txt: every command; protocol_differences.txt (also
+    printed): how this run's config departs from the paper's. Left-overs of a killed save and
+    damaged checkpoints (when `resumed` is an older one) go."""
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in run_dir.glob(".*.pth*.tmp"):  # left by a process killed while saving
         stale.unlink()
     if resumed is not None:
         set_aside_damaged(cfg, resumed)
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    (run_dir / "config.yaml").write_text(dump_config(with_speed(cfg, speed, predict=False)))
+    (run_dir / "speed.json").unlink(missing_ok=True)  # an earlier call's measurement
+    if tuning is not None:
+        (run_dir / "speed.json").write_text(json.dumps(tuning, indent=1) + "\n")
     cmd = shlex.join(["python", "train.py", *(argv if argv is not None else sys.argv[1:])])
     with open(run_dir / "command.txt", "a") as f:
         f.write(cmd + "\n")
@@ -524,9 +551,11 @@ def build_state(
     device: torch.device,
     text_dim: int | None,
     resume: tuple[Mapping[str, Any], Path] | None,
+    speed: SpeedSettings,
 ) -> tuple[TrainState, nn.Module]:
-    """The training state, new or continued from `resume`, and the criterion."""
-    net = build_network(cfg, text_dim, speed_on(cfg, device)).to(device)
+    """The training state, new or continued from `resume`, and the criterion; the network
+    runs with `speed`."""
+    net = build_network(cfg, text_dim, speed).to(device)
     if cfg.model.init_from and resume is None:
         load_weights(net, read_file(cfg.model.init_from), cfg.model.init_from, cfg.model.name)
     t = cfg.train
@@ -543,9 +572,11 @@ def build_state(
     return state, criterion
 
 
-def parallel_model(net: nn.Module, cfg: Config, info: DistInfo, device: torch.device) -> nn.Module:
+def parallel_model(
+    net: nn.Module, speed: SpeedSettings, info: DistInfo, device: torch.device
+) -> nn.Module:
     """`net` as it trains: compiled (speed.compile) and, under torchrun, wrapped in DDP."""
-    model = torch.compile(net) if speed_on(cfg, device).compile else net
+    model = torch.compile(net) if speed.compile else net
     if info.enabled:
         ids = [info.local_rank] if device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -850,13 +881,14 @@ def train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str]
     text_dim = attach_text_features(cfg, info, device, splits)
     if args.prepare_domains:
         return {}
+    speed, tuning = training_speed(cfg, info, device, text_dim)
     if info.is_main:
-        record_run(cfg, argv, resume[1] if resume else None)
+        record_run(cfg, argv, resume[1] if resume else None, speed, tuning)
 
     generator = torch.Generator()
     train_loader, val_loader, sampler = make_loaders(cfg, info, *splits, generator)
-    state, criterion = build_state(cfg, info, device, text_dim, resume)
-    model = parallel_model(state.net, cfg, info, device)
+    state, criterion = build_state(cfg, info, device, text_dim, resume, speed)
+    model = parallel_model(state.net, speed, info, device)
     writer = SummaryWriter(str(cfg.run_dir / "tensorboard")) if info.is_main else None
     end_epoch = total_epochs(cfg)
     if args.stop_after_epochs is not None:

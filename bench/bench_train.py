@@ -17,7 +17,7 @@ medians; of minimums in brackets).
 Settings (model arguments, see models.MixDehazeNet):
   straightforward   the authors' computation: separate depthwise convs, explicit attention
                     map, the unused text branch computed, NCHW activations
-  optimised         the device's defaults (utils.config.DEVICE_SPEED): on both devices today
+  optimised         the table (utils.config.DEVICE_SPEED, speed.autotune=false): today
                     channels-last, fused attention kernel, no text branch
   -channels_last    the defaults with NCHW activations
   +fused_dwconv     the defaults with the three depthwise convs as one grouped conv
@@ -25,6 +25,7 @@ Settings (model arguments, see models.MixDehazeNet):
   +text_branch      the defaults computing the unused text branch
   +compile          the defaults under torch.compile (only with --compile)
 The option settings run at --option-shape only; the other shapes compare the first two.
+What `speed.*: auto` picks on the machine, and its step beside these: bench/bench_auto.py.
 
 Usage: python -m bench.bench_train [--models mixcl-s] [--shapes 2x128 4x128 2x256 4x256]
        [--settings ...] [--device cpu] [--precision none] [--cr] [--compile]
@@ -82,9 +83,26 @@ def make_step(
     compile_backend: str,
 ) -> Callable[[], None]:
     """A closure running one training step of a freshly built model on fixed random data."""
+    backend = compile_backend if setting in COMPILED else None
+    args = model_args(device, SETTINGS[setting])
+    return training_step(name, args, batch, patch, device, precision, cr, backend)
+
+
+def training_step(
+    name: str,
+    args: dict[str, Any],
+    batch: int,
+    patch: int,
+    device: torch.device,
+    precision: str,
+    cr: ContrastiveLoss | None,
+    compile_backend: str | None = None,
+) -> Callable[[], None]:
+    """One training step of the model `name` built with `args`, compiled with
+    `compile_backend` unless None."""
     torch.manual_seed(0)
-    net = build_model(name, **model_args(device, SETTINGS[setting])).train().to(device)
-    model = torch.compile(net, backend=compile_backend) if setting in COMPILED else net
+    net = build_model(name, **args).train().to(device)
+    model = torch.compile(net, backend=compile_backend) if compile_backend else net
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.01)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     gen = torch.Generator().manual_seed(1)

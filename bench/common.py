@@ -33,7 +33,7 @@ from utils.devices import speed_on
 
 MIB = 2**20
 # Model overrides of each compared setting: the straightforward computation, the device's
-# defaults ("optimised", utils.config.DEVICE_SPEED), and those with one speed option switched.
+# table ("optimised", utils.config.DEVICE_SPEED), and those with one speed option switched.
 SPEED_SETTINGS: dict[str, dict[str, Any]] = {
     "straightforward": STRAIGHTFORWARD,
     "optimised": {},

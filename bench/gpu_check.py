@@ -299,6 +299,22 @@ def inference_targets(inference: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def auto_verdict(auto: dict[str, Any]) -> dict[str, Any]:
+    """What speed.*: auto picked in each phase, how long measuring took, and auto's training
+    step over the faster of NCHW and channels-last."""
+    out: dict[str, Any] = {
+        phase: {
+            "choice": r["choice"],
+            "measuring_s": r["measuring_s"],
+            "times": {str(t["setting"]): t.get("median_s", t.get("error")) for t in r["times"]},
+        }
+        for phase, r in auto.get("auto", {}).items()
+    }
+    if "auto_over_best" in auto:
+        out["train_step_over_best"] = auto["auto_over_best"]
+    return out
+
+
 def data_verdict(data: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
     """Does the loader (at train.py's worker count) keep up with the training step?"""
     loader = {r["workers"]: r["pairs_per_s"] for r in data.get("results", [])}
@@ -314,7 +330,7 @@ def summary(work: Path, junit: Path) -> dict[str, Any]:
     """Every step's results and the verdicts, as one JSON payload."""
     parts = {
         name: read_json(work / f"{name}.json")
-        for name in ("env", "attention", "train", "inference", "data", "checkpoint", "e2e", "ddp")
+        for name in ("env", "attention", "train", "auto", "inference", "data", "checkpoint", "e2e", "ddp")
     }
     train, inference = parts["train"] or {}, parts["inference"] or {}
     steps = read_steps(work / "steps.tsv")
@@ -326,6 +342,7 @@ def summary(work: Path, junit: Path) -> dict[str, Any]:
         "skipped_steps": [s["step"] for s in steps if s.get("note") == ABSENT],
         "attention_fused": (parts["attention"] or {}).get("all_fused"),
         "training": train_targets(train),
+        "auto": auto_verdict(parts["auto"] or {}),
         "inference": inference_targets(inference),
         "data": data_verdict(parts["data"] or {}, train),
         "end_to_end_ok": (parts["e2e"] or {}).get("ok"),
@@ -354,6 +371,12 @@ def print_summary(payload: dict[str, Any]) -> None:
             f"  training {setting}: {t['images_per_s']:.1f} images/s, {t['speedup']:.2f}x the "
             f"authors', peak memory {memory} theirs -> target met: {t['met']}"
         )
+    auto = dict(v["auto"])
+    over = auto.pop("train_step_over_best", None)
+    for phase, a in auto.items():
+        print(f"  speed auto, {phase}: {a['choice']} (measured in {a['measuring_s']:.1f} s)")
+    if over is not None:
+        print(f"  speed auto: its training step is {over:.3f}x the faster of NCHW, channels-last")
     large = v["inference"].get("large_fp16")
     if large:
         print(f"  {LARGE_SIZE} fp16 inference within 8 GB: {large}")

@@ -16,6 +16,9 @@
 #   train      mixcl-s training steps, batch 16 at 256x256, fp16 autocast + GradScaler, L1 + CR
 #              (random ResNet-152): the authors' computation against ours, each speed option,
 #              and ours under torch.compile (bench/bench_train.py)
+#   auto       what speed.*: auto picks on this GPU for training (mixcl-s, 16x256, fp16), test.py
+#              and predict.py, how long measuring took, and auto's training step against NCHW
+#              and channels-last (bench/bench_auto.py)
 #   pytest     the test suite with CUDA visible: the CUDA-only tests run instead of skipping
 #   data       data-loader pairs/s on RESIDE-sized synthetic pairs with the machine's cores, to
 #              set beside the training images/s (bench/bench_data.py)
@@ -121,6 +124,7 @@ main() {
     --precisions none fp16 --repeats 3)
   local train=(--models mixcl-s --shapes 16x256 --option-shape 16x256 --cr --compile --repeats 8
     --warmup 2)
+  local auto=(--model mixcl-s --shape 16x256 --precision fp16 --inference --repeats 5 --warmup 2)
   local data=(--size 620x460 --pairs 512 --patch 256 --batch 16 --pin-memory --repeats 3
     --workers $(printf '%s\n' 4 8 "$(nproc)" | sort -nu))
   local checkpoint=(--repeats 5)
@@ -134,6 +138,7 @@ main() {
       optimised --repeats 1 --in-process --threads 1)
     train=(--models mixcl-t --shapes 2x32 --option-shape 2x32 --settings straightforward
       optimised --repeats 1 --warmup 1 --threads 1)
+    auto=(--model mixcl-t --shape 2x32 --inference --repeats 1 --threads 1)
     data=(--size 64x48 --pairs 8 --patch 32 --batch 4 --workers 0 1 --repeats 1 --threads 1)
     checkpoint=(--config configs/quickstart.yaml --repeats 1)
     e2e=(--rehearse)
@@ -146,6 +151,7 @@ main() {
     --json "$work/inference.json"
   step train 210 "$py" -m bench.bench_train --device "$dev" --precision fp16 "${train[@]}" \
     --json "$work/train.json"
+  step auto 120 "$py" -m bench.bench_auto --device "$dev" "${auto[@]}" --json "$work/auto.json"
   step pytest 300 "$py" -m pytest "${pytest_args[@]}"
   step data 90 "$py" -m bench.bench_data "${data[@]}" --json "$work/data.json"
   step checkpoint 60 "$py" -m bench.checkpoint_overhead --device "$dev" "${checkpoint[@]}" \

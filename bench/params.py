@@ -2,10 +2,10 @@
 
 MACs come from torch.utils.flop_counter.FlopCounterMode (MACs = FLOPs / 2) on a batch of one,
 traced on the meta device (no compute). It counts convolutions (depthwise ones included), matrix
-products and the fusion's attention; it does not count element-wise ops, BatchNorm, softmax,
-pooling, padding or PixelShuffle. The model is traced with the separate depthwise convs and the
-explicit attention, so the count is the architecture's work, not the zero taps of the fused
-depthwise kernel.
+products, the fusion's attention and DehazeFormer's window attention; it does not count
+element-wise ops, BatchNorm, softmax, pooling, padding or PixelShuffle. The model is traced
+with the separate depthwise convs and the explicit attention, so the count is the
+architecture's work, not the zero taps of the fused depthwise kernel.
 
 Usage: python -m bench.params [--markdown] [--size 256]
 """
@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import format_table
 from models import MODEL_NAMES, build_model
+from models.registry import speed_options
 from utils.cli import positive_int
 
 COLUMNS = ("model", "fusion", "params", "params with unused text branch")
@@ -31,7 +32,8 @@ def macs_column(size: int) -> str:
 def count_macs(name: str, size: int) -> int:
     """MACs of one forward pass on a (1, 3, size, size) image."""
     with torch.device("meta"):
-        model = build_model(name, attention="explicit", fused_dwconv=False).eval()
+        separate = {"fused_dwconv": False} if "fused_dwconv" in speed_options(name) else {}
+        model = build_model(name, attention="explicit", **separate).eval()
         hazy = torch.zeros(1, 3, size, size)
         text = torch.zeros(1, 1, 512) if model.needs_text else None
     with FlopCounterMode(display=False) as counter, torch.no_grad():

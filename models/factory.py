@@ -1,16 +1,17 @@
-"""Build a named variant (utils/variants.py lists them)."""
+"""Build a named variant (models/registry.py lists them)."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from models.mixdehazenet import MixDehazeNet
-from utils.variants import DEPTHS, MODEL_NAMES, default_fusion
+from torch import nn
+
+from models.registry import split_name
 
 
-def build_model(name: str, **overrides: Any) -> MixDehazeNet:
-    """Build a named variant; `overrides` are MixDehazeNet arguments (fusion, depths, ...)."""
-    if name not in MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
-    size = name.rsplit("-", 1)[1]
-    return MixDehazeNet(**{"depths": DEPTHS[size], "fusion": default_fusion(name), **overrides})
+def build_model(name: str, **overrides: Any) -> nn.Module:
+    """Build a named variant; `overrides` are arguments of its network (fusion, depths, ...)."""
+    backbone, size, fusion = split_name(name)
+    build = importlib.import_module(backbone.module).build
+    return build(size, **{"fusion": fusion, **overrides})

@@ -7,18 +7,26 @@ the authors' code, so their released checkpoints load unchanged (see `models.loa
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.common import PatchEmbed, PatchUnEmbed, SKFusion, pad_bottom_right, padded_size
+from models.registry import FUSION_MODES
 from models.text_fusion import TextImageFusion
-from utils.variants import FUSION_MODES
 
 EMBED_DIMS = (24, 48, 96, 48, 24)
 # Side of the padded input that every stage can reflect-pad: the 1/4-scale stage pads by 9.
 MIN_SIDE = 40
-PATCH_MULTIPLE = 4
+# Blocks per stage of each size (models/registry.py names the sizes).
+DEPTHS: dict[str, tuple[int, ...]] = {
+    "t": (1, 1, 2, 1, 1),
+    "s": (2, 2, 4, 2, 2),
+    "b": (4, 4, 8, 4, 4),
+    "l": (8, 8, 16, 8, 8),
+}
 
 
 def _conv_mlp(dim: int) -> nn.Sequential:
@@ -177,100 +185,6 @@ class BasicLayer(nn.Module):
         return x
 
 
-class PatchEmbed(nn.Module):
-    """Strided conv that changes width and (for patch_size 2) halves the resolution."""
-
-    def __init__(
-        self, patch_size: int, in_chans: int, embed_dim: int, kernel_size: int | None = None
-    ) -> None:
-        super().__init__()
-        kernel_size = kernel_size or patch_size
-        self.proj = nn.Conv2d(
-            in_chans,
-            embed_dim,
-            kernel_size,
-            stride=patch_size,
-            padding=(kernel_size - patch_size + 1) // 2,
-            padding_mode="reflect",
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
-
-
-class PatchUnEmbed(nn.Module):
-    """Conv then PixelShuffle: changes width and multiplies the resolution by patch_size."""
-
-    def __init__(
-        self, patch_size: int, out_chans: int, embed_dim: int, kernel_size: int | None = None
-    ) -> None:
-        super().__init__()
-        kernel_size = kernel_size or 1
-        self.proj = nn.Sequential(
-            nn.Conv2d(
-                embed_dim,
-                out_chans * patch_size**2,
-                kernel_size,
-                padding=kernel_size // 2,
-                padding_mode="reflect",
-            ),
-            nn.PixelShuffle(patch_size),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
-
-
-class SKFusion(nn.Module):
-    """Selective-kernel fusion: softmax-weighted sum of `height` same-shaped feature maps."""
-
-    def __init__(self, dim: int, height: int = 2, reduction: int = 8) -> None:
-        super().__init__()
-        self.height = height
-        d = max(dim // reduction, 4)
-        self.avg_pool = nn.AdaptiveAvgPool2d(1)
-        self.mlp = nn.Sequential(
-            nn.Conv2d(dim, d, 1, bias=False), nn.ReLU(), nn.Conv2d(d, dim * height, 1, bias=False)
-        )
-
-    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Sums written out over the list: stacking the maps would copy them all once more."""
-        b, c = feats[0].shape[:2]
-        total = feats[0]
-        for feat in feats[1:]:
-            total = total + feat
-        attn = self.mlp(self.avg_pool(total))
-        attn = torch.softmax(attn.reshape(b, self.height, c, 1, 1), dim=1)
-        out = feats[0] * attn[:, 0]
-        for i, feat in enumerate(feats[1:], start=1):
-            out = out + feat * attn[:, i]
-        return out
-
-
-def _pad_bottom_right(x: torch.Tensor, pad_h: int, pad_w: int) -> torch.Tensor:
-    """Reflect-pad the bottom/right; sides too short for one reflection reflect repeatedly.
-
-    A 1-px side has nothing to reflect and is first replicated once. When one reflection
-    suffices (every input upstream accepts) this is exactly upstream's single reflect pad.
-    """
-    while pad_h > 0 or pad_w > 0:
-        h, w = x.shape[-2:]
-        if (h == 1 and pad_h > 0) or (w == 1 and pad_w > 0):
-            step_h, step_w = int(h == 1 and pad_h > 0), int(w == 1 and pad_w > 0)
-            mode = "replicate"
-        else:
-            step_h, step_w = min(pad_h, h - 1), min(pad_w, w - 1)
-            mode = "reflect"
-        x = F.pad(x, (0, step_w, 0, step_h), mode=mode)
-        pad_h, pad_w = pad_h - step_h, pad_w - step_w
-    return x
-
-
-def padded_size(side: int) -> int:
-    """Side after padding: the next multiple of 4 (upstream's rule), at least MIN_SIDE."""
-    return max(-(-side // PATCH_MULTIPLE) * PATCH_MULTIPLE, MIN_SIDE)
-
-
 class MixDehazeNet(nn.Module):
     """The dehazing network; with fusion 'concat' or 'add' it is MixCLDehazeNet.
 
@@ -356,6 +270,11 @@ class MixDehazeNet(nn.Module):
         """hazy: (B, 3, H, W) in [-1, 1]; text_feature: (B, 1, D) or (B, D), the image's CLIP
         text feature (ignored without fusion)."""
         h, w = hazy.shape[-2:]
-        x = _pad_bottom_right(hazy, padded_size(h) - h, padded_size(w) - w)
+        x = pad_bottom_right(hazy, padded_size(h, MIN_SIDE) - h, padded_size(w, MIN_SIDE) - w)
         k, b = torch.split(self.forward_features(x, text_feature), (1, 3), dim=1)
         return (k * x - b + x)[:, :, :h, :w].contiguous()
+
+
+def build(size: str, **overrides: Any) -> MixDehazeNet:
+    """MixDehazeNet of one size; `overrides` are MixDehazeNet arguments (fusion, depths, ...)."""
+    return MixDehazeNet(**{"depths": DEPTHS[size], **overrides})

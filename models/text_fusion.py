@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.variants import FUSION_MODES
+from models.registry import FUSION_MODES
 
 ATTENTION_MODES = ("sdpa", "explicit")
 # Parameters of the text branch that upstream defines but never uses (see `text_branch`).

@@ -8,11 +8,19 @@ import torch
 from datasets.synthetic import make_synthetic_dataset
 from utils.clip_domains import load_clip
 
+from . import helpers
 from .helpers import load_entry, train_args
 
 # The suite's tensors are tiny: a second intra-op thread costs more in synchronisation than it
 # saves, and on a busy machine the threads spin against each other. The computation is the same.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def speed_cache(tmp_path_factory) -> Path:
+    """The session's folder of measured speed settings (helpers.SPEED_CACHE)."""
+    helpers.SPEED_CACHE = tmp_path_factory.mktemp("speed-cache")
+    return helpers.SPEED_CACHE
 
 
 @pytest.fixture

@@ -6,9 +6,16 @@ from types import ModuleType
 
 import torch
 
+from models import build_model
+from utils.config import STRAIGHTFORWARD
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = (1, 1, 1, 1, 1)  # model.depths of the tiny test networks
 TEXT_DIM = 512
+FP32_TOL = 1e-5  # fp32 results of two computations of the same network
+# Where the tests' runs cache their measured speed settings: one folder per session (conftest),
+# so that the tiny networks are measured once, not in every test.
+SPEED_CACHE = Path("cache/speed")
 
 
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -59,6 +66,7 @@ def train_args(data_root: Path, out: Path, *extra: str, exp: str = "run") -> lis
         "data.patch_size=32",
         "data.num_workers=0",
         f"clip.cache_dir={out / 'cache'}",
+        f"speed.cache_dir={SPEED_CACHE}",
         "model.depths=[1,1,1,1,1]",
         "train.batch_size=4",
         "train.epochs=2",
@@ -66,3 +74,12 @@ def train_args(data_root: Path, out: Path, *extra: str, exp: str = "run") -> lis
         "train.eval_freq=1",
         *extra,
     ]
+
+
+def reference_and(overrides: dict, name: str = "mixcl-t", depths=TINY):
+    """The straightforward model with random weights and the same weights in `overrides`."""
+    ref = randomize(build_model(name, depths=depths, **STRAIGHTFORWARD))
+    model = build_model(name, depths=depths, **overrides).eval()
+    keys = model.state_dict().keys()
+    model.load_state_dict({k: v for k, v in ref.state_dict().items() if k in keys})
+    return ref, model

@@ -30,9 +30,11 @@ def no_native_bf16(monkeypatch):
         monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
 
 
-def test_null_keys_take_the_device_defaults_and_set_keys_win():
+def test_auto_keys_take_the_device_defaults_of_the_table_and_set_keys_win():
     default = load_config(None)
-    assert default.speed.channels_last is None and default.precision.predict is None
+    assert default.speed.channels_last == "auto" and default.precision.predict == "auto"
+    old = load_config(None, ["speed.channels_last=null", "precision.predict=null"])
+    assert old == default  # null, before auto existed, meant the device's default
     for kind, row in DEVICE_SPEED.items():
         assert speed_settings(default, kind) == row
     cfg = load_config(None, ["speed.fused_dwconv=true", "precision.predict=none"])
@@ -106,9 +108,8 @@ def test_predict_runs_bf16_on_native_bf16_cpus(trained, tmp_path, monkeypatch, a
     predict = load_entry("predict")
     for native, out in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(utils.devices, "cpu_has_native_bf16", lambda n=native: n)
-        predict.main(
-            ["--ckpt", str(trained / "last.pth"), str(photo), "--out", str(tmp_path / out)]
-        )
+        args = ["--ckpt", str(trained / "last.pth"), str(photo), "--out", str(tmp_path / out)]
+        predict.main([*args, "speed.autotune=false"])  # the table (DEVICE_SPEED)
     assert autocast_calls == ["bf16", "none"]
     low = read_rgb(tmp_path / "bf16" / "in.png").astype(float)
     full = read_rgb(tmp_path / "fp32" / "in.png").astype(float)

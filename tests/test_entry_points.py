@@ -251,7 +251,11 @@ def test_test_py_evaluates_released_weights_with_model_flag(trained, data_root, 
     # The run's own domain cache: CLIP on another device would give features that differ in
     # the last bits (CUDA test.py classifies on the GPU, train.py on the CPU).
     common = [f"data.root={data_root}", f"clip.cache_dir={trained.parent / 'cache'}"]
-    ours = evaluate.main(["--ckpt", str(trained / "best.pth"), "--out", str(tmp_path / "a")])
+    # One computation for both, bit for bit: measured speed settings may differ between them.
+    common.append("speed.autotune=false")
+    ours = evaluate.main(
+        ["--ckpt", str(trained / "best.pth"), "--out", str(tmp_path / "a"), common[-1]]
+    )
     quickstart = str(REPO / "configs" / "quickstart.yaml")
     theirs = evaluate.main(
         [

@@ -17,7 +17,7 @@ from utils.config import load_config
 
 from .helpers import REPO, load_entry
 
-STEPS = ("env", "attention", "inference", "train", "data", "checkpoint", "pytest")
+STEPS = ("env", "attention", "inference", "train", "auto", "data", "checkpoint", "pytest")
 
 
 def test_rehearsal_runs_every_step_and_reports_in_one_json(tmp_path):
@@ -44,6 +44,10 @@ def test_rehearsal_runs_every_step_and_reports_in_one_json(tmp_path):
     verdicts = payload["verdicts"]
     assert verdicts["attention_fused"] is True and not verdicts["failed_steps"]
     assert set(verdicts["training"]) == {"optimised"}  # no compiled step in the rehearsal
+    auto = verdicts["auto"]
+    assert set(auto["train"]["choice"]) == {"channels_last", "fused_dwconv"}
+    assert set(auto["predict"]["choice"]) == {"channels_last", "strips", "predict_precision"}
+    assert auto["train_step_over_best"] > 0
     assert "none" in verdicts["inference"]["bytes_per_pixel"]
     assert set(verdicts["data"]["pairs_per_s_by_workers"]) == {"0", "1"}
     assert payload["pytest"]["tests"] > 0 and payload["pytest"]["failures"] == 0

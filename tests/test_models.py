@@ -45,7 +45,9 @@ def test_parameter_counts(size):
 
 
 def test_model_names_and_unknown_name():
-    assert set(MODEL_NAMES) == {f"{f}-{s}" for f in ("mixdehazenet", "mixcl") for s in "tsbl"}
+    mixdehazenet = {f"{f}-{s}" for f in ("mixdehazenet", "mixcl") for s in "tsbl"}
+    dehazeformer = {f"{f}-{s}" for f in ("dehazeformer", "clipdehazeformer") for s in "tsbml"}
+    assert set(MODEL_NAMES) == mixdehazenet | dehazeformer
     with pytest.raises(ValueError, match="mixcl-t"):
         build_model("mixcl-xl")
 

@@ -5,7 +5,12 @@ from pathlib import Path
 import pytest
 
 from utils.config import config_to_dict, load_config
-from utils.protocol import PUBLISHED_SETTINGS, protocol_report, published_setting
+from utils.protocol import (
+    DEHAZEFORMER_SETTINGS,
+    PUBLISHED_SETTINGS,
+    protocol_report,
+    published_setting,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -60,6 +65,36 @@ def test_every_key_that_leaves_the_paper_is_named(config, overrides, lines):
     assert "its numbers are not the paper's" in report
 
 
+# DehazeFormer's configs/reside6k/dehazeformer-{t,s,b}.json: batch, lr, epochs, eval_freq.
+@pytest.mark.parametrize(
+    ("size", "authors"),
+    [("t", (32, 2e-4, 1000, 10)), ("s", (16, 1e-4, 1000, 10)), ("b", (16, 1e-4, 1000, 10))],
+)
+def test_dehazeformer_configs_are_its_authors_reside6k_settings(size, authors):
+    cfg = load_config(CONFIGS / f"reside6k/dehazeformer-{size}.yaml")
+    t, d = cfg.train, cfg.data
+    assert (t.batch_size, t.lr, t.epochs, t.eval_freq) == authors
+    assert (d.patch_size, d.only_h_flip, d.valid_mode, d.edge_decay) == (256, True, "valid", 0)
+    assert cfg.loss.cr_weight == 0 and t.extra_epoch and t.lr_min_ratio == 0.01
+    source = f"configs/reside6k/dehazeformer-{size}.json"
+    assert protocol_report(cfg).endswith(f"{source}): no differences\n")
+    guided = protocol_report(load_config(CONFIGS / f"reside6k/clipdehazeformer-{size}.yaml"))
+    assert source in guided
+    assert guided.splitlines()[1:] == [
+        f"  model.name=clipdehazeformer-{size} (paper: dehazeformer-{size})"
+    ]
+    mixcl = load_config(CONFIGS / "reside6k/mixcl-s.yaml", [f"model.name=dehazeformer-{size}"])
+    assert "  loss.cr_weight=0.1 (paper: 0.0)" in protocol_report(mixcl).splitlines()
+
+
+def test_a_model_without_published_setting_on_its_dataset_says_so():
+    cfg = load_config(CONFIGS / "reside6k/dehazeformer-b.yaml", ["model.name=dehazeformer-l"])
+    assert published_setting(cfg.data.root, cfg.model.name) is None
+    assert protocol_report(cfg).startswith(
+        "protocol: no published setting for data.root=data/RESIDE-6K with dehazeformer-l"
+    )
+
+
 def test_a_dataset_without_published_setting_says_so():
     report = protocol_report(load_config(CONFIGS / "quickstart.yaml"))
     assert report.startswith("protocol: no published setting for data.root=data/synthetic")
@@ -73,5 +108,6 @@ def test_published_keys_are_config_keys():
         if isinstance(values, dict)
         for key in values
     }
-    for setting in PUBLISHED_SETTINGS.values():
+    dehazeformer = [s for sizes in DEHAZEFORMER_SETTINGS.values() for s in sizes.values()]
+    for setting in [*PUBLISHED_SETTINGS.values(), *dehazeformer]:
         assert set(setting.values) <= flat

@@ -9,11 +9,9 @@ import torch.nn.functional as F
 
 from models import build_model
 from models.mixdehazenet import MixStructureBlock
-from utils.config import STRAIGHTFORWARD
 
-from .helpers import TINY, image, randomize, text
+from .helpers import FP32_TOL, TINY, image, randomize, reference_and, text
 
-FP32_TOL = 1e-5
 # bf16 keeps 8 bits of mantissa (relative step 2**-8 = 0.4%); on outputs of order 1 the
 # measured error is about 0.005 at most and 0.001 on average, so these bounds leave 4x room.
 BF16_TOL = 0.02
@@ -30,15 +28,6 @@ OPTIONS = [
     {"strips": False},
     {"fused_dwconv": True, "channels_last": False},
 ]
-
-
-def reference_and(overrides: dict, name: str = "mixcl-t", depths=TINY):
-    """The straightforward model with random weights and the same weights in `overrides`."""
-    ref = randomize(build_model(name, depths=depths, **STRAIGHTFORWARD))
-    model = build_model(name, depths=depths, **overrides).eval()
-    keys = model.state_dict().keys()
-    model.load_state_dict({k: v for k, v in ref.state_dict().items() if k in keys})
-    return ref, model
 
 
 @pytest.mark.parametrize("overrides", OPTIONS)

@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 import yaml
 
+from models.registry import FUSION_MODES, MODEL_NAMES, SPEED_OPTIONS, default_fusion
 from utils.errors import ConfigError
-from utils.variants import FUSION_MODES, MODEL_NAMES, default_fusion
 
 # The paper's prompts ("a photo of a indoor" / "a photo of a outdoor", grammar as upstream).
 DEFAULT_DOMAINS = ("indoor", "outdoor")
@@ -29,6 +29,7 @@ DEFAULT_TEMPLATE = "a photo of a {}"
 TEXT_FEATURE_MODES = ("hard", "soft")
 Precision = Literal["none", "fp16", "bf16"]
 ClipPrecision = Literal["auto", "fp16", "fp32"]  # auto: fp16 on CUDA, fp32 on the CPU
+Auto = Literal["auto"]  # a speed setting measured on the machine in use (SpeedConfig)
 CRBatchNorm = Literal["batch", "frozen"]  # the CR ResNet's BatchNorm: training or eval mode
 
 # Keys that moved: an old key in a YAML file or an override is an error naming its new place.
@@ -46,6 +47,15 @@ ADDED_KEYS = {
     "train.extra_epoch": False,
     "train.sync_batchnorm": False,
 }
+
+# Keys whose null, before `auto` existed, meant the device's default: now `auto`.
+NULL_MEANS_AUTO = (
+    "speed.channels_last",
+    "speed.strips",
+    "speed.fused_dwconv",
+    "speed.compile",
+    "precision.predict",
+)
 
 # Settings a checkpoint's config may take new values for in a later call, one place for all:
 # where files are, how absent data is made, how many workers read it (never changes a result) ...
@@ -87,7 +97,7 @@ RESUME_KEYS = (
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which network to build (utils/variants.py lists the variants)."""
+    """Which network to build (models/registry.py lists the variants)."""
 
     name: Literal[MODEL_NAMES] = "mixcl-s"
     fusion: Literal[FUSION_MODES] | None = None  # None: the variant's own fusion
@@ -180,13 +190,16 @@ class TrainConfig:
 class SpeedConfig:
     """Options that change speed, never the numbers beyond float tolerance (docs/PERFORMANCE.md).
 
-    null (the default) takes the value measured best on the device in use (DEVICE_SPEED).
+    auto (the default): measured on the machine in use at first use and cached (utils/autotune.py),
+    or with autotune=false the device's defaults (DEVICE_SPEED); true/false is never measured.
     """
 
-    channels_last: bool | None = None  # NHWC activations
-    strips: bool | None = None  # inference: wide intermediates a few rows at a time (less memory)
-    fused_dwconv: bool | None = None  # the three depthwise convs as one grouped conv
-    compile: bool | None = None  # torch.compile the network
+    channels_last: Auto | bool = "auto"  # NHWC activations
+    strips: Auto | bool = "auto"  # inference: wide intermediates a few rows at a time (less memory)
+    fused_dwconv: Auto | bool = "auto"  # the three depthwise convs as one grouped conv
+    compile: Auto | bool = "auto"  # torch.compile the network (auto: DEVICE_SPEED, never measured)
+    autotune: bool = True  # false: every auto key takes the device's default (DEVICE_SPEED)
+    cache_dir: str = "cache/speed"  # the measured choices, one small JSON file per workload
 
 
 @dataclass(frozen=True)
@@ -207,7 +220,7 @@ class PrecisionConfig:
 
     train: Precision = "fp16"  # training forward and loss (CUDA; CPU always trains in fp32)
     eval: Precision = "none"  # validation and test.py (the protocol evaluates in fp32)
-    predict: Precision | None = None  # predict.py; null: the device's (DEVICE_SPEED)
+    predict: Auto | Precision = "auto"  # predict.py; auto: measured, as speed.* (SpeedConfig)
 
 
 @dataclass(frozen=True)
@@ -235,7 +248,7 @@ class Config:
 
 @dataclass(frozen=True)
 class SpeedSettings:
-    """What runs on one device: the `speed.*` keys and predict.py's precision, none left null."""
+    """What runs on one device: the `speed.*` keys and predict.py's precision, none left auto."""
 
     channels_last: bool
     strips: bool
@@ -244,12 +257,14 @@ class SpeedSettings:
     predict_precision: Precision
 
     def network_args(self) -> dict[str, bool]:
-        """The MixDehazeNet arguments among these settings."""
-        return {k: getattr(self, k) for k in ("channels_last", "strips", "fused_dwconv")}
+        """The network arguments among these settings (a backbone takes those its registry
+        entry names)."""
+        return {k: getattr(self, k) for k in SPEED_OPTIONS}
 
 
-# The speed defaults of each kind of device, chosen by measurement (docs/PERFORMANCE.md). A null
-# `speed.*` key or `precision.predict` takes the value of the device in use (utils.devices).
+# The speed defaults of each kind of device, chosen by measurement on one machine
+# (docs/PERFORMANCE.md): what an `auto` key takes where nothing is measured (speed.autotune=false,
+# and speed.compile always).
 DEVICE_SPEED: dict[str, SpeedSettings] = {
     # A 2-core x86 CPU: channels-last made the training step 1.45x faster, strips inference
     # 1.37x faster in 1.8x less memory; the grouped depthwise conv was within noise.
@@ -278,12 +293,32 @@ STRAIGHTFORWARD: dict[str, bool | str] = {
 }
 
 
+# Keys measured at first use where `auto` (utils/autotune.py); compile is never measured.
+AUTO_KEYS = ("channels_last", "strips", "fused_dwconv", "compile", "predict_precision")
+
+
+def chosen_speed(cfg: Config) -> dict[str, bool | str]:
+    """The speed settings `cfg` fixes (true/false, a precision), by SpeedSettings name."""
+    chosen = {**dataclasses.asdict(cfg.speed), "predict_precision": cfg.precision.predict}
+    return {k: v for k, v in chosen.items() if k in AUTO_KEYS and v != "auto"}
+
+
+def with_speed(cfg: Config, settings: SpeedSettings, predict: bool = True) -> Config:
+    """`cfg` with the speed keys set to `settings`, no `auto` left: how a run ran (config.yaml).
+    `predict`: precision.predict too (a training run leaves it to predict.py)."""
+    keys = ("channels_last", "strips", "fused_dwconv", "compile")
+    speed = {k: getattr(settings, k) for k in keys}
+    precision = cfg.precision
+    if predict:
+        precision = dataclasses.replace(precision, predict=settings.predict_precision)
+    return dataclasses.replace(
+        cfg, speed=dataclasses.replace(cfg.speed, **speed), precision=precision
+    )
+
+
 def speed_settings(cfg: Config, device_kind: str) -> SpeedSettings:
-    """The configured speed keys, each null one replaced by the default of `device_kind`."""
-    chosen = {k: v for k, v in dataclasses.asdict(cfg.speed).items() if v is not None}
-    if cfg.precision.predict is not None:
-        chosen["predict_precision"] = cfg.precision.predict
-    return dataclasses.replace(DEVICE_SPEED[device_kind], **chosen)
+    """The configured speed keys, each `auto` one replaced by the default of `device_kind`."""
+    return dataclasses.replace(DEVICE_SPEED[device_kind], **chosen_speed(cfg))
 
 
 # What a value of each plain type must be, as an error message says it (bool is not an int).
@@ -402,7 +437,19 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
 
 def config_from_dict(data: dict) -> Config:
     """Build a checked `Config` from plain data (a parsed YAML file or a checkpoint's copy)."""
-    return _build(Config, data)
+    return _build(Config, _null_to_auto(data))
+
+
+def _null_to_auto(data: Any) -> Any:
+    """`data` with the NULL_MEANS_AUTO keys that are null set to `auto`."""
+    if not isinstance(data, dict):
+        return data
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for key in NULL_MEANS_AUTO:
+        section, name = key.split(".")
+        if isinstance(data.get(section), dict) and data[section].get(name, "") is None:
+            data[section][name] = "auto"
+    return data
 
 
 def config_from_checkpoint(data: dict) -> Config:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from models.registry import split_name
 from utils.config import DEFAULT_DOMAINS, DEFAULT_TEMPLATE, Config, config_to_dict, flatten
 
 
@@ -92,18 +93,64 @@ PUBLISHED_SETTINGS: dict[str, PublishedSetting] = {
 }
 
 
+def _dehazeformer_setting(size: str, batch_size: int, lr: float) -> PublishedSetting:
+    """DehazeFormer's RESIDE-6K run: the same loop as the authors' train.py above (which is
+    DehazeFormer's), L1 only, validation every 10 epochs."""
+    loss_keys = ("loss.resnet_imagenet_norm", "loss.resnet_batchnorm")  # no CR: nothing to set
+    values = {k: v for k, v in _AUTHORS_TRAIN_PY.items() if k not in loss_keys}
+    values.update(
+        {
+            "model.name": f"dehazeformer-{size}",
+            "train.batch_size": batch_size,
+            "train.lr": lr,
+            "train.epochs": 1000,
+            "train.eval_freq": 10,
+            "loss.cr_weight": 0.0,
+            "data.only_h_flip": True,
+            "data.valid_mode": "valid",
+        }
+    )
+    source = f"IDKiro/DehazeFormer's train.py with configs/reside6k/dehazeformer-{size}.json"
+    return PublishedSetting(source, values)
+
+
+# Dataset -> DehazeFormer size -> its authors' setting (RESIDE-6K only: the comparison of
+# interest; their RESIDE-IN/OUT settings are not reproduced here).
+DEHAZEFORMER_SETTINGS: dict[str, dict[str, PublishedSetting]] = {
+    "RESIDE-6K": {
+        "t": _dehazeformer_setting("t", 32, 2e-4),
+        "s": _dehazeformer_setting("s", 16, 1e-4),
+        "b": _dehazeformer_setting("b", 16, 1e-4),
+        "m": _dehazeformer_setting("m", 16, 1e-4),
+    }
+}
+
+
 def _normalised(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-def published_setting(data_root: str) -> tuple[str, PublishedSetting] | None:
-    """The dataset name and published setting that `data.root` names, if any (RESIDE-6K,
-    reside6k and RESIDE_6K all name RESIDE-6K)."""
+def _dataset(data_root: str) -> str | None:
+    """The dataset that `data.root` names by its folder (RESIDE-6K, reside6k and RESIDE_6K all
+    name RESIDE-6K), if it is one with a published setting."""
     folder = _normalised(Path(data_root).name)
-    for name, setting in PUBLISHED_SETTINGS.items():
-        if _normalised(name) == folder:
-            return name, setting
-    return None
+    return next((name for name in PUBLISHED_SETTINGS if _normalised(name) == folder), None)
+
+
+def published_setting(
+    data_root: str, model_name: str = "mixcl-s"
+) -> tuple[str, PublishedSetting] | None:
+    """The dataset name and the published setting that a run on `data.root` with `model_name`
+    compares with, if any: MixCLDehazeNet's for MixDehazeNet models, DehazeFormer's (of the same
+    size) for DehazeFormer models, with or without CLIP guidance."""
+    dataset = _dataset(data_root)
+    if dataset is None:
+        return None
+    backbone, size, _ = split_name(model_name)
+    if backbone.plain == "dehazeformer":
+        setting = DEHAZEFORMER_SETTINGS.get(dataset, {}).get(size)
+        return None if setting is None else (dataset, setting)
+    return dataset, PUBLISHED_SETTINGS[dataset]
 
 
 def _show(value: Any) -> str:
@@ -129,12 +176,13 @@ def differences(cfg: Config, setting: PublishedSetting) -> list[str]:
 def protocol_report(cfg: Config) -> str:
     """What train.py prints and saves: the published setting compared with, and the keys that
     leave it (or that no published setting exists for this dataset)."""
-    found = published_setting(cfg.data.root)
+    found = published_setting(cfg.data.root, cfg.model.name)
     if found is None:
         known = ", ".join(PUBLISHED_SETTINGS)
         return (
-            f"protocol: no published setting for data.root={cfg.data.root} (known, by folder "
-            f"name: {known}); this run's numbers compare with no paper's\n"
+            f"protocol: no published setting for data.root={cfg.data.root} with "
+            f"{cfg.model.name} (known datasets, by folder name: {known}); this run's numbers "
+            "compare with no paper's\n"
         )
     name, setting = found
     lines = differences(cfg, setting)
