@@ -330,7 +330,17 @@ def summary(work: Path, junit: Path) -> dict[str, Any]:
     """Every step's results and the verdicts, as one JSON payload."""
     parts = {
         name: read_json(work / f"{name}.json")
-        for name in ("env", "attention", "train", "auto", "inference", "data", "checkpoint", "e2e", "ddp")
+        for name in (
+            "env",
+            "attention",
+            "train",
+            "auto",
+            "inference",
+            "data",
+            "checkpoint",
+            "e2e",
+            "ddp",
+        )
     }
     train, inference = parts["train"] or {}, parts["inference"] or {}
     steps = read_steps(work / "steps.tsv")
