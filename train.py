@@ -8,7 +8,6 @@ build the training state (what each checkpoint holds), then train epoch by epoch
 """
 
 import argparse
-import itertools
 import json
 import math
 import os
@@ -17,7 +16,7 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -25,12 +24,18 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from datasets import PairedDataset
+from datasets.resumable import (
+    LoaderWorkers,
+    ResumableSampler,
+    collate_with_rng,
+    ignore_stop_signals,
+)
 from datasets.synthetic import DEFAULT_ROOT, generate_if_configured
 from networks import build_network, check_names, load_weights, tune_speed
 from utils.checkpoint import (
@@ -395,35 +400,16 @@ def attach_text_features(
     return embedding_width(cfg.clip.arch)
 
 
-class ResumableSampler(Sampler[int]):
-    """`base`'s order, where the next pass may start `skip` samples in: the rest of an epoch
-    interrupted after some batches, without reading the skipped images. The skipped indices
-    are still drawn, so the random streams advance as in the uninterrupted epoch."""
-
-    def __init__(self, base: RandomSampler | DistributedSampler) -> None:
-        self.base, self.skip = base, 0
-
-    def __iter__(self) -> Iterator[int]:
-        skip, self.skip = self.skip, 0
-        return itertools.islice(iter(self.base), skip, None)
-
-    def __len__(self) -> int:
-        return len(self.base) - self.skip  # type: ignore[arg-type]
-
-    def set_epoch(self, epoch: int) -> None:
-        if isinstance(self.base, DistributedSampler):
-            self.base.set_epoch(epoch)
-
-
 def make_loaders(
     cfg: Config,
     info: DistInfo,
     train_set: PairedDataset,
     val_set: PairedDataset,
     generator: torch.Generator,
-) -> tuple[DataLoader, DataLoader, ResumableSampler]:
+) -> tuple[DataLoader, DataLoader, ResumableSampler, LoaderWorkers]:
     """This process's share of the training batches (shuffled by `generator` or, under DDP,
-    the DistributedSampler) and of the validation images."""
+    the DistributedSampler) and of the validation images; the training loader's sampler and
+    workers, which a resumed epoch starts inside (datasets.resumable)."""
     d = cfg.data
     per_rank = cfg.train.batch_size // info.world_size
     if per_rank < 1 or per_rank * info.world_size != cfg.train.batch_size:
@@ -437,7 +423,7 @@ def make_loaders(
         if info.enabled
         else RandomSampler(train_set, generator=generator)  # as DataLoader(shuffle=True) makes
     )
-    sampler = ResumableSampler(base)
+    sampler, workers = ResumableSampler(base), LoaderWorkers(d.num_workers)
     common = {"num_workers": d.num_workers, "pin_memory": torch.cuda.is_available()}
     train_loader = DataLoader(
         train_set,
@@ -446,14 +432,18 @@ def make_loaders(
         drop_last=len(train_set) >= cfg.train.batch_size,
         generator=generator,
         persistent_workers=False,
+        worker_init_fn=workers.init_worker,
+        collate_fn=collate_with_rng,
         **common,
     )
     # Every image exactly once over the ranks (DistributedSampler would pad with repeats);
     # whole images ("test") go one at a time, as in test.py.
     val_shard = Subset(val_set, range(info.rank, len(val_set), info.world_size))
     val_batch = per_rank if d.valid_mode == "valid" else 1
-    val_loader = DataLoader(val_shard, batch_size=val_batch, **common)
-    return train_loader, val_loader, sampler
+    val_loader = DataLoader(
+        val_shard, batch_size=val_batch, worker_init_fn=ignore_stop_signals, **common
+    )
+    return train_loader, val_loader, sampler, workers
 
 
 @dataclass
@@ -471,6 +461,7 @@ class TrainState:
     step: int = 0  # batches of the current epoch done
     global_step: int = 0  # optimiser steps taken
     best_psnr: float = -math.inf
+    loader: Mapping[str, Any] | None = None  # LoaderWorkers.state() at `step`, when resumed
 
     def checkpoint(self, epochs_done: int, rng: list[Any], epoch_step: int = 0) -> dict[str, Any]:
         """The checkpoint of the run after `epochs_done` epochs and `epoch_step` batches of the
@@ -502,7 +493,9 @@ class TrainState:
         self.epoch, self.best_psnr = ckpt["epoch"], ckpt["best_psnr"]
         self.step = ckpt.get("epoch_step", 0)  # checkpoints before mid-epoch ones: 0
         self.global_step = ckpt["global_step"]
-        set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
+        rng = ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)]
+        set_rng_state(rng)
+        self.loader = rng.get("loader")  # checkpoints before mid-epoch ones: none
         say = print if info.is_main else lambda *_: None
         within = f", step {self.step} of epoch {self.epoch + 1}" if self.step else ""
         unverified = "" if has_digest(path) else "; written before digests, not verified"
@@ -640,6 +633,7 @@ class RunSetup:
     train_loader: DataLoader
     val_loader: DataLoader
     sampler: ResumableSampler
+    workers: LoaderWorkers
     generator: torch.Generator  # shuffles the training split without DDP
     buffers: BufferSnapshot
     writer: SummaryWriter | None  # TensorBoard, rank 0 only
@@ -658,12 +652,14 @@ def save_checkpoint(
     """Rank 0 writes the checkpoint of `epochs_done` epochs and `epoch_step` batches of the
     next to `path`, atomically, keeping `keep` versions (utils.checkpoint.save_atomic).
 
-    Every rank's RNG state is gathered first (a collective: all ranks call this together).
+    Every rank's RNG states, its loader workers' included, are gathered first (a collective:
+    all ranks call this together).
     """
-    rng: list[Any] = [rng_state()]
+    own = {**rng_state(), "loader": setup.workers.state()}
+    rng: list[Any] = [own]
     if setup.info.enabled:
         rng = [None] * setup.info.world_size
-        torch.distributed.all_gather_object(rng, rng_state())
+        torch.distributed.all_gather_object(rng, own)
     if not setup.info.is_main:
         return
     try:
@@ -743,6 +739,10 @@ def train_epoch(setup: RunSetup, state: TrainState) -> None:
     setup.generator.manual_seed(stream_seed(cfg.train.seed, state.epoch))
     setup.sampler.set_epoch(state.epoch)
     setup.sampler.skip = state.step * (setup.train_loader.batch_size or 1)
+    warning = setup.workers.start_epoch(state.step, state.loader)
+    state.loader = None
+    if warning and setup.info.is_main:
+        print(warning, file=sys.stderr)
     setup.model.train()
     bar = tqdm(
         setup.train_loader,
@@ -752,6 +752,7 @@ def train_epoch(setup: RunSetup, state: TrainState) -> None:
         dynamic_ncols=True,
     )
     for batch in bar:
+        setup.workers.took(state.step, batch)
         loss, agreed = training_step(setup, state, batch)
         state.step += 1
         if loss is not None and writer is not None:
@@ -886,7 +887,7 @@ def train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str]
         record_run(cfg, argv, resume[1] if resume else None, speed, tuning)
 
     generator = torch.Generator()
-    train_loader, val_loader, sampler = make_loaders(cfg, info, *splits, generator)
+    train_loader, val_loader, sampler, workers = make_loaders(cfg, info, *splits, generator)
     state, criterion = build_state(cfg, info, device, text_dim, resume, speed)
     model = parallel_model(state.net, speed, info, device)
     writer = SummaryWriter(str(cfg.run_dir / "tensorboard")) if info.is_main else None
@@ -903,6 +904,7 @@ def train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str]
             train_loader,
             val_loader,
             sampler,
+            workers,
             generator,
             BufferSnapshot(state.net),
             writer,

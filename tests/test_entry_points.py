@@ -75,8 +75,15 @@ def _same_weights(a: dict, b: dict) -> bool:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA's backward is not bit-exact")
-def test_a_run_stopped_mid_epoch_resumes_exactly(data_root, tmp_path, trained, monkeypatch):
-    args = train_args(data_root, tmp_path)  # as `trained`: 2 epochs of 2 steps
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_run_stopped_mid_epoch_resumes_exactly(
+    data_root, tmp_path, trained, monkeypatch, num_workers
+):
+    args = train_args(data_root, tmp_path, f"data.num_workers={num_workers}")
+    straight = trained / "last.pth"  # 2 epochs of 2 steps, augmented in the main process
+    if num_workers:
+        train.main(train_args(data_root, tmp_path, *args[-1:], exp="straight"))
+        straight = tmp_path / "straight" / "last.pth"
     real_step = train.training_step
 
     def signal_before_step_3(setup, state, batch):
@@ -94,7 +101,7 @@ def test_a_run_stopped_mid_epoch_resumes_exactly(data_root, tmp_path, trained, m
     train.main([*args, "--resume", "auto"])
     resumed = load_checkpoint(tmp_path / "run" / "last.pth")
     assert resumed["global_step"] == 4
-    assert _same_weights(resumed["model"], load_checkpoint(trained / "last.pth")["model"])
+    assert _same_weights(resumed["model"], load_checkpoint(straight)["model"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA's backward is not bit-exact")
