@@ -83,10 +83,9 @@ def test_empty_split(tmp_path):
         train.main(train_args(root, tmp_path / "runs"))
 
 
-def _start_training(
-    data_root: Path, out: Path, epochs: int, ignore_sigint: bool = False
-) -> subprocess.Popen:
-    args = train_args(data_root, out, f"train.epochs={epochs}", "train.eval_freq=1")
+def _start_training(data_root: Path, out: Path, epochs: int, *extra: str) -> subprocess.Popen:
+    """train.py in a process group of its own (with its loader workers, if any)."""
+    args = train_args(data_root, out, f"train.epochs={epochs}", "train.eval_freq=1", *extra)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [sys.executable, "train.py", *args],
@@ -95,10 +94,7 @@ def _start_training(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        # as a background job of a non-interactive shell starts
-        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-        if ignore_sigint
-        else None,
+        start_new_session=True,
     )
 
 
@@ -142,13 +138,14 @@ def test_sigkill_mid_run_leaves_loadable_checkpoints_and_resume_continues(
 
 
 def test_a_stop_signal_writes_the_current_step_and_exits_with_its_code(data_root, tmp_path):
-    """Ctrl-C, in a process started with SIGINT ignored (SIGTERM and SIGUSR1 under torchrun:
+    """SIGTERM to the whole process group, loader workers included, as `kill -- -PGID` and
+    SLURM's scancel send it (one worker process each signal under torchrun:
     tests/test_faults.py)."""
-    signum = signal.SIGINT
+    signum = signal.SIGTERM
     run = tmp_path / "run"
-    proc = _start_training(data_root, tmp_path, epochs=200, ignore_sigint=True)
+    proc = _start_training(data_root, tmp_path, 200, "data.num_workers=2")
     _wait_for_epochs(run / "last.pth", 1, proc)
-    proc.send_signal(signum)
+    os.killpg(proc.pid, signum)
     _, err = proc.communicate(timeout=180)  # one more step, one save: seconds even under load
     assert proc.returncode == 128 + signum, err[-2000:]
     name = signal.Signals(signum).name
