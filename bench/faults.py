@@ -1,11 +1,12 @@
 """Inject the faults of a cluster job into real training runs and check what survives.
 
 Every scenario trains the same tiny run (tiny MixCL network, tiny random CLIP, synthetic data)
-under `torchrun --standalone --nproc_per_node=2` (gloo on the CPU, two processes on 127.0.0.1)
-with the command of every launch, `--resume auto`, and a checkpoint after every optimiser
-step (`train.checkpoint_every_steps=1`). Once the newest checkpoint is inside an epoch, a fault
-is injected; the run must then end by itself (torchrun restarts the workers, which continue
-from the newest valid checkpoint) or, where the launch ends, by relaunching the same command.
+under `torchrun --standalone --nproc_per_node=2` (gloo on the CPU, two processes on 127.0.0.1,
+each with one loader worker that makes its crops and flips) with the command of every launch,
+`--resume auto`, and a checkpoint after every optimiser step
+(`train.checkpoint_every_steps=1`). Once the newest checkpoint is inside an epoch, a fault is
+injected; the run must then end by itself (torchrun restarts the workers, which continue from
+the newest valid checkpoint) or, where the launch ends, by relaunching the same command.
 
     sigkill   SIGKILL to the rank-1 worker (a crashed or OOM-killed process); --max-restarts=1
     sigterm   SIGTERM to the rank-1 worker (preemption, `kill`); --max-restarts=1
@@ -54,7 +55,7 @@ def train_command(data: Path, out: Path, exp: str, max_restarts: int) -> list[st
         "train.py",
         str(REPO / "configs" / "quickstart.yaml"),
         *(f"exp_name={exp}", f"output_dir={out}", f"data.root={data}", "data.patch_size=32"),
-        *("data.num_workers=0", f"clip.cache_dir={out / 'cache'}", "model.depths=[1,1,1,1,1]"),
+        *("data.num_workers=1", f"clip.cache_dir={out / 'cache'}", "model.depths=[1,1,1,1,1]"),
         *(f"train.batch_size={BATCH}", f"train.epochs={EPOCHS}", "train.extra_epoch=false"),
         *("train.checkpoint_every_steps=1", "--resume", "auto"),
     ]

@@ -156,8 +156,11 @@ def checkpoint_facts(path: Path) -> dict[str, Any]:
 
 def e2e(rehearse: bool, timeout: float) -> dict[str, Any]:
     """The quickstart through train.sh, --resume, test.py and torchrun, in a scratch copy."""
+    from train import total_epochs
+    from utils.config import load_config
+
     overrides = [QUICKSTART, *E2E_OVERRIDES[rehearse]]
-    epochs = int(next(o for o in overrides if o.startswith("train.epochs=")).split("=")[1])
+    epochs = total_epochs(load_config(REPO / QUICKSTART, overrides[1:]))  # extra epoch included
     python = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp) / "repo"
