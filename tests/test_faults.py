@@ -2,7 +2,7 @@
 ends by itself, or with the same command, with the weights of the uninterrupted run.
 
 Minutes, not seconds: marked `faults`, left out of the default `pytest` run and run by the
-second step of .ci/run (`python -m pytest -m faults`).
+second step of .ci/run (`python -m pytest -m "faults or e2e"`).
 """
 
 from __future__ import annotations
