@@ -400,16 +400,25 @@ def attach_text_features(
     return embedding_width(cfg.clip.arch)
 
 
+class Loaders(NamedTuple):
+    """This process's loaders, and the training loader's sampler and workers, which a resumed
+    epoch starts inside (datasets.resumable)."""
+
+    train: DataLoader
+    val: DataLoader
+    sampler: ResumableSampler
+    workers: LoaderWorkers
+
+
 def make_loaders(
     cfg: Config,
     info: DistInfo,
     train_set: PairedDataset,
     val_set: PairedDataset,
     generator: torch.Generator,
-) -> tuple[DataLoader, DataLoader, ResumableSampler, LoaderWorkers]:
+) -> Loaders:
     """This process's share of the training batches (shuffled by `generator` or, under DDP,
-    the DistributedSampler) and of the validation images; the training loader's sampler and
-    workers, which a resumed epoch starts inside (datasets.resumable)."""
+    the DistributedSampler) and of the validation images."""
     d = cfg.data
     per_rank = cfg.train.batch_size // info.world_size
     if per_rank < 1 or per_rank * info.world_size != cfg.train.batch_size:
@@ -443,7 +452,7 @@ def make_loaders(
     val_loader = DataLoader(
         val_shard, batch_size=val_batch, worker_init_fn=ignore_stop_signals, **common
     )
-    return train_loader, val_loader, sampler, workers
+    return Loaders(train_loader, val_loader, sampler, workers)
 
 
 @dataclass
@@ -630,10 +639,7 @@ class RunSetup:
     device: torch.device
     model: nn.Module  # the network as it trains (see parallel_model)
     criterion: nn.Module
-    train_loader: DataLoader
-    val_loader: DataLoader
-    sampler: ResumableSampler
-    workers: LoaderWorkers
+    loaders: Loaders
     generator: torch.Generator  # shuffles the training split without DDP
     buffers: BufferSnapshot
     writer: SummaryWriter | None  # TensorBoard, rank 0 only
@@ -655,7 +661,7 @@ def save_checkpoint(
     Every rank's RNG states, its loader workers' included, are gathered first (a collective:
     all ranks call this together).
     """
-    own = {**rng_state(), "loader": setup.workers.state()}
+    own = {**rng_state(), "loader": setup.loaders.workers.state()}
     rng: list[Any] = [own]
     if setup.info.enabled:
         rng = [None] * setup.info.world_size
@@ -737,22 +743,22 @@ def train_epoch(setup: RunSetup, state: TrainState) -> None:
     checkpoint holds), then one step of the learning-rate schedule."""
     cfg, writer = setup.cfg, setup.writer
     setup.generator.manual_seed(stream_seed(cfg.train.seed, state.epoch))
-    setup.sampler.set_epoch(state.epoch)
-    setup.sampler.skip = state.step * (setup.train_loader.batch_size or 1)
-    warning = setup.workers.start_epoch(state.step, state.loader)
+    setup.loaders.sampler.set_epoch(state.epoch)
+    setup.loaders.sampler.skip = state.step * (setup.loaders.train.batch_size or 1)
+    warning = setup.loaders.workers.start_epoch(state.step, state.loader)
     state.loader = None
     if warning and setup.info.is_main:
         print(warning, file=sys.stderr)
     setup.model.train()
     bar = tqdm(
-        setup.train_loader,
+        setup.loaders.train,
         desc=f"epoch {state.epoch + 1}/{total_epochs(cfg)}",
         disable=None if setup.info.is_main else True,  # no bar on other ranks or in logs
         leave=False,
         dynamic_ncols=True,
     )
     for batch in bar:
-        setup.workers.took(state.step, batch)
+        setup.loaders.workers.took(state.step, batch)
         loss, agreed = training_step(setup, state, batch)
         state.step += 1
         if loss is not None and writer is not None:
@@ -805,7 +811,7 @@ def validate_and_log(setup: RunSetup, state: TrainState, result: dict[str, Any])
     samples/, one line) and write best.pth when the PSNR improved."""
     epoch = state.epoch + 1
     val_psnr, val_ssim, grid = validate(
-        setup.model, setup.val_loader, setup.device, setup.cfg, setup.info
+        setup.model, setup.loaders.val, setup.device, setup.cfg, setup.info
     )
     improved = val_psnr > state.best_psnr
     state.best_psnr = max(state.best_psnr, val_psnr)
@@ -887,7 +893,7 @@ def train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str]
         record_run(cfg, argv, resume[1] if resume else None, speed, tuning)
 
     generator = torch.Generator()
-    train_loader, val_loader, sampler, workers = make_loaders(cfg, info, *splits, generator)
+    loaders = make_loaders(cfg, info, *splits, generator)
     state, criterion = build_state(cfg, info, device, text_dim, resume, speed)
     model = parallel_model(state.net, speed, info, device)
     writer = SummaryWriter(str(cfg.run_dir / "tensorboard")) if info.is_main else None
@@ -901,10 +907,7 @@ def train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str]
             device,
             model,
             criterion,
-            train_loader,
-            val_loader,
-            sampler,
-            workers,
+            loaders,
             generator,
             BufferSnapshot(state.net),
             writer,

@@ -31,9 +31,7 @@ def test_validation_runs_in_the_eval_precision_not_the_training_one(data_root):
                 *("model.depths=[1,1,1,1,1]", *overrides),
             ],
         )
-        _, loader, _ = train.make_loaders(
-            cfg, DistInfo(), *train.open_splits(cfg), torch.Generator()
-        )
+        loader = train.make_loaders(cfg, DistInfo(), *train.open_splits(cfg), torch.Generator()).val
         torch.manual_seed(0)
         net = build_network(cfg, None, speed_on(cfg, torch.device("cpu")))
         return train.validate(net, loader, torch.device("cpu"), cfg, DistInfo())[0]
