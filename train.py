@@ -10,26 +10,44 @@ build the training state (what each checkpoint holds), then train epoch by epoch
 import argparse
 import json
 import math
+import os
 import random
 import shlex
+import signal
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from datasets import PairedDataset
+from datasets.resumable import (
+    LoaderWorkers,
+    ResumableSampler,
+    collate_with_rng,
+    ignore_stop_signals,
+)
 from datasets.synthetic import DEFAULT_ROOT, generate_if_configured
 from networks import build_network, check_names, load_weights, tune_speed
-from utils.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, read_file, save_atomic
+from utils.checkpoint import (
+    FORMAT,
+    FORMAT_VERSION,
+    digest_path,
+    has_digest,
+    load_checkpoint,
+    read_file,
+    save_atomic,
+    versions,
+)
 from utils.cli import positive_int, run
 from utils.clip_domains import embedding_width, split_text_features
 from utils.config import (
@@ -46,6 +64,7 @@ from utils.config import (
 from utils.devices import autocast
 from utils.distributed import (
     DistInfo,
+    all_reduce_max,
     all_reduce_sum,
     barrier,
     cleanup,
@@ -64,20 +83,62 @@ from utils.image import from_model_range, write_rgb
 from utils.losses import build_criterion
 from utils.metrics import psnr, ssim
 from utils.protocol import protocol_report
+from utils.signals import StopRequest, catch_stop_signals, exit_code, requeue_slurm_job
 
 DEFAULT_CONFIG = "configs/reside6k/mixcl-s.yaml"
 STREAMS_PER_SEED = 1_000_000  # more than any run's epochs or processes
+
+
+Resume = Literal["auto"] | bool
+RESUME_MODES: dict[str, Resume] = {"auto": "auto", "true": True, "false": False}
 
 
 class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN/inf; the run stopped before applying the step."""
 
 
+class Stopped(Exception):
+    """A stop signal reached the run; its checkpoint is written."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def resume_mode(text: str) -> Resume:
+    """argparse type of --resume: auto, true or false."""
+    if text not in RESUME_MODES:
+        raise argparse.ArgumentTypeError(f"expected auto, true or false, got {text!r}")
+    return RESUME_MODES[text]
+
+
+def spell_resume(argv: list[str]) -> list[str]:
+    """`--resume MODE` as `--resume=MODE`, a bare `--resume` as `--resume=true`: a value that
+    may be left out would otherwise swallow a following `key=value` override."""
+    spelled: list[str] = []
+    bare = False  # the previous argument was `--resume`
+    for arg in argv:
+        if bare and arg in RESUME_MODES:
+            spelled[-1] = f"--resume={arg}"
+        else:
+            spelled.append("--resume=true" if arg == "--resume" else arg)
+        bare = arg == "--resume"
+    return spelled
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="YAML config file")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=2e-4")
-    p.add_argument("--resume", action="store_true", help="continue from <run>/last.pth")
+    p.add_argument(
+        "--resume",
+        type=resume_mode,
+        default=None,
+        metavar="auto|true|false",
+        help="continue from the newest valid <run>/last.pth (or last.1.pth, ...); a bare --resume"
+        "\nis `true`; `auto` starts the run when there is none (one command for every launch);"
+        "\ndefault: train.resume",
+    )
     p.add_argument(
         "--stop-after-epochs",
         type=positive_int,
@@ -95,7 +156,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="check the data and build the CLIP domain caches of both splits, then exit",
     )
-    args = p.parse_intermixed_args(argv)
+    args = p.parse_intermixed_args(spell_resume(sys.argv[1:] if argv is None else argv))
     if args.config and "=" in args.config:  # only overrides given: keep the default config
         args.overrides.insert(0, args.config)
         args.config = DEFAULT_CONFIG
@@ -153,20 +214,47 @@ def checkpoint_to_test(cfg: Config) -> Path | None:
     return None
 
 
-def prepare_run_folder(cfg: Config, resume: bool) -> dict[str, Any] | None:
-    """With --resume, the run's last checkpoint, after refusing settings that a resumed run
-    cannot honour; for a new run None, after refusing a folder that already holds one."""
-    path = cfg.run_dir / "last.pth"
-    if not resume:
-        if path.exists() or (cfg.run_dir / "best.pth").exists():
+def newest_valid_checkpoint(cfg: Config, info: DistInfo) -> tuple[dict[str, Any], Path] | None:
+    """The newest of last.pth, last.1.pth, ... that loads and matches its digest (each one that
+    does not is reported by name); None when there is none at all."""
+    problems = []
+    for path in versions(cfg.run_dir / "last.pth"):
+        try:
+            return load_checkpoint(path), path
+        except CheckpointError as e:
+            problems.append(str(e))
+            if info.is_main:
+                print(f"skipping {path.name}: {e}", file=sys.stderr)
+    if problems:
+        raise CheckpointError(
+            f"--resume: no checkpoint of {cfg.run_dir} is intact ({'; '.join(problems)})"
+        )
+    return None
+
+
+def prepare_run_folder(
+    cfg: Config, resume: Resume, info: DistInfo
+) -> tuple[dict[str, Any], Path] | None:
+    """When resuming, the run's newest valid checkpoint and its path, after refusing settings
+    that a resumed run cannot honour; for a new run None, after refusing a folder that already
+    holds checkpoints (--resume auto starts a new run only when there is no last.pth)."""
+    last = cfg.run_dir / "last.pth"
+    if resume is False:
+        if any(versions(last)) or (cfg.run_dir / "best.pth").exists():
             raise OutputExistsError(
-                f"{cfg.run_dir} already holds checkpoints: pass --resume to continue that run, "
-                "or choose another exp_name=... / output_dir=..."
+                f"{cfg.run_dir} already holds checkpoints: pass --resume (or --resume auto) to "
+                "continue that run, or choose another exp_name=... / output_dir=..."
             )
         return None
-    if not path.is_file():
-        raise CheckpointError(f"--resume: no checkpoint at {path} to continue from")
-    ckpt = load_checkpoint(path)
+    found = newest_valid_checkpoint(cfg, info)
+    if found is None:
+        if resume == "auto":
+            return None
+        raise CheckpointError(
+            f"--resume: no checkpoint at {last} to continue from (`--resume auto` starts the "
+            "run when there is none)"
+        )
+    ckpt, path = found
     saved = config_from_checkpoint(ckpt["config"])
     hint = "; to train with other settings, start a new run (another exp_name=...)"
     refuse_changes(saved, cfg, RESUME_KEYS, f"--resume: {path}", hint)
@@ -176,7 +264,30 @@ def prepare_run_folder(cfg: Config, resume: bool) -> dict[str, Any] | None:
             f"{total_epochs(cfg)} that train.epochs={cfg.train.epochs} and "
             f"train.extra_epoch={cfg.train.extra_epoch} plan"
         )
-    return ckpt
+    return ckpt, path
+
+
+def check_checkpointing(cfg: Config) -> None:
+    t = cfg.train
+    if t.keep_checkpoints < 1:
+        raise ConfigError(f"train.keep_checkpoints={t.keep_checkpoints}: keep at least 1")
+    if t.checkpoint_every_steps < 0 or t.checkpoint_every_minutes < 0:
+        raise ConfigError(
+            "train.checkpoint_every_steps and train.checkpoint_every_minutes must be at least 0 "
+            "(0: not on that count)"
+        )
+
+
+def set_aside_damaged(cfg: Config, resumed: Path) -> None:
+    """Rename the checkpoints newer than `resumed` (those that did not verify) to *.corrupt,
+    so that keeping the previous checkpoints never keeps them in place of good ones."""
+    for path in versions(cfg.run_dir / "last.pth"):
+        if path == resumed:
+            return
+        for part in (path, digest_path(path)):
+            if part.exists():
+                part.replace(part.with_name(part.name + ".corrupt"))
+        print(f"{path} set aside as {path.name}.corrupt", file=sys.stderr)
 
 
 def training_speed(
@@ -194,15 +305,22 @@ def training_speed(
 
 
 def record_run(
-    cfg: Config, argv: list[str] | None, speed: SpeedSettings, tuning: dict[str, Any] | None
+    cfg: Config,
+    argv: list[str] | None,
+    resumed: Path | None,
+    speed: SpeedSettings,
+    tuning: dict[str, Any] | None,
 ) -> None:
     """config.yaml: the settings the run trains with from now on, speed resolved; speed.json:
     how they were measured; command.txt: every command; protocol_differences.txt (also
-    printed): how this run's config departs from the paper's."""
+    printed): how this run's config departs from the paper's. Left-overs of a killed save and
+    damaged checkpoints (when `resumed` is an older one) go."""
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.glob(".*.pth.*.tmp"):  # left by a process killed while saving
+    for stale in run_dir.glob(".*.pth*.tmp"):  # left by a process killed while saving
         stale.unlink()
+    if resumed is not None:
+        set_aside_damaged(cfg, resumed)
     (run_dir / "config.yaml").write_text(dump_config(with_speed(cfg, speed, predict=False)))
     (run_dir / "speed.json").unlink(missing_ok=True)  # an earlier call's measurement
     if tuning is not None:
@@ -282,15 +400,25 @@ def attach_text_features(
     return embedding_width(cfg.clip.arch)
 
 
+class Loaders(NamedTuple):
+    """This process's loaders, and the training loader's sampler and workers, which a resumed
+    epoch starts inside (datasets.resumable)."""
+
+    train: DataLoader
+    val: DataLoader
+    sampler: ResumableSampler
+    workers: LoaderWorkers
+
+
 def make_loaders(
     cfg: Config,
     info: DistInfo,
     train_set: PairedDataset,
     val_set: PairedDataset,
     generator: torch.Generator,
-) -> tuple[DataLoader, DataLoader, DistributedSampler | None]:
+) -> Loaders:
     """This process's share of the training batches (shuffled by `generator` or, under DDP,
-    the sampler) and of the validation images."""
+    the DistributedSampler) and of the validation images."""
     d = cfg.data
     per_rank = cfg.train.batch_size // info.world_size
     if per_rank < 1 or per_rank * info.world_size != cfg.train.batch_size:
@@ -299,24 +427,32 @@ def make_loaders(
             f"{info.world_size} processes"
         )
     data_seed = stream_seed(cfg.train.seed, 0)  # the sampler adds the epoch
-    sampler = DistributedSampler(train_set, seed=data_seed) if info.enabled else None
+    base = (
+        DistributedSampler(train_set, seed=data_seed)
+        if info.enabled
+        else RandomSampler(train_set, generator=generator)  # as DataLoader(shuffle=True) makes
+    )
+    sampler, workers = ResumableSampler(base), LoaderWorkers(d.num_workers)
     common = {"num_workers": d.num_workers, "pin_memory": torch.cuda.is_available()}
     train_loader = DataLoader(
         train_set,
         batch_size=per_rank,
-        shuffle=sampler is None,
         sampler=sampler,
         drop_last=len(train_set) >= cfg.train.batch_size,
         generator=generator,
         persistent_workers=False,
+        worker_init_fn=workers.init_worker,
+        collate_fn=collate_with_rng,
         **common,
     )
     # Every image exactly once over the ranks (DistributedSampler would pad with repeats);
     # whole images ("test") go one at a time, as in test.py.
     val_shard = Subset(val_set, range(info.rank, len(val_set), info.world_size))
     val_batch = per_rank if d.valid_mode == "valid" else 1
-    val_loader = DataLoader(val_shard, batch_size=val_batch, **common)
-    return train_loader, val_loader, sampler
+    val_loader = DataLoader(
+        val_shard, batch_size=val_batch, worker_init_fn=ignore_stop_signals, **common
+    )
+    return Loaders(train_loader, val_loader, sampler, workers)
 
 
 @dataclass
@@ -331,12 +467,14 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.CosineAnnealingLR
     scaler: torch.amp.GradScaler
     epoch: int = 0  # epochs completed before the current one
-    step: int = 0  # the current step of the current epoch
+    step: int = 0  # batches of the current epoch done
     global_step: int = 0  # optimiser steps taken
     best_psnr: float = -math.inf
+    loader: Mapping[str, Any] | None = None  # LoaderWorkers.state() at `step`, when resumed
 
-    def checkpoint(self, epochs_done: int, rng: list[Any]) -> dict[str, Any]:
-        """The checkpoint of the run after `epochs_done` epochs; `rng`: every rank's RNG state."""
+    def checkpoint(self, epochs_done: int, rng: list[Any], epoch_step: int = 0) -> dict[str, Any]:
+        """The checkpoint of the run after `epochs_done` epochs and `epoch_step` batches of the
+        next; `rng`: every rank's RNG state."""
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -348,24 +486,31 @@ class TrainState:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": epochs_done,
+            "epoch_step": epoch_step,
             "global_step": self.global_step,
             "best_psnr": self.best_psnr,
             "rng": rng,
         }
 
-    def resume(self, ckpt: Mapping[str, Any], info: DistInfo) -> None:
-        """Continue from `ckpt` (a `checkpoint()`); a changed train.epochs re-plans the schedule."""
+    def resume(self, ckpt: Mapping[str, Any], path: Path, info: DistInfo) -> None:
+        """Continue from `ckpt` (a `checkpoint()` read from `path`); a changed train.epochs
+        re-plans the schedule."""
         self.net.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.best_psnr = ckpt["epoch"], ckpt["best_psnr"]
+        self.step = ckpt.get("epoch_step", 0)  # checkpoints before mid-epoch ones: 0
         self.global_step = ckpt["global_step"]
-        set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
+        rng = ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)]
+        set_rng_state(rng)
+        self.loader = rng.get("loader")  # checkpoints before mid-epoch ones: none
         say = print if info.is_main else lambda *_: None
+        within = f", step {self.step} of epoch {self.epoch + 1}" if self.step else ""
+        unverified = "" if has_digest(path) else "; written before digests, not verified"
         say(
-            f"resuming {self.cfg.run_dir / 'last.pth'} after epoch {self.epoch} "
-            f"(best PSNR {self.best_psnr:.2f})"
+            f"resuming {path} after epoch {self.epoch}{within} (global step "
+            f"{self.global_step}, best PSNR {self.best_psnr:.2f}{unverified})"
         )
         planned, epochs = ckpt["config"]["train"]["epochs"], self.cfg.train.epochs
         if planned != epochs:
@@ -407,7 +552,7 @@ def build_state(
     info: DistInfo,
     device: torch.device,
     text_dim: int | None,
-    resume: Mapping[str, Any] | None,
+    resume: tuple[Mapping[str, Any], Path] | None,
     speed: SpeedSettings,
 ) -> tuple[TrainState, nn.Module]:
     """The training state, new or continued from `resume`, and the criterion; the network
@@ -425,7 +570,7 @@ def build_state(
     net, criterion = sync_batchnorm(net, build_criterion(cfg.loss, device), cfg, info, device)
     state = TrainState(cfg, net, text_dim, optimizer, scheduler, scaler)
     if resume is not None:
-        state.resume(resume, info)
+        state.resume(*resume, info)
     return state, criterion
 
 
@@ -457,6 +602,34 @@ class BufferSnapshot:
             live.copy_(saved)
 
 
+class CheckpointClock:
+    """When last.pth is next written within an epoch: every train.checkpoint_every_steps
+    optimiser steps and/or every train.checkpoint_every_minutes by rank 0's clock."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.every_steps = cfg.train.checkpoint_every_steps
+        self.every_seconds = cfg.train.checkpoint_every_minutes * 60
+        self.saved = time.monotonic()
+
+    def due(self, global_step: int, is_main: bool) -> bool:
+        """Whether to write last.pth after optimiser step `global_step`."""
+        if self.every_steps and global_step % self.every_steps == 0:
+            return True
+        waited = time.monotonic() - self.saved
+        return bool(is_main and self.every_seconds) and waited >= self.every_seconds
+
+    def reset(self) -> None:
+        self.saved = time.monotonic()
+
+
+class Agreed(NamedTuple):
+    """What every rank does after a step, decided together (any rank's reason counts)."""
+
+    nonfinite: bool  # some rank's loss is NaN/inf
+    stop_signal: int  # a stop signal some rank received (0: none)
+    checkpoint_due: bool
+
+
 @dataclass
 class RunSetup:
     """What stays the same while one process trains."""
@@ -466,35 +639,49 @@ class RunSetup:
     device: torch.device
     model: nn.Module  # the network as it trains (see parallel_model)
     criterion: nn.Module
-    train_loader: DataLoader
-    val_loader: DataLoader
-    sampler: DistributedSampler | None
+    loaders: Loaders
     generator: torch.Generator  # shuffles the training split without DDP
     buffers: BufferSnapshot
     writer: SummaryWriter | None  # TensorBoard, rank 0 only
+    stop: StopRequest
+    clock: CheckpointClock
 
 
 def save_checkpoint(
-    setup: RunSetup, state: TrainState, path: Path, epochs_done: int, gather: bool = True
+    setup: RunSetup,
+    state: TrainState,
+    path: Path,
+    epochs_done: int,
+    epoch_step: int = 0,
+    keep: int = 1,
 ) -> None:
-    """Rank 0 writes the checkpoint of `epochs_done` epochs to `path`, atomically.
+    """Rank 0 writes the checkpoint of `epochs_done` epochs and `epoch_step` batches of the
+    next to `path`, atomically, keeping `keep` versions (utils.checkpoint.save_atomic).
 
-    Every rank's RNG state is gathered first (a collective: all ranks call this together),
-    except when interrupted, where ranks may not meet again.
+    Every rank's RNG states, its loader workers' included, are gathered first (a collective:
+    all ranks call this together).
     """
-    rng: list[Any] = [rng_state()]
-    if setup.info.enabled and gather:
+    own = {**rng_state(), "loader": setup.loaders.workers.state()}
+    rng: list[Any] = [own]
+    if setup.info.enabled:
         rng = [None] * setup.info.world_size
-        torch.distributed.all_gather_object(rng, rng_state())
+        torch.distributed.all_gather_object(rng, own)
     if not setup.info.is_main:
         return
     try:
-        save_atomic(state.checkpoint(epochs_done, rng), path)
+        save_atomic(state.checkpoint(epochs_done, rng, epoch_step), path, keep)
     except OSError as e:
         raise OutputError(
             f"could not write checkpoint {path} ({e}); the previous {path.name}, if any, is "
             "intact. Free disk space, then continue with --resume"
         ) from e
+
+
+def save_last(setup: RunSetup, state: TrainState, epochs_done: int, epoch_step: int = 0) -> None:
+    """last.pth, from which a resumed run continues exactly; the older ones shift back."""
+    path = setup.cfg.run_dir / "last.pth"
+    save_checkpoint(setup, state, path, epochs_done, epoch_step, setup.cfg.train.keep_checkpoints)
+    setup.clock.reset()
 
 
 def nonfinite_step(setup: RunSetup, state: TrainState, loss: torch.Tensor) -> None:
@@ -508,7 +695,7 @@ def nonfinite_step(setup: RunSetup, state: TrainState, loss: torch.Tensor) -> No
         state.optimizer.zero_grad(set_to_none=True)
         return
     good = setup.cfg.run_dir / "last_good.pth"
-    save_checkpoint(setup, state, good, state.epoch)
+    save_checkpoint(setup, state, good, state.epoch, state.step)
     raise NonFiniteLossError(
         f"loss is {loss.item()} at {where}; the weights before this step are in {good} and "
         f"the last completed epoch in {setup.cfg.run_dir / 'last.pth'}. Lower train.lr, "
@@ -516,8 +703,21 @@ def nonfinite_step(setup: RunSetup, state: TrainState, loss: torch.Tensor) -> No
     )
 
 
-def training_step(setup: RunSetup, state: TrainState, batch: dict) -> torch.Tensor | None:
-    """One optimiser step on `batch`; returns its loss, or None if the loss was not finite."""
+def agree(setup: RunSetup, state: TrainState, loss: torch.Tensor) -> Agreed:
+    """What all ranks do after this step, in the step's one collective (a maximum over ranks):
+    so a signal seen by any rank stops every rank after the same step."""
+    bad = (~torch.isfinite(loss)).float().reshape(1)
+    due = setup.clock.due(state.global_step + 1, setup.info.is_main)
+    wants = torch.tensor([setup.stop.signum, float(due)], device=bad.device)
+    flags = all_reduce_max(torch.cat([bad, wants]), setup.info).tolist()
+    return Agreed(flags[0] > 0, int(flags[1]), flags[2] > 0)
+
+
+def training_step(
+    setup: RunSetup, state: TrainState, batch: dict
+) -> tuple[torch.Tensor | None, Agreed]:
+    """One optimiser step on `batch`; returns its loss (None if it was not finite) and what the
+    ranks agreed to do after it."""
     device = setup.device
     hazy = batch["hazy"].to(device, non_blocking=True)
     gt = batch["gt"].to(device, non_blocking=True)
@@ -526,41 +726,52 @@ def training_step(setup: RunSetup, state: TrainState, batch: dict) -> torch.Tens
     amp = setup.cfg.precision.train if device.type == "cuda" else "none"  # CPU trains in fp32
     with autocast(device, amp):
         loss = setup.criterion(setup.model(hazy, text), gt, hazy)
-    bad = (~torch.isfinite(loss)).float().reshape(1)
-    if all_reduce_sum(bad, setup.info).item() > 0:
+    agreed = agree(setup, state, loss)
+    if agreed.nonfinite:
         nonfinite_step(setup, state, loss)
-        return None
+        return None, agreed
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(loss).backward()
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.global_step += 1
-    return loss
+    return loss, agreed
 
 
 def train_epoch(setup: RunSetup, state: TrainState) -> None:
-    """One pass over the training split, then one step of the learning-rate schedule."""
+    """The rest of an epoch (all of it, or what follows the state.step batches a mid-epoch
+    checkpoint holds), then one step of the learning-rate schedule."""
     cfg, writer = setup.cfg, setup.writer
     setup.generator.manual_seed(stream_seed(cfg.train.seed, state.epoch))
-    if setup.sampler is not None:
-        setup.sampler.set_epoch(state.epoch)
+    setup.loaders.sampler.set_epoch(state.epoch)
+    setup.loaders.sampler.skip = state.step * (setup.loaders.train.batch_size or 1)
+    warning = setup.loaders.workers.start_epoch(state.step, state.loader)
+    state.loader = None
+    if warning and setup.info.is_main:
+        print(warning, file=sys.stderr)
     setup.model.train()
     bar = tqdm(
-        setup.train_loader,
+        setup.loaders.train,
         desc=f"epoch {state.epoch + 1}/{total_epochs(cfg)}",
         disable=None if setup.info.is_main else True,  # no bar on other ranks or in logs
         leave=False,
         dynamic_ncols=True,
     )
-    for step, batch in enumerate(bar):
-        state.step = step
-        loss = training_step(setup, state, batch)
+    for batch in bar:
+        setup.loaders.workers.took(state.step, batch)
+        loss, agreed = training_step(setup, state, batch)
+        state.step += 1
         if loss is not None and writer is not None:
             lr, value = state.optimizer.param_groups[0]["lr"], loss.item()
             bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
             writer.add_scalar("train/loss", value, state.global_step)
             writer.add_scalar("train/lr", lr, state.global_step)
+        if agreed.stop_signal or agreed.checkpoint_due:
+            save_last(setup, state, state.epoch, state.step)
+        if agreed.stop_signal:
+            raise Stopped(agreed.stop_signal)
     state.scheduler.step()
+    state.step = 0
 
 
 @torch.no_grad()
@@ -600,7 +811,7 @@ def validate_and_log(setup: RunSetup, state: TrainState, result: dict[str, Any])
     samples/, one line) and write best.pth when the PSNR improved."""
     epoch = state.epoch + 1
     val_psnr, val_ssim, grid = validate(
-        setup.model, setup.val_loader, setup.device, setup.cfg, setup.info
+        setup.model, setup.loaders.val, setup.device, setup.cfg, setup.info
     )
     improved = val_psnr > state.best_psnr
     state.best_psnr = max(state.best_psnr, val_psnr)
@@ -623,18 +834,20 @@ def validate_and_log(setup: RunSetup, state: TrainState, result: dict[str, Any])
         save_checkpoint(setup, state, setup.cfg.run_dir / "best.pth", epoch)
 
 
-def save_interrupted(setup: RunSetup, state: TrainState) -> NoReturn:
-    """Ctrl-C: save the current weights to interrupted.pth and exit with status 130."""
-    path = setup.cfg.run_dir / "interrupted.pth"
-    save_checkpoint(setup, state, path, state.epoch, gather=False)
+def end_stopped(setup: RunSetup, state: TrainState, signum: int) -> SystemExit:
+    """After a stop signal (its step's last.pth written): requeue the SLURM job if asked (rank
+    0), say so in one line and exit with 128 + the signal's number."""
     if setup.info.is_main:
+        requeued = ""
+        if setup.cfg.train.requeue and "SLURM_JOB_ID" in os.environ:
+            requeued = "; " + requeue_slurm_job()
         print(
-            f"\ninterrupted in epoch {state.epoch + 1}, step {state.step + 1}: current weights "
-            f"saved to {path}; `--resume` continues from {setup.cfg.run_dir / 'last.pth'} "
-            "(last completed epoch)",
+            f"\n{signal.Signals(signum).name}: stopped in epoch {state.epoch + 1} after step "
+            f"{state.step} (global step {state.global_step}); {setup.cfg.run_dir / 'last.pth'} "
+            f"holds it and the same command with --resume auto continues exactly{requeued}",
             file=sys.stderr,
         )
-    raise SystemExit(130)
+    return SystemExit(exit_code(signum))
 
 
 def fit(setup: RunSetup, state: TrainState, end_epoch: int) -> dict[str, Any]:
@@ -648,9 +861,9 @@ def fit(setup: RunSetup, state: TrainState, end_epoch: int) -> dict[str, Any]:
             train_epoch(setup, state)
             if (epoch + 1) % cfg.train.eval_freq == 0 or epoch + 1 == total_epochs(cfg):
                 validate_and_log(setup, state, result)
-            save_checkpoint(setup, state, cfg.run_dir / "last.pth", epoch + 1)
-    except KeyboardInterrupt:
-        save_interrupted(setup, state)
+            save_last(setup, state, epoch + 1)
+    except Stopped as e:
+        raise end_stopped(setup, state, e.signum) from None
     finally:
         if setup.writer is not None:
             setup.writer.close()
@@ -660,14 +873,16 @@ def fit(setup: RunSetup, state: TrainState, end_epoch: int) -> dict[str, Any]:
 def train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str] | None) -> dict:
     """One run, step by step; returns the best validation PSNR/SSIM and the run folder."""
     device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
-    resume = prepare_run_folder(cfg, args.resume)
-    if resume is not None and resume["epoch"] == total_epochs(cfg):
+    check_checkpointing(cfg)
+    mode = cfg.train.resume if args.resume is None else args.resume
+    resume = prepare_run_folder(cfg, mode, info)
+    if resume is not None and resume[0]["epoch"] == total_epochs(cfg):
         if info.is_main and not args.prepare_domains:
             print(
-                f"nothing to do: {cfg.run_dir / 'last.pth'} has finished all "
+                f"nothing to do: {resume[1]} has finished all "
                 f"{total_epochs(cfg)} epochs (train.epochs=N with --resume trains it longer)"
             )
-        return {"best_psnr": resume["best_psnr"], "run_dir": str(cfg.run_dir)}
+        return {"best_psnr": resume[0]["best_psnr"], "run_dir": str(cfg.run_dir)}
     splits = prepare_data(cfg, info)
     seed_everything(stream_seed(cfg.train.seed, info.rank))
     text_dim = attach_text_features(cfg, info, device, splits)
@@ -675,30 +890,31 @@ def train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str]
         return {}
     speed, tuning = training_speed(cfg, info, device, text_dim)
     if info.is_main:
-        record_run(cfg, argv, speed, tuning)
+        record_run(cfg, argv, resume[1] if resume else None, speed, tuning)
 
     generator = torch.Generator()
-    train_loader, val_loader, sampler = make_loaders(cfg, info, *splits, generator)
+    loaders = make_loaders(cfg, info, *splits, generator)
     state, criterion = build_state(cfg, info, device, text_dim, resume, speed)
     model = parallel_model(state.net, speed, info, device)
     writer = SummaryWriter(str(cfg.run_dir / "tensorboard")) if info.is_main else None
-    setup = RunSetup(
-        cfg,
-        info,
-        device,
-        model,
-        criterion,
-        train_loader,
-        val_loader,
-        sampler,
-        generator,
-        BufferSnapshot(state.net),
-        writer,
-    )
     end_epoch = total_epochs(cfg)
     if args.stop_after_epochs is not None:
         end_epoch = min(end_epoch, state.epoch + args.stop_after_epochs)
-    result = fit(setup, state, end_epoch)
+    with catch_stop_signals() as stop:
+        setup = RunSetup(
+            cfg,
+            info,
+            device,
+            model,
+            criterion,
+            loaders,
+            generator,
+            BufferSnapshot(state.net),
+            writer,
+            stop,
+            CheckpointClock(cfg),
+        )
+        result = fit(setup, state, end_epoch)
     if info.is_main and end_epoch < total_epochs(cfg):
         validated = state.best_psnr > -math.inf
         best = f"best validation PSNR so far {state.best_psnr:.2f} dB, " if validated else ""

@@ -156,8 +156,11 @@ def checkpoint_facts(path: Path) -> dict[str, Any]:
 
 def e2e(rehearse: bool, timeout: float) -> dict[str, Any]:
     """The quickstart through train.sh, --resume, test.py and torchrun, in a scratch copy."""
+    from train import total_epochs
+    from utils.config import load_config
+
     overrides = [QUICKSTART, *E2E_OVERRIDES[rehearse]]
-    epochs = int(next(o for o in overrides if o.startswith("train.epochs=")).split("=")[1])
+    epochs = total_epochs(load_config(REPO / QUICKSTART, overrides[1:]))  # extra epoch included
     python = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp) / "repo"
@@ -330,7 +333,17 @@ def summary(work: Path, junit: Path) -> dict[str, Any]:
     """Every step's results and the verdicts, as one JSON payload."""
     parts = {
         name: read_json(work / f"{name}.json")
-        for name in ("env", "attention", "train", "auto", "inference", "data", "e2e", "ddp")
+        for name in (
+            "env",
+            "attention",
+            "train",
+            "auto",
+            "inference",
+            "data",
+            "checkpoint",
+            "e2e",
+            "ddp",
+        )
     }
     train, inference = parts["train"] or {}, parts["inference"] or {}
     steps = read_steps(work / "steps.tsv")
@@ -383,6 +396,12 @@ def print_summary(payload: dict[str, Any]) -> None:
     print(f"  bytes per pixel (optimised): {v['inference']['bytes_per_pixel']}")
     if "gpu_waits_for_data" in v["data"]:
         print(f"  GPU waits for data at {TRAIN_WORKERS} workers: {v['data']['gpu_waits_for_data']}")
+    if payload["checkpoint"] is not None:
+        c = payload["checkpoint"]
+        print(
+            f"  checkpoint: {c['file_mib']:.1f} MiB written in {c['save_s']:.2f} s, "
+            f"overhead {c.get('overhead_by_minutes', 0):.3%} at the default interval"
+        )
     print(f"  end to end: {v['end_to_end_ok']}")
     if payload["ddp"] is not None:
         print(f"  ddp equality: {json.dumps(payload['ddp'])[:300]}")

@@ -22,6 +22,9 @@
 #   pytest     the test suite with CUDA visible: the CUDA-only tests run instead of skipping
 #   data       data-loader pairs/s on RESIDE-sized synthetic pairs with the machine's cores, to
 #              set beside the training images/s (bench/bench_data.py)
+#   checkpoint the write and verified read of a mixcl-s last.pth with the defaults (digest,
+#              keep 2) and its overhead at train.checkpoint_every_minutes
+#              (bench/checkpoint_overhead.py)
 #   e2e        in a scratch copy: the quickstart through train.sh with AMP, --resume, test.py,
 #              and the training under torchrun with one process (bench/gpu_check.py e2e)
 #   ddp        2 processes sharing the GPU with SyncBatchNorm reach the weights of 1 process,
@@ -124,6 +127,7 @@ main() {
   local auto=(--model mixcl-s --shape 16x256 --precision fp16 --inference --repeats 5 --warmup 2)
   local data=(--size 620x460 --pairs 512 --patch 256 --batch 16 --pin-memory --repeats 3
     --workers $(printf '%s\n' 4 8 "$(nproc)" | sort -nu))
+  local checkpoint=(--repeats 5)
   local e2e=()
   if ((rehearse)); then
     dev=cpu
@@ -136,6 +140,7 @@ main() {
       optimised --repeats 1 --warmup 1 --threads 1)
     auto=(--model mixcl-t --shape 2x32 --inference --repeats 1 --threads 1)
     data=(--size 64x48 --pairs 8 --patch 32 --batch 4 --workers 0 1 --repeats 1 --threads 1)
+    checkpoint=(--config configs/quickstart.yaml --repeats 1)
     e2e=(--rehearse)
   fi
 
@@ -149,6 +154,8 @@ main() {
   step auto 120 "$py" -m bench.bench_auto --device "$dev" "${auto[@]}" --json "$work/auto.json"
   step pytest 300 "$py" -m pytest "${pytest_args[@]}"
   step data 90 "$py" -m bench.bench_data "${data[@]}" --json "$work/data.json"
+  step checkpoint 60 "$py" -m bench.checkpoint_overhead --device "$dev" "${checkpoint[@]}" \
+    --dir "$work" --json "$work/checkpoint.json"
   step e2e 240 "$py" -m bench.gpu_check e2e "${e2e[@]}" --timeout 200 --json "$work/e2e.json"
   if [[ -f bench/ddp_equality.py ]]; then
     step ddp 150 "$py" -m bench.ddp_equality "${ddp_args[@]}"

@@ -14,6 +14,7 @@ from utils.checkpoint import (
     load_checkpoint,
     read_file,
     save_atomic,
+    versions,
 )
 
 # The marker that train.py writes; checkpoints of earlier versions carry this exact string.
@@ -42,7 +43,7 @@ def test_save_into_a_missing_folder_and_load_back(tmp_path):
     ckpt = load_checkpoint(path)
     assert ckpt["format"] == MARKER
     assert torch.equal(ckpt["model"]["w"], torch.full((2, 3), 1.5))
-    assert [p.name for p in path.parent.iterdir()] == ["last.pth"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pth", "last.pth.sha256"]
 
 
 def test_save_replaces_an_existing_file(tmp_path):
@@ -50,7 +51,7 @@ def test_save_replaces_an_existing_file(tmp_path):
     save_atomic(_checkpoint(1.0), path)
     save_atomic(_checkpoint(2.0), str(path))
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.full((2, 3), 2.0))
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth", "last.pth.sha256"]
 
 
 @pytest.mark.parametrize("exc", [OSError(28, "No space left on device"), KeyboardInterrupt()])
@@ -63,7 +64,10 @@ def test_failure_mid_save_keeps_the_previous_file(tmp_path, monkeypatch, exc):
     with pytest.raises(type(exc)):
         save_atomic(_checkpoint(2.0), path)
     assert path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["best.pth"]  # the partial file is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "best.pth",
+        "best.pth.sha256",
+    ]  # no partial
     # The partial file lay beside the target (so the rename is atomic), hidden and named
     # *.tmp, so that nothing globbing for checkpoints picks up one a SIGKILL left behind.
     (partial,) = seen
@@ -84,7 +88,7 @@ def test_ctrl_c_right_after_the_rename_keeps_the_new_file(tmp_path, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         save_atomic(_checkpoint(2.0), path)
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.full((2, 3), 2.0))
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth", "last.pth.sha256"]
 
 
 def test_an_object_that_cannot_be_saved_keeps_the_previous_file(tmp_path):
@@ -93,7 +97,7 @@ def test_an_object_that_cannot_be_saved_keeps_the_previous_file(tmp_path):
     with pytest.raises(Exception, match="pickle"):
         save_atomic({"format": MARKER, "fn": lambda: 0}, path)
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.full((2, 3), 1.0))
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth", "last.pth.sha256"]
 
 
 def test_missing_file_is_named(tmp_path):
@@ -173,3 +177,43 @@ def test_read_file_returns_any_torch_file_on_the_cpu(tmp_path):
     assert obj["state_dict"]["w"].device.type == "cpu"
     assert is_project_checkpoint(_checkpoint(0.0))
     assert not is_project_checkpoint(obj)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_checkpoint_is_named_by_its_digest(tmp_path, damage):
+    path = tmp_path / "last.pth"
+    save_atomic(_checkpoint(1.0), path)
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        del data[len(data) // 2 :]
+    else:
+        data[len(data) // 2] ^= 0x01  # one bit, where torch.load may not notice
+    path.write_bytes(bytes(data))
+    for load in (read_file, load_checkpoint):
+        with pytest.raises(CheckpointError, match=r"last\.pth does not match its digest"):
+            load(path)
+
+
+def test_keep_n_keeps_the_previous_versions_newest_first(tmp_path):
+    path = tmp_path / "last.pth"
+    for value in range(4):
+        save_atomic(_checkpoint(float(value)), path, keep=3)
+    kept = list(versions(path))
+    assert [p.name for p in kept] == ["last.pth", "last.1.pth", "last.2.pth"]
+    assert [load_checkpoint(p)["model"]["w"][0, 0].item() for p in kept] == [3.0, 2.0, 1.0]
+    save_atomic(_checkpoint(4.0), path, keep=2)  # a lower keep drops the oldest
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "last.1.pth",
+        "last.1.pth.sha256",
+        "last.pth",
+        "last.pth.sha256",
+    ]
+
+
+def test_a_checkpoint_written_before_digests_still_loads(tmp_path):
+    path = tmp_path / "last.pth"
+    torch.save(_checkpoint(1.0), path)
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.full((2, 3), 1.0))
+    save_atomic(_checkpoint(2.0), path, keep=2)  # kept as last.1.pth, still without a digest
+    assert load_checkpoint(tmp_path / "last.1.pth")["model"]["w"][0, 0].item() == 1.0
+    assert not (tmp_path / "last.1.pth.sha256").exists()

@@ -39,7 +39,7 @@ def _validation(root: Path, info: DistInfo) -> tuple[float, float, list[str]]:
             "train.batch_size=3",  # one image a batch: rank 0 runs 4 batches, the others 3
         ],
     )
-    _, loader, _ = train.make_loaders(cfg, info, *train.open_splits(cfg), torch.Generator())
+    loader = train.make_loaders(cfg, info, *train.open_splits(cfg), torch.Generator()).val
     names = [name for batch in loader for name in batch["name"]]
     torch.manual_seed(0)
     net = build_network(cfg, None, speed_on(cfg, torch.device("cpu")))

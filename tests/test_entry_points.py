@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,65 @@ def test_resume_matches_uninterrupted_run(data_root, tmp_path, trained):
 
     moved = distance(straight["model"], halfway["model"])
     assert distance(straight["model"], resumed["model"]) <= 0.01 * moved
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA's backward is not bit-exact")
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_run_stopped_mid_epoch_resumes_exactly(
+    data_root, tmp_path, trained, monkeypatch, num_workers
+):
+    args = train_args(data_root, tmp_path, f"data.num_workers={num_workers}")
+    straight = trained / "last.pth"  # 2 epochs of 2 steps, augmented in the main process
+    if num_workers:
+        train.main(train_args(data_root, tmp_path, *args[-1:], exp="straight"))
+        straight = tmp_path / "straight" / "last.pth"
+    real_step = train.training_step
+
+    def signal_before_step_3(setup, state, batch):
+        if state.global_step == 2:
+            setup.stop.signum = signal.SIGTERM  # as the handler records a SIGTERM
+        return real_step(setup, state, batch)
+
+    monkeypatch.setattr(train, "training_step", signal_before_step_3)
+    with pytest.raises(SystemExit) as e:
+        train.main(args)
+    assert e.value.code == 128 + signal.SIGTERM
+    stopped = load_checkpoint(tmp_path / "run" / "last.pth")
+    assert (stopped["epoch"], stopped["epoch_step"], stopped["global_step"]) == (1, 1, 3)
+    monkeypatch.undo()
+    train.main([*args, "--resume", "auto"])
+    resumed = load_checkpoint(tmp_path / "run" / "last.pth")
+    assert resumed["global_step"] == 4
+    assert _same_weights(resumed["model"], load_checkpoint(straight)["model"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA's backward is not bit-exact")
+def test_resume_auto_starts_continues_and_passes_over_a_corrupt_checkpoint(
+    data_root, tmp_path, trained, capsys
+):
+    args = [*train_args(data_root, tmp_path), "--resume", "auto"]
+    train.main([*args, "--stop-after-epochs", "1"])  # nothing to resume: a new run
+    train.main([*args, "--stop-after-epochs", "1"])  # the same command continues it
+    run = tmp_path / "run"
+    assert load_checkpoint(run / "last.pth")["epoch"] == 2
+    assert load_checkpoint(run / "last.1.pth")["epoch"] == 1  # train.keep_checkpoints=2
+    data = bytearray((run / "last.pth").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (run / "last.pth").write_bytes(bytes(data))
+    capsys.readouterr()
+    train.main(args)
+    out, err = capsys.readouterr()
+    assert "skipping last.pth" in err and "does not match its digest" in err
+    assert f"resuming {run / 'last.1.pth'} after epoch 1" in out
+    final = load_checkpoint(run / "last.pth")
+    assert final["epoch"] == 2
+    assert _same_weights(final["model"], load_checkpoint(trained / "last.pth")["model"])
+    assert (run / "last.pth.corrupt").exists()  # set aside, not kept as the previous one
+    assert load_checkpoint(run / "last.1.pth")["epoch"] == 1
 
 
 def test_new_run_refuses_to_overwrite_and_resume_checks_model(data_root, trained):

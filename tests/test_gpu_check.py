@@ -1,7 +1,7 @@
 """The GPU check (bench/gpu_check.sh) rehearsed on the CPU, so that it cannot rot between GPU
-loans. The end-to-end step starts nine Python processes (over a minute on 2 cores): here its
-command lines are checked, and `bash bench/gpu_check.sh OUT --rehearse` runs it by hand. The
-ddp step only prints its help in a rehearsal; tests/test_distributed.py runs its check on CPU."""
+loans. The end-to-end step starts nine Python processes (half a minute on 2 cores): it runs
+with the slow tests (`-m e2e`, the second step of .ci/run). The ddp step only prints its help
+in a rehearsal; tests/test_distributed.py runs its check on CPU."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import sys
 
 import pytest
 
+from bench import gpu_check
 from bench.gpu_check import E2E_OVERRIDES, QUICKSTART
 from utils.config import load_config
 
 from .helpers import REPO, load_entry
 
-STEPS = ("env", "attention", "inference", "train", "auto", "data", "pytest")
+STEPS = ("env", "attention", "inference", "train", "auto", "data", "checkpoint", "pytest")
 
 
 def test_rehearsal_runs_every_step_and_reports_in_one_json(tmp_path):
@@ -52,6 +53,7 @@ def test_rehearsal_runs_every_step_and_reports_in_one_json(tmp_path):
     assert set(verdicts["data"]["pairs_per_s_by_workers"]) == {"0", "1"}
     assert payload["pytest"]["tests"] > 0 and payload["pytest"]["failures"] == 0
     assert payload["env"]["collective"] == {"backend": "gloo", "ok": True}
+    assert payload["checkpoint"]["save_s"] > 0 and payload["checkpoint"]["load_s"] > 0
     assert "GPU check summary" in (out / "gpu_check.log").read_text()
 
 
@@ -79,3 +81,12 @@ def test_end_to_end_commands_parse(rehearse):
     args = train.parse_args([QUICKSTART, *E2E_OVERRIDES[rehearse], "--stop-after-epochs", "1"])
     assert args.stop_after_epochs == 1
     load_config(REPO / args.config, args.overrides)
+
+
+@pytest.mark.e2e
+def test_the_end_to_end_step_passes_on_the_cpu():
+    """The quickstart through train.sh for part of its epochs, the same command continued with
+    --resume, test.py on its best checkpoint and a torchrun run, in a scratch copy."""
+    result = gpu_check.e2e(rehearse=True, timeout=300)
+    assert result["ok"], json.dumps(result, indent=1)
+    assert result["after_resume"]["epoch"] == 3  # train.epochs=2 and the extra epoch

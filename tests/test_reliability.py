@@ -83,8 +83,9 @@ def test_empty_split(tmp_path):
         train.main(train_args(root, tmp_path / "runs"))
 
 
-def _start_training(data_root: Path, out: Path, epochs: int) -> subprocess.Popen:
-    args = train_args(data_root, out, f"train.epochs={epochs}", "train.eval_freq=1")
+def _start_training(data_root: Path, out: Path, epochs: int, *extra: str) -> subprocess.Popen:
+    """train.py in a process group of its own (with its loader workers, if any)."""
+    args = train_args(data_root, out, f"train.epochs={epochs}", "train.eval_freq=1", *extra)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [sys.executable, "train.py", *args],
@@ -93,6 +94,7 @@ def _start_training(data_root: Path, out: Path, epochs: int) -> subprocess.Popen
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
 
 
@@ -135,17 +137,22 @@ def test_sigkill_mid_run_leaves_loadable_checkpoints_and_resume_continues(
     assert not list(run.glob(".*.tmp"))
 
 
-def test_sigint_saves_a_checkpoint_before_exiting(data_root, tmp_path):
+def test_a_stop_signal_writes_the_current_step_and_exits_with_its_code(data_root, tmp_path):
+    """SIGTERM to the whole process group, loader workers included, as `kill -- -PGID` and
+    SLURM's scancel send it (one worker process each signal under torchrun:
+    tests/test_faults.py)."""
+    signum = signal.SIGTERM
     run = tmp_path / "run"
-    proc = _start_training(data_root, tmp_path, epochs=200)
+    proc = _start_training(data_root, tmp_path, 200, "data.num_workers=2")
     _wait_for_epochs(run / "last.pth", 1, proc)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-2000:]
-    assert "--resume" in err and "interrupted.pth" in err
-    saved = load_checkpoint(run / "interrupted.pth")
-    assert saved["epoch"] >= 1
-    assert load_checkpoint(run / "last.pth")["epoch"] >= 1
+    os.killpg(proc.pid, signum)
+    _, err = proc.communicate(timeout=180)  # one more step, one save: seconds even under load
+    assert proc.returncode == 128 + signum, err[-2000:]
+    name = signal.Signals(signum).name
+    (line,) = [line for line in err.splitlines() if line.startswith(f"{name}: stopped")]
+    saved = load_checkpoint(run / "last.pth")
+    assert f"(global step {saved['global_step']})" in line and "--resume auto" in line
+    assert saved["epoch"] >= 1 and saved["global_step"] == 2 * saved["epoch"] + saved["epoch_step"]
 
 
 def test_full_disk_while_saving_keeps_the_previous_checkpoint(data_root, tmp_path, monkeypatch):
@@ -331,3 +338,37 @@ def test_test_py_from_another_folder_names_the_relative_path_and_the_way_out(
     msg = str(e.value)
     assert "data/synthetic/test" in msg and "data.root" in msg
     assert str(tmp_path) in msg and "--data-dir" in msg
+
+
+def test_a_stop_under_slurm_requeues_the_job_after_the_checkpoint(
+    data_root, tmp_path, monkeypatch, capsys
+):
+    calls = tmp_path / "scontrol-calls"
+    bin_dir = tmp_path / "bin"  # SLURM's command, as a cluster node has it on PATH
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "1234")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    real_step = train.training_step
+
+    def usr1_before_step_2(setup, state, batch):
+        if state.global_step == 1:
+            assert not (tmp_path / "run" / "last.pth").exists()
+            setup.stop.signum = signal.SIGUSR1
+        return real_step(setup, state, batch)
+
+    monkeypatch.setattr(train, "training_step", usr1_before_step_2)
+    args = train_args(data_root, tmp_path, "train.requeue=true", "train.resume=auto")
+    with pytest.raises(SystemExit) as e:
+        train.main(args)
+    assert e.value.code == 128 + signal.SIGUSR1
+    assert calls.read_text() == "requeue 1234\n"
+    assert "SLURM job 1234 requeued" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "run" / "last.pth")["global_step"] == 2
+
+
+def test_keeping_no_checkpoint_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.keep_checkpoints=0"):
+        train.main(train_args(tmp_path / "no-data", tmp_path, "train.keep_checkpoints=0"))

@@ -31,9 +31,7 @@ def test_validation_runs_in_the_eval_precision_not_the_training_one(data_root):
                 *("model.depths=[1,1,1,1,1]", *overrides),
             ],
         )
-        _, loader, _ = train.make_loaders(
-            cfg, DistInfo(), *train.open_splits(cfg), torch.Generator()
-        )
+        loader = train.make_loaders(cfg, DistInfo(), *train.open_splits(cfg), torch.Generator()).val
         torch.manual_seed(0)
         net = build_network(cfg, None, speed_on(cfg, torch.device("cpu")))
         return train.validate(net, loader, torch.device("cpu"), cfg, DistInfo())[0]
@@ -104,3 +102,13 @@ def test_each_split_is_opened_once_per_run(data_root, tmp_path, monkeypatch):
     train.main(train_args(data_root, tmp_path, "model.name=mixdehazenet-t", "train.epochs=1"))
     pairs = len(list(data_root.glob("*/hazy/*.png")))
     assert len(headers) == 2 * pairs  # one hazy and one GT header per pair
+
+
+def test_mid_epoch_checkpoints_fall_due_by_steps_or_by_rank_0s_clock():
+    cfg = load_config(None, ["train.checkpoint_every_steps=3", "train.checkpoint_every_minutes=2"])
+    clock = train.CheckpointClock(cfg)
+    assert [clock.due(step, is_main=True) for step in (1, 2, 3, 6)] == [False, False, True, True]
+    clock.saved -= 121  # two minutes and a second since the last write
+    assert clock.due(4, is_main=True) and not clock.due(4, is_main=False)
+    clock.reset()
+    assert not clock.due(4, is_main=True)

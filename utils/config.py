@@ -78,8 +78,8 @@ SPEED_KEYS = ("speed", "precision.eval", "precision.predict")
 # CLIP precision of the machine at hand) ...
 EVALUATION_KEYS = (*LOCATION_KEYS, *SPEED_KEYS, "clip.mode", "clip.precision")
 # ... and with train.py --resume the number of epochs (the cosine schedule is re-planned), how
-# often to validate and log, and what to do on a non-finite loss. Every other key describes the
-# network or how it is trained, and a different value is refused.
+# often to validate, log and checkpoint, what to do on a non-finite loss or a signal. Every
+# other key describes the network or how it is trained, and a different value is refused.
 RESUME_KEYS = (
     *LOCATION_KEYS,
     *SPEED_KEYS,
@@ -87,6 +87,11 @@ RESUME_KEYS = (
     "train.eval_freq",
     "train.log_images",
     "train.nonfinite",
+    "train.resume",
+    "train.checkpoint_every_steps",
+    "train.checkpoint_every_minutes",
+    "train.keep_checkpoints",
+    "train.requeue",
 )
 
 
@@ -171,6 +176,14 @@ class TrainConfig:
     seed: int = 0
     log_images: int = 4
     sync_batchnorm: bool = True  # multi-GPU: BatchNorm statistics over the whole batch
+    # Continue from the newest valid checkpoint of the run folder: auto (if there is one, else
+    # start), true (there must be one) or false (the folder must hold none); --resume overrides.
+    resume: Literal["auto"] | bool = False
+    # last.pth is also written within epochs: every N optimiser steps and/or M minutes (0: off).
+    checkpoint_every_steps: int = 0
+    checkpoint_every_minutes: float = 10.0
+    keep_checkpoints: int = 2  # last.pth and the previous ones as last.1.pth, ...
+    requeue: bool = False  # on SIGTERM/SIGUSR1 under SLURM, `scontrol requeue` the job
 
 
 @dataclass(frozen=True)

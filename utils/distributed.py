@@ -35,8 +35,30 @@ def init_distributed() -> DistInfo:
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        store = restart_store(world_size)
+        if store is None:
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def restart_store(world_size: int) -> dist.Store | None:
+    """torchrun's own store, with the keys of this restart under their own prefix; None
+    (torch's env:// default) where torchrun does not share its store with the workers.
+
+    torchrun (--max-restarts) restarts failed workers with the store of the previous attempt,
+    which still holds the previous processes' addresses: a restarted worker could read one
+    before its peer has written the new one and connect to a dead port (pytorch#135712).
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"mixcldehazenet/attempt_{attempt}", store)
 
 
 def barrier(info: DistInfo) -> None:
@@ -48,6 +70,13 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum a tensor over ranks (in place, returned for chaining)."""
     if info.enabled:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_max(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The element-wise maximum over ranks (in place, returned for chaining)."""
+    if info.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
 
 
