@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from datasets import input_images
+from models.registry import memory_scale
 from networks import inference_network, model_from_checkpoint, pick_device
 from utils.cli import positive_int, run
 from utils.clip_domains import classify, load_classifier, text_features
@@ -38,8 +39,9 @@ from utils.image import (
 from utils.memory import available_memory
 
 # Peak memory of a full-resolution forward pass grows linearly with the pixel count; per
-# (device type, precision), bytes per input pixel that bench/bench_inference.py measured with
-# the default speed settings, plus a margin for run-to-run variation (docs/PERFORMANCE.md).
+# (device type, precision), MixDehazeNet's bytes per input pixel that bench/bench_inference.py
+# measured with the default speed settings, plus a margin for run-to-run variation
+# (docs/PERFORMANCE.md); other backbones scale it by their registry entry's memory_scale.
 BYTES_PER_PIXEL: dict[tuple[str, str], int] = {
     ("cpu", "none"): 1300,  # measured 720-870 for every variant
     ("cpu", "bf16"): 2300,  # mixcl-s: 1500 where bf16 is emulated (AVX2); native not measured
@@ -95,9 +97,9 @@ def downscale(img: np.ndarray, max_side: int) -> np.ndarray:
     return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
 
 
-def check_memory(h: int, w: int, device: torch.device, precision: str) -> None:
+def check_memory(h: int, w: int, model: str, device: torch.device, precision: str) -> None:
     """Refuse, with a way out, an image that would exhaust memory rather than crash midway."""
-    per_pixel = BYTES_PER_PIXEL.get(  # fp16 off CUDA runs in fp32
+    per_pixel = memory_scale(model) * BYTES_PER_PIXEL.get(  # fp16 off CUDA runs in fp32
         (device.type, precision), BYTES_PER_PIXEL[(device.type, "none")]
     )
     need, have = h * w * per_pixel, available_memory(device)
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             img = read_rgb(path)
             if args.max_side and max(img.shape[:2]) > args.max_side:
                 img = downscale(img, args.max_side)
-            check_memory(*img.shape[:2], device, precision)
+            check_memory(*img.shape[:2], cfg.model.name, device, precision)
         except (ValueError, MemoryError) as e:
             warnings.warn(f"skipping {path}: {e}", stacklevel=1)
             failed.append(f"{path}: {e}")

@@ -72,7 +72,7 @@ def inference_call(
 ) -> Callable[[], None]:
     """One forward pass of a freshly built model on a random (h, w) image, under autocast."""
     torch.manual_seed(0)
-    model = build_model(name, **model_args(device, SPEED_SETTINGS[setting])).eval().to(device)
+    model = build_model(name, **model_args(name, device, SPEED_SETTINGS[setting])).eval().to(device)
     run = torch.compile(model) if setting in COMPILED else model
     hazy = to_model_range(torch.rand(1, 3, *hw, device=device))
     text = torch.randn(1, 1, 512, device=device) if model.needs_text else None

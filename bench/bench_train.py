@@ -84,7 +84,7 @@ def make_step(
 ) -> Callable[[], None]:
     """A closure running one training step of a freshly built model on fixed random data."""
     backend = compile_backend if setting in COMPILED else None
-    args = model_args(device, SETTINGS[setting])
+    args = model_args(name, device, SETTINGS[setting])
     return training_step(name, args, batch, patch, device, precision, cr, backend)
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from models.registry import SPEED_OPTIONS, speed_options
 from utils.cli import positive_int
 from utils.config import STRAIGHTFORWARD, Config
 from utils.devices import speed_on
@@ -51,9 +52,12 @@ BASELINE = "straightforward"
 PRECISIONS = ("none", "fp16", "bf16")  # autocast, as in the config; 'none' is fp32
 
 
-def model_args(device: torch.device, overrides: dict[str, Any]) -> dict[str, Any]:
-    """MixDehazeNet arguments of a setting: the device's speed defaults, then `overrides`."""
-    return {**speed_on(Config(), device).network_args(), **overrides}
+def model_args(name: str, device: torch.device, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of model `name` in a setting: the device's speed defaults, then
+    `overrides`, less the speed options its constructor does not take (models.registry)."""
+    args = {**speed_on(Config(), device).network_args(), **overrides}
+    taken = speed_options(name)
+    return {k: v for k, v in args.items() if k not in SPEED_OPTIONS or k in taken}
 
 
 def synchronize(device: torch.device) -> None:

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     batch, patch = args.train
     cases = [(batch, (patch, patch), True), (1, args.large, False)]
     torch.manual_seed(0)
-    net = build_model(args.model, **model_args(device, {})).to(device)
+    net = build_model(args.model, **model_args(args.model, device, {})).to(device)
     fusion = net.text_emb
 
     results = []

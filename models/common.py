@@ -1,6 +1,7 @@
-"""Parts that MixDehazeNet and DehazeFormer share: patch (un)embedding, selective-kernel fusion
-and the padding of the input. Names and operations follow the authors' code of both networks,
-which define these parts identically.
+"""Parts that MixDehazeNet and DehazeFormer share: the five-stage U-Net with its text fusion at
+the input and its output formula, patch (un)embedding, selective-kernel fusion and the padding
+of the input. Names and operations follow the authors' code of both networks, which define
+these parts identically.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from models.registry import FUSION_MODES
+from models.text_fusion import TextImageFusion
 
 # Sides of the padded input are multiples of this (upstream's rule for both networks).
 PATCH_MULTIPLE = 4
@@ -108,3 +112,69 @@ def padded_size(side: int, min_side: int) -> int:
     """Side after padding: the next multiple of 4 (upstream's rule), at least `min_side` (the
     smallest side every layer of the network can reflect-pad)."""
     return max(-(-side // PATCH_MULTIPLE) * PATCH_MULTIPLE, min_side)
+
+
+class UNetDehazer(nn.Module):
+    """The U-Net both backbones share: the (optionally text-fused) input embedded, two stages
+    down, one at the bottom, two up with selective-kernel skip fusion, and a head of K (1
+    channel) and B (3 channels) giving K * x - B + x at the input's size.
+
+    Subclasses build the stages under the authors' names below (their blocks differ) and set
+    `min_side`; this class builds the text fusion, whose output has `embed_chans` channels.
+    """
+
+    min_side: int  # inputs are padded to at least this side (see padded_size)
+    patch_embed: nn.Module
+    layer1: nn.Module
+    patch_merge1: nn.Module
+    skip1: nn.Module
+    layer2: nn.Module
+    patch_merge2: nn.Module
+    skip2: nn.Module
+    layer3: nn.Module
+    patch_split1: nn.Module
+    fusion1: nn.Module
+    layer4: nn.Module
+    patch_split2: nn.Module
+    fusion2: nn.Module
+    layer5: nn.Module
+    patch_unembed: nn.Module
+
+    def __init__(
+        self, fusion: str, text_dim: int, attention: str, text_branch: bool, in_chans: int
+    ) -> None:
+        super().__init__()
+        if fusion not in FUSION_MODES:
+            raise ValueError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}")
+        self.fusion = fusion
+        self.needs_text = fusion != "none"
+        self.embed_chans = in_chans
+        if self.needs_text:
+            self.text_emb = TextImageFusion(
+                in_chans, text_dim, mode=fusion, attention=attention, text_branch=text_branch
+            )
+            self.embed_chans = self.text_emb.out_chans
+
+    def embed_input(self, x: torch.Tensor, text_feature: torch.Tensor | None) -> torch.Tensor:
+        """The padded image, fused with its text feature when the network has fusion."""
+        return self.text_emb(x, text_feature) if self.needs_text else x
+
+    def forward_features(self, x: torch.Tensor, text_feature: torch.Tensor | None) -> torch.Tensor:
+        x = self.layer1(self.patch_embed(self.embed_input(x, text_feature)))
+        skip1 = x
+        x = self.layer2(self.patch_merge1(x))
+        skip2 = x
+        x = self.patch_split1(self.layer3(self.patch_merge2(x)))
+        x = self.fusion1([x, self.skip2(skip2)]) + x
+        x = self.patch_split2(self.layer4(x))
+        x = self.fusion2([x, self.skip1(skip1)]) + x
+        return self.patch_unembed(self.layer5(x))
+
+    def forward(self, hazy: torch.Tensor, text_feature: torch.Tensor | None = None) -> torch.Tensor:
+        """hazy: (B, 3, H, W) in [-1, 1]; text_feature: (B, 1, D) or (B, D), the image's CLIP
+        text feature (ignored without fusion)."""
+        h, w = hazy.shape[-2:]
+        pad_h, pad_w = padded_size(h, self.min_side) - h, padded_size(w, self.min_side) - w
+        x = pad_bottom_right(hazy, pad_h, pad_w)
+        k, b = torch.split(self.forward_features(x, text_feature), (1, 3), dim=1)
+        return (k * x - b + x)[:, :, :h, :w].contiguous()

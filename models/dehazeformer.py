@@ -17,9 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.common import PatchEmbed, PatchUnEmbed, SKFusion, pad_bottom_right, padded_size
-from models.registry import FUSION_MODES
-from models.text_fusion import TextImageFusion
+from models.common import PatchEmbed, PatchUnEmbed, SKFusion, UNetDehazer
 
 WINDOW_SIZE = 8
 # Side of the padded input at which the 1/4-scale windows (8 px, shifted by 4) can be
@@ -285,7 +283,7 @@ class BasicLayer(nn.Module):
         return x
 
 
-class DehazeFormer(nn.Module):
+class DehazeFormer(UNetDehazer):
     """The dehazing network; with fusion 'concat' or 'add' it is guided by a CLIP text feature.
 
     Args:
@@ -295,6 +293,8 @@ class DehazeFormer(nn.Module):
         attention, text_branch: the fusion's options (see TextImageFusion).
         in_chans, out_chans: image channels and head channels (K and B: 1 + 3).
     """
+
+    min_side = MIN_SIDE
 
     def __init__(
         self,
@@ -306,22 +306,12 @@ class DehazeFormer(nn.Module):
         in_chans: int = 3,
         out_chans: int = 4,
     ) -> None:
-        super().__init__()
-        if fusion not in FUSION_MODES:
-            raise ValueError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}")
+        super().__init__(fusion, text_dim, attention, text_branch, in_chans)
         if len(arch.depths) != len(arch.embed_dims):
             raise ValueError(
                 f"depths needs {len(arch.embed_dims)} entries, got {list(arch.depths)}"
             )
-        self.fusion = fusion
-        self.needs_text = fusion != "none"
         dims = arch.embed_dims
-        embed_in = in_chans
-        if self.needs_text:
-            self.text_emb = TextImageFusion(
-                in_chans, text_dim, mode=fusion, attention=attention, text_branch=text_branch
-            )
-            embed_in = self.text_emb.out_chans
 
         def layer(i: int) -> BasicLayer:
             return BasicLayer(
@@ -334,7 +324,7 @@ class DehazeFormer(nn.Module):
                 arch.conv_type,
             )
 
-        self.patch_embed = PatchEmbed(1, embed_in, dims[0], kernel_size=3)
+        self.patch_embed = PatchEmbed(1, self.embed_chans, dims[0], kernel_size=3)
         self.layer1 = layer(0)
         self.patch_merge1 = PatchEmbed(2, dims[0], dims[1])
         self.skip1 = nn.Conv2d(dims[0], dims[0], 1)
@@ -349,27 +339,6 @@ class DehazeFormer(nn.Module):
         self.fusion2 = SKFusion(dims[4])
         self.layer5 = layer(4)
         self.patch_unembed = PatchUnEmbed(1, out_chans, dims[4], kernel_size=3)
-
-    def forward_features(self, x: torch.Tensor, text_feature: torch.Tensor | None) -> torch.Tensor:
-        if self.needs_text:
-            x = self.text_emb(x, text_feature)
-        x = self.layer1(self.patch_embed(x))
-        skip1 = x
-        x = self.layer2(self.patch_merge1(x))
-        skip2 = x
-        x = self.patch_split1(self.layer3(self.patch_merge2(x)))
-        x = self.fusion1([x, self.skip2(skip2)]) + x
-        x = self.patch_split2(self.layer4(x))
-        x = self.fusion2([x, self.skip1(skip1)]) + x
-        return self.patch_unembed(self.layer5(x))
-
-    def forward(self, hazy: torch.Tensor, text_feature: torch.Tensor | None = None) -> torch.Tensor:
-        """hazy: (B, 3, H, W) in [-1, 1]; text_feature: (B, 1, D) or (B, D), the image's CLIP
-        text feature (ignored without fusion)."""
-        h, w = hazy.shape[-2:]
-        x = pad_bottom_right(hazy, padded_size(h, MIN_SIDE) - h, padded_size(w, MIN_SIDE) - w)
-        k, b = torch.split(self.forward_features(x, text_feature), (1, 3), dim=1)
-        return (k * x - b + x)[:, :, :h, :w].contiguous()
 
 
 def build(size: str, depths: Sequence[int] | None = None, **overrides: Any) -> DehazeFormer:

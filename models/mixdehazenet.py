@@ -13,9 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.common import PatchEmbed, PatchUnEmbed, SKFusion, pad_bottom_right, padded_size
-from models.registry import FUSION_MODES
-from models.text_fusion import TextImageFusion
+from models.common import PatchEmbed, PatchUnEmbed, SKFusion, UNetDehazer
 
 EMBED_DIMS = (24, 48, 96, 48, 24)
 # Side of the padded input that every stage can reflect-pad: the 1/4-scale stage pads by 9.
@@ -185,7 +183,7 @@ class BasicLayer(nn.Module):
         return x
 
 
-class MixDehazeNet(nn.Module):
+class MixDehazeNet(UNetDehazer):
     """The dehazing network; with fusion 'concat' or 'add' it is MixCLDehazeNet.
 
     Args:
@@ -201,6 +199,8 @@ class MixDehazeNet(nn.Module):
         in_chans, out_chans: image channels and head channels (K and B: 1 + 3).
     """
 
+    min_side = MIN_SIDE
+
     def __init__(
         self,
         depths: Sequence[int] = (1, 1, 2, 1, 1),
@@ -214,28 +214,13 @@ class MixDehazeNet(nn.Module):
         in_chans: int = 3,
         out_chans: int = 4,
     ) -> None:
-        super().__init__()
-        if fusion not in FUSION_MODES:
-            raise ValueError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}")
+        super().__init__(fusion, text_dim, attention, text_branch, in_chans)
         if len(depths) != len(EMBED_DIMS):
             raise ValueError(f"depths needs {len(EMBED_DIMS)} entries, got {list(depths)}")
-        self.fusion = fusion
         self.channels_last = channels_last
-        self.needs_text = fusion != "none"
         dims = EMBED_DIMS
 
-        embed_in = in_chans
-        if self.needs_text:
-            self.text_emb = TextImageFusion(
-                in_chans,
-                text_dim,
-                mode=fusion,
-                attention=attention,
-                text_branch=text_branch,
-            )
-            embed_in = self.text_emb.out_chans
-
-        self.patch_embed = PatchEmbed(1, embed_in, dims[0], kernel_size=3)
+        self.patch_embed = PatchEmbed(1, self.embed_chans, dims[0], kernel_size=3)
         self.layer1 = BasicLayer(dims[0], depths[0], fused_dwconv, strips)
         self.patch_merge1 = PatchEmbed(2, dims[0], dims[1], kernel_size=3)
         self.skip1 = nn.Conv2d(dims[0], dims[0], 1)
@@ -251,28 +236,11 @@ class MixDehazeNet(nn.Module):
         self.layer5 = BasicLayer(dims[4], depths[4], fused_dwconv, strips)
         self.patch_unembed = PatchUnEmbed(1, out_chans, dims[4], kernel_size=3)
 
-    def forward_features(self, x: torch.Tensor, text_feature: torch.Tensor | None) -> torch.Tensor:
-        if self.needs_text:
-            x = self.text_emb(x, text_feature)
+    def embed_input(self, x: torch.Tensor, text_feature: torch.Tensor | None) -> torch.Tensor:
+        x = super().embed_input(x, text_feature)
         if self.channels_last:  # after the fusion, whose concatenation returns NCHW
             x = x.contiguous(memory_format=torch.channels_last)
-        x = self.layer1(self.patch_embed(x))
-        skip1 = x
-        x = self.layer2(self.patch_merge1(x))
-        skip2 = x
-        x = self.patch_split1(self.layer3(self.patch_merge2(x)))
-        x = self.fusion1([x, self.skip2(skip2)]) + x
-        x = self.patch_split2(self.layer4(x))
-        x = self.fusion2([x, self.skip1(skip1)]) + x
-        return self.patch_unembed(self.layer5(x))
-
-    def forward(self, hazy: torch.Tensor, text_feature: torch.Tensor | None = None) -> torch.Tensor:
-        """hazy: (B, 3, H, W) in [-1, 1]; text_feature: (B, 1, D) or (B, D), the image's CLIP
-        text feature (ignored without fusion)."""
-        h, w = hazy.shape[-2:]
-        x = pad_bottom_right(hazy, padded_size(h, MIN_SIDE) - h, padded_size(w, MIN_SIDE) - w)
-        k, b = torch.split(self.forward_features(x, text_feature), (1, 3), dim=1)
-        return (k * x - b + x)[:, :, :h, :w].contiguous()
+        return x
 
 
 def build(size: str, **overrides: Any) -> MixDehazeNet:

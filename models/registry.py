@@ -26,6 +26,9 @@ class Backbone:
     guided: the family name with the CLIP text feature concatenated at the input.
     speed_options: which SPEED_OPTIONS its constructor takes; build_network passes only those
         (they change speed, never the numbers beyond float tolerance).
+    memory_scale: per size, the peak inference memory per pixel relative to MixDehazeNet's
+        (CPU, fp32, bench/bench_inference.py; docs/PERFORMANCE.md), by which predict.py scales
+        its per-pixel estimate before it starts an image.
     """
 
     module: str
@@ -33,6 +36,7 @@ class Backbone:
     plain: str
     guided: str
     speed_options: tuple[str, ...]
+    memory_scale: tuple[float, ...]
 
 
 BACKBONES: tuple[Backbone, ...] = (
@@ -42,6 +46,7 @@ BACKBONES: tuple[Backbone, ...] = (
         plain="mixdehazenet",
         guided="mixcl",
         speed_options=SPEED_OPTIONS,
+        memory_scale=(1.0, 1.0, 1.0, 1.0),  # the peak does not grow with depth
     ),
     Backbone(
         module="models.dehazeformer",
@@ -49,6 +54,8 @@ BACKBONES: tuple[Backbone, ...] = (
         plain="dehazeformer",
         guided="clipdehazeformer",
         speed_options=(),
+        # 1024x1024: 1260, 2300, 2300, 2300 and 3528 B/px against mixcl-s's 816
+        memory_scale=(1.55, 2.82, 2.82, 2.82, 4.33),
     ),
 )
 # Model-name prefix -> (its backbone, its default fusion).
@@ -79,3 +86,9 @@ def default_fusion(name: str) -> str:
 def speed_options(name: str) -> tuple[str, ...]:
     """The speed options that the constructor of the variant `name` takes."""
     return split_name(name)[0].speed_options
+
+
+def memory_scale(name: str) -> float:
+    """The peak inference memory per pixel of the variant `name` relative to MixDehazeNet's."""
+    backbone, size, _ = split_name(name)
+    return backbone.memory_scale[backbone.sizes.index(size)]

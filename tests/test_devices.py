@@ -81,9 +81,19 @@ def test_memory_estimate_uses_the_devices_own_bytes_per_pixel(monkeypatch):
     monkeypatch.setattr(predict, "available_memory", lambda device: 10**9)
     monkeypatch.setitem(predict.BYTES_PER_PIXEL, ("cuda", "fp16"), 100)
     monkeypatch.setitem(predict.BYTES_PER_PIXEL, ("cuda", "none"), 1000)
-    predict.check_memory(3000, 3000, CUDA, "fp16")  # 0.9 GB
+    predict.check_memory(3000, 3000, "mixcl-s", CUDA, "fp16")  # 0.9 GB
     with pytest.raises(MemoryError, match=r"--max-side 1000"):
-        predict.check_memory(3000, 3000, CUDA, "none")  # 9 GB
+        predict.check_memory(3000, 3000, "mixcl-s", CUDA, "none")  # 9 GB
+
+
+def test_memory_estimate_scales_with_the_backbones_measured_memory(monkeypatch):
+    """DehazeFormer needs more memory per pixel than MixDehazeNet: its estimate says so."""
+    predict = load_entry("predict")
+    monkeypatch.setattr(predict, "available_memory", lambda device: 10**9)
+    monkeypatch.setitem(predict.BYTES_PER_PIXEL, ("cpu", "none"), 100)
+    predict.check_memory(3000, 3000, "mixcl-s", torch.device("cpu"), "none")  # 0.9 GB
+    with pytest.raises(MemoryError, match=r"--max-side"):
+        predict.check_memory(3000, 3000, "dehazeformer-b", torch.device("cpu"), "none")
 
 
 @pytest.fixture
