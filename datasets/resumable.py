@@ -100,7 +100,9 @@ class LoaderWorkers:
             return
         original = (self.skip + worker_id) % self.num_workers
         if original in self.after:
-            random.setstate(self.after[original]["python"])
+            # pin_memory (on CUDA machines) turns the state's tuples into lists on the way
+            version, internal, gauss = self.after[original]["python"]
+            random.setstate((version, tuple(internal), gauss))
             torch.set_rng_state(self.after[original]["torch"])
             return
         info = get_worker_info()

@@ -63,6 +63,22 @@ def test_an_epoch_resumed_after_k_batches_draws_as_the_uninterrupted_one(num_wor
         assert resumed == whole[k:], f"resumed after {k} batches with {num_workers} workers"
 
 
+def as_pinned(obj):
+    """`obj` as pin_memory hands batches over on CUDA machines: plain tuples become lists."""
+    if isinstance(obj, dict):
+        return {k: as_pinned(v) for k, v in obj.items()}
+    if isinstance(obj, tuple | list):
+        return [as_pinned(v) for v in obj]
+    return obj
+
+
+def test_worker_states_that_pin_memory_turned_into_lists_still_resume():
+    whole, _ = epoch(2)
+    _, saved = epoch(2, stop=3)
+    resumed, _ = epoch(2, skip=3, saved=as_pinned(saved))
+    assert resumed == whole[3:]
+
+
 def test_another_number_of_workers_is_a_warning_not_a_silent_difference():
     _, saved = epoch(2, stop=3)
     warning = LoaderWorkers(3).start_epoch(3, saved)
