@@ -25,9 +25,8 @@ from typing import Any
 import torch
 
 from bench.bench_train import measure_settings, training_step
-from bench.common import PRECISIONS, parse_shape, report, write_json
+from bench.common import PRECISIONS, add_timing_args, parse_shape, report, write_json
 from networks import tune_speed
-from utils.cli import positive_int
 from utils.clip_domains import embedding_width
 from utils.config import Config, load_config
 
@@ -70,10 +69,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--precision", choices=PRECISIONS, default="none", help="CUDA autocast")
     parser.add_argument("--inference", action="store_true", help="also what inference picks")
-    parser.add_argument("--repeats", type=positive_int, default=5, help="timed steps per setting")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per setting")
-    parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
-    parser.add_argument("--json", help="also write the results to this JSON file")
+    add_timing_args(parser, repeats=5, unit="steps", warmup=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

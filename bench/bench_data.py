@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from bench.common import parse_size, report, summarize, time_calls
+from bench.common import add_timing_args, parse_size, report, summarize, time_calls
 from datasets import PairedDataset
 from datasets.synthetic import make_synthetic_dataset
 from utils.cli import positive_int
@@ -81,9 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--patch", type=positive_int, default=256, help="training crop size")
     parser.add_argument("--batch", type=positive_int, default=4)
     parser.add_argument("--pin-memory", action="store_true", help="as train.py on CUDA")
-    parser.add_argument("--repeats", type=positive_int, default=3, help="timed epochs per setting")
-    parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
-    parser.add_argument("--json", help="also write the results to this JSON file")
+    add_timing_args(parser, repeats=3, unit="epochs")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 

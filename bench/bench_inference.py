@@ -45,6 +45,7 @@ from bench.common import (
     MIB,
     PRECISIONS,
     SPEED_SETTINGS,
+    add_timing_args,
     fmt,
     free_cuda_memory,
     measure,
@@ -57,7 +58,6 @@ from bench.common import (
     write_json,
 )
 from models import build_model
-from utils.cli import positive_int
 from utils.devices import autocast
 from utils.image import to_model_range
 from utils.memory import available_memory
@@ -123,9 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["none"])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--in-process", action="store_true", help="CPU: no fresh processes")
-    parser.add_argument("--repeats", type=positive_int, default=3, help="timed calls per setting")
-    parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
-    parser.add_argument("--json", help="also write the results to this JSON file")
+    add_timing_args(parser, repeats=3, unit="calls")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 

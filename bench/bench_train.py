@@ -51,6 +51,7 @@ from bench.common import (
     MIB,
     PRECISIONS,
     SPEED_SETTINGS,
+    add_timing_args,
     fmt,
     model_args,
     parse_shape,
@@ -61,7 +62,6 @@ from bench.common import (
     write_json,
 )
 from models import build_model
-from utils.cli import positive_int
 from utils.devices import autocast
 from utils.image import to_model_range
 from utils.losses import ContrastiveLoss, resnet_slices
@@ -184,10 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--compile", action="store_true", help="also time +compile")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend")
-    parser.add_argument("--repeats", type=positive_int, default=3, help="timed steps per setting")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per setting")
-    parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
-    parser.add_argument("--json", help="also write the results to this JSON file")
+    add_timing_args(parser, repeats=3, unit="steps", warmup=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

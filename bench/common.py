@@ -52,6 +52,20 @@ BASELINE = "straightforward"
 PRECISIONS = ("none", "fp16", "bf16")  # autocast, as in the config; 'none' is fp32
 
 
+def add_timing_args(
+    parser: argparse.ArgumentParser, repeats: int, unit: str, warmup: bool = False
+) -> None:
+    """The options every timing script takes: timed `unit`s per setting (--repeats), untimed
+    ones before them (--warmup, where the script has them), --threads and --json."""
+    parser.add_argument(
+        "--repeats", type=positive_int, default=repeats, help=f"timed {unit} per setting"
+    )
+    if warmup:
+        parser.add_argument("--warmup", type=int, default=1, help=f"untimed {unit} per setting")
+    parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
+    parser.add_argument("--json", help="also write the results to this JSON file")
+
+
 def model_args(name: str, device: torch.device, overrides: dict[str, Any]) -> dict[str, Any]:
     """The arguments of model `name` in a setting: the device's speed defaults, then
     `overrides`, less the speed options its constructor does not take (models.registry)."""
