@@ -83,13 +83,13 @@ class LoaderWorkers:
         self.skip, self.after = skip, {}
         if not skip:
             return None
-        before = saved["num_workers"] if saved else "unknown"
-        if before != self.num_workers:
+        if saved is None or saved["num_workers"] != self.num_workers:
+            before = "unknown" if saved is None else saved["num_workers"]
             return (
                 f"data.num_workers was {before} and is {self.num_workers}: the rest of this "
                 "epoch draws other augmentations than the uninterrupted run"
             )
-        self.after = dict(saved["after"]) if saved else {}
+        self.after = dict(saved["after"])
         return None
 
     def init_worker(self, worker_id: int) -> None:
