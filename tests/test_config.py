@@ -10,6 +10,11 @@ import yaml
 
 from utils.config import (
     DEVICE_SPEED,
+    EVALUATION_KEYS,
+    KEY_ROLES,
+    LOCATION_KEYS,
+    RESULT_KEYS,
+    RESUME_KEYS,
     Config,
     ConfigError,
     _convert,
@@ -23,6 +28,7 @@ from utils.config import (
     load_config,
     override_config,
     refuse_changes,
+    role_of,
     speed_settings,
 )
 
@@ -409,3 +415,21 @@ def test_a_checkpoint_without_a_section_gets_its_added_keys_as_they_were_then():
     old = config_to_dict(Config())
     del old["loss"]  # written before the section existed, and trained with the defaults
     assert config_from_checkpoint(old).loss == replace(Config().loss, resnet_batchnorm="frozen")
+
+
+def test_every_config_key_declares_its_role():
+    """A key added without an entry in KEY_ROLES fails here: its role decides whether the
+    protocol report compares it and whether --resume, test.py and compare.py accept a change."""
+    keys = flatten(config_to_dict(Config()))
+    assert [k for k in keys if role_of(k) is None] == []
+    for entry in KEY_ROLES:
+        assert any(covers((entry,), k) for k in keys), f"{entry} is no config key or section"
+
+
+def test_the_key_lists_follow_the_roles():
+    assert covers(RESUME_KEYS, "train.epochs") and not covers(EVALUATION_KEYS, "train.epochs")
+    assert covers(EVALUATION_KEYS, "clip.mode") and not covers(RESUME_KEYS, "clip.mode")
+    assert covers(LOCATION_KEYS, "data.root") and not covers(RESULT_KEYS, "data.root")
+    assert covers(RESULT_KEYS, "model.init_from") and covers(RESUME_KEYS, "model.init_from")
+    assert covers(RESUME_KEYS, "speed.strips") and not covers(LOCATION_KEYS, "speed.strips")
+    assert not any(covers(keys, "train.lr") for keys in (RESUME_KEYS, EVALUATION_KEYS))

@@ -4,10 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from utils.config import config_to_dict, load_config
+from utils.config import load_config
 from utils.protocol import (
     DEHAZEFORMER_SETTINGS,
     PUBLISHED_SETTINGS,
+    compared_keys,
     protocol_report,
     published_setting,
 )
@@ -101,13 +102,21 @@ def test_a_dataset_without_published_setting_says_so():
     assert "RESIDE-6K, RESIDE-IN, RESIDE-OUT" in report
 
 
-def test_published_keys_are_config_keys():
-    flat = {
-        f"{section}.{key}"
-        for section, values in config_to_dict(load_config()).items()
-        if isinstance(values, dict)
-        for key in values
-    }
+def test_published_settings_give_every_key_that_changes_the_numbers():
     dehazeformer = [s for sizes in DEHAZEFORMER_SETTINGS.values() for s in sizes.values()]
     for setting in [*PUBLISHED_SETTINGS.values(), *dehazeformer]:
-        assert set(setting.values) <= flat
+        assert set(setting.values) == set(compared_keys(setting)), setting.source
+
+
+def test_oracle_domains_a_warm_start_and_a_loss_weight_are_named():
+    overrides = [
+        "clip.domain_source=labels",
+        "model.init_from=mixdehazenet.pth",
+        "loss.cr_weight=0.2",
+    ]
+    report = protocol_report(load_config(CONFIGS / "reside6k/mixcl-s.yaml", overrides))
+    assert report.splitlines()[1:] == [
+        "  model.init_from=mixdehazenet.pth (paper: null)",
+        "  clip.domain_source=labels (paper: clip)",
+        "  loss.cr_weight=0.2 (paper: 0.1)",
+    ]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import DegenerateDataWarning, bootstrap
 
-from utils.config import covers, flatten
+from utils.config import REPEAT_IGNORES, covers, flatten
 from utils.domain_labels import domain_confusion
 from utils.errors import UserError
 
@@ -25,18 +25,6 @@ COLUMNS = ("name", "domain", "psnr", "ssim", "hazy_psnr", "hazy_ssim")  # test.p
 METRICS = ("psnr", "ssim")
 # Two results of the same images agree on the hazy input's PSNR to float rounding.
 HAZY_PSNR_TOLERANCE_DB = 1e-3
-# Config keys that do not change what a run computes: runs that differ only in these (and the
-# seed) are repeats of one configuration.
-REPEAT_IGNORES = (
-    "exp_name",
-    "output_dir",
-    "train.seed",
-    "data.num_workers",
-    "data.verify_images",
-    "clip.cache_dir",
-    "clip.batch_size",
-    "speed",
-)
 
 
 class ComparisonError(UserError, ValueError):

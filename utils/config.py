@@ -11,7 +11,7 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -57,42 +57,118 @@ NULL_MEANS_AUTO = (
     "precision.predict",
 )
 
-# Settings a checkpoint's config may take new values for in a later call, one place for all:
-# where files are, how absent data is made, how many workers read it (never changes a result) ...
-LOCATION_KEYS = (
-    "exp_name",
-    "output_dir",
-    "data.root",
-    "data.synthetic",
-    "data.num_workers",
-    "data.verify_images",
-    "clip.pretrained",
-    "clip.cache_dir",
-    "clip.batch_size",
-    "loss.resnet_weights",
-    "model.init_from",
-)
-# ... how fast and how precisely the network runs (changes results within float tolerance) ...
-SPEED_KEYS = ("speed", "precision.eval", "precision.predict")
-# ... in test.py and predict.py also the text features (soft for a hard-trained network, the
-# CLIP precision of the machine at hand) ...
-EVALUATION_KEYS = (*LOCATION_KEYS, *SPEED_KEYS, "clip.mode", "clip.precision")
-# ... and with train.py --resume the number of epochs (the cosine schedule is re-planned), how
-# often to validate, log and checkpoint, what to do on a non-finite loss or a signal. Every
-# other key describes the network or how it is trained, and a different value is refused.
-RESUME_KEYS = (
-    *LOCATION_KEYS,
-    *SPEED_KEYS,
-    "train.epochs",
-    "train.eval_freq",
-    "train.log_images",
-    "train.nonfinite",
-    "train.resume",
-    "train.checkpoint_every_steps",
-    "train.checkpoint_every_minutes",
-    "train.keep_checkpoints",
-    "train.requeue",
-)
+
+@dataclass(frozen=True)
+class Role:
+    """What a config key is for, and so where it may take another value (KEY_ROLES)."""
+
+    name: str
+    changes_results: bool  # compared with the published setting (utils/protocol.py)
+    resume: bool  # may differ from the checkpoint's config with train.py --resume
+    evaluation: bool  # may differ from the checkpoint's config in test.py and predict.py
+    location: bool  # where files are or how they are read: kept out of results folder names
+    repeat: bool  # runs that differ only in such keys repeat one configuration (compare.py)
+
+
+# The method and how it is trained: a different value is another experiment.
+PROTOCOL = Role("protocol", True, False, False, False, False)
+# How long and how often to validate: the cosine schedule is re-planned on --resume.
+SCHEDULE = Role("schedule", True, True, False, False, False)
+# How the text features are computed: test.py may try soft features on a hard-trained network.
+TEXT_FEATURES = Role("text-features", True, False, True, False, False)
+# How validation and test.py evaluate.
+EVALUATION = Role("evaluation", True, True, True, False, False)
+# The weights the first step starts from: changes the numbers, says nothing once trained.
+WARM_START = Role("warm-start", True, True, True, True, False)
+# One draw of the same protocol.
+SEED = Role("seed", False, False, False, False, True)
+# Logging, checkpointing and what to do on a fault or a signal.
+RUN = Role("run", False, True, False, False, False)
+# The run's name and folder.
+NAME = Role("name", False, True, True, True, True)
+# Which files are read, and how absent data is made.
+INPUT = Role("input", False, True, True, True, False)
+# How files are read and cached (never changes a result).
+READING = Role("reading", False, True, True, True, True)
+# How fast the network runs (changes results within float tolerance, docs/PERFORMANCE.md).
+SPEED = Role("speed", False, True, True, False, True)
+
+# Every config key's role, by dotted key or whole section; tests/test_config.py fails for a key
+# without one. The key lists below are derived from it.
+KEY_ROLES: dict[str, Role] = {
+    "exp_name": NAME,
+    "output_dir": NAME,
+    "model.name": PROTOCOL,
+    "model.fusion": PROTOCOL,
+    "model.depths": PROTOCOL,
+    "model.init_from": WARM_START,
+    "data.root": INPUT,
+    "data.train_split": PROTOCOL,
+    "data.test_split": PROTOCOL,
+    "data.patch_size": PROTOCOL,
+    "data.edge_decay": PROTOCOL,
+    "data.only_h_flip": PROTOCOL,
+    "data.valid_mode": PROTOCOL,
+    "data.num_workers": READING,
+    "data.verify_images": READING,
+    "data.synthetic": INPUT,
+    "clip.arch": PROTOCOL,
+    "clip.pretrained": INPUT,  # a local file of OpenAI's weights is as good as the tag
+    "clip.domains": PROTOCOL,
+    "clip.template": PROTOCOL,
+    "clip.mode": TEXT_FEATURES,
+    "clip.domain_source": PROTOCOL,
+    "clip.precision": TEXT_FEATURES,
+    "clip.quick_gelu": PROTOCOL,
+    "clip.batch_size": READING,
+    "clip.cache_dir": READING,
+    "train.batch_size": PROTOCOL,
+    "train.epochs": SCHEDULE,
+    "train.extra_epoch": PROTOCOL,
+    "train.lr": PROTOCOL,
+    "train.lr_min_ratio": PROTOCOL,
+    "train.weight_decay": PROTOCOL,
+    "train.eval_freq": SCHEDULE,
+    "train.nonfinite": RUN,
+    "train.seed": SEED,
+    "train.log_images": RUN,
+    "train.sync_batchnorm": PROTOCOL,
+    "train.resume": RUN,
+    "train.checkpoint_every_steps": RUN,
+    "train.checkpoint_every_minutes": RUN,
+    "train.keep_checkpoints": RUN,
+    "train.requeue": RUN,
+    "loss.cr_weight": PROTOCOL,
+    "loss.resnet_weights": INPUT,
+    "loss.resnet_imagenet_norm": PROTOCOL,
+    "loss.resnet_batchnorm": PROTOCOL,
+    "precision.train": PROTOCOL,
+    "precision.eval": EVALUATION,
+    "precision.predict": SPEED,
+    "speed": SPEED,
+}
+
+
+def keys_where(has: Callable[[Role], bool]) -> tuple[str, ...]:
+    """The KEY_ROLES entries (dotted keys or sections) whose role has the property `has`."""
+    return tuple(key for key, role in KEY_ROLES.items() if has(role))
+
+
+def role_of(key: str) -> Role | None:
+    """The role of a dotted key (its own entry, or its section's), or None if it has none."""
+    return next((role for k, role in KEY_ROLES.items() if covers((k,), key)), None)
+
+
+# Settings a checkpoint's config may take new values for in a later call: file locations ...
+LOCATION_KEYS = keys_where(lambda role: role.location)
+# ... in test.py and predict.py ...
+EVALUATION_KEYS = keys_where(lambda role: role.evaluation)
+# ... with train.py --resume; every other key is refused with a different value.
+RESUME_KEYS = keys_where(lambda role: role.resume)
+# The keys that change the numbers, compared with the published setting (utils/protocol.py).
+RESULT_KEYS = keys_where(lambda role: role.changes_results)
+# Keys in which runs may differ and still repeat one configuration (utils/comparison.py).
+REPEAT_IGNORES = keys_where(lambda role: role.repeat)
 
 
 @dataclass(frozen=True)

@@ -13,24 +13,34 @@ from pathlib import Path
 from typing import Any
 
 from models.registry import split_name
-from utils.config import DEFAULT_DOMAINS, DEFAULT_TEMPLATE, Config, config_to_dict, flatten
+from utils.config import (
+    DEFAULT_DOMAINS,
+    DEFAULT_TEMPLATE,
+    RESULT_KEYS,
+    Config,
+    config_to_dict,
+    covers,
+    flatten,
+)
 
 
 @dataclass(frozen=True)
 class PublishedSetting:
-    """What the authors ran on one dataset: `values` maps dotted config keys to their values."""
+    """What the authors ran on one dataset: `values` maps every dotted config key that changes
+    the numbers (RESULT_KEYS) to its value, except the keys that do not apply to that run."""
 
     source: str
     values: dict[str, Any]
+    not_applicable: tuple[str, ...] = ()
 
 
-# Every key that changes the numbers, as the authors' train.py sets it on every dataset. Keys
-# that only change speed, logging or file locations are not compared, nor clip.pretrained (a
-# local file of OpenAI's weights is as good as the tag).
+# Every key that changes the numbers (RESULT_KEYS, by the roles in utils/config.py), as the
+# authors' train.py sets it on every dataset, but those the datasets' settings below differ in.
 _AUTHORS_TRAIN_PY: dict[str, Any] = {
     "model.name": "mixcl-s",
     "model.fusion": None,
     "model.depths": None,
+    "model.init_from": None,
     "data.train_split": "train",
     "data.test_split": "test",
     "data.patch_size": 256,
@@ -39,6 +49,7 @@ _AUTHORS_TRAIN_PY: dict[str, Any] = {
     "clip.domains": list(DEFAULT_DOMAINS),
     "clip.template": DEFAULT_TEMPLATE,
     "clip.mode": "hard",
+    "clip.domain_source": "clip",
     "clip.precision": "auto",
     "clip.quick_gelu": "auto",
     "train.extra_epoch": True,
@@ -111,7 +122,7 @@ def _dehazeformer_setting(size: str, batch_size: int, lr: float) -> PublishedSet
         }
     )
     source = f"IDKiro/DehazeFormer's train.py with configs/reside6k/dehazeformer-{size}.json"
-    return PublishedSetting(source, values)
+    return PublishedSetting(source, values, not_applicable=loss_keys)
 
 
 # Dataset -> DehazeFormer size -> its authors' setting (RESIDE-6K only: the comparison of
@@ -163,13 +174,22 @@ def _show(value: Any) -> str:
     return str(value)
 
 
+def compared_keys(setting: PublishedSetting) -> list[str]:
+    """The dotted keys that change the numbers and apply to `setting`, in config order."""
+    return [
+        key
+        for key in flatten(config_to_dict(Config()))
+        if covers(RESULT_KEYS, key) and not covers(setting.not_applicable, key)
+    ]
+
+
 def differences(cfg: Config, setting: PublishedSetting) -> list[str]:
-    """`key=value (paper: value)` for every compared key whose value differs."""
+    """`key=value (paper: value)` for every key that changes the numbers and differs."""
     resolved = flatten(config_to_dict(cfg))
     return [
-        f"{key}={_show(resolved[key])} (paper: {_show(want)})"
-        for key, want in setting.values.items()
-        if resolved[key] != want
+        f"{key}={_show(resolved[key])} (paper: {_show(setting.values[key])})"
+        for key in compared_keys(setting)
+        if resolved[key] != setting.values[key]
     ]
 
 
