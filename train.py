@@ -80,7 +80,7 @@ from utils.errors import (
     UserError,
 )
 from utils.image import from_model_range, write_rgb
-from utils.losses import build_criterion
+from utils.losses import Criterion, build_criterion
 from utils.metrics import psnr, ssim
 from utils.protocol import protocol_report
 from utils.signals import StopRequest, catch_stop_signals, exit_code, requeue_slurm_job
@@ -537,8 +537,8 @@ def replan_schedule(
 
 
 def sync_batchnorm(
-    net: nn.Module, criterion: nn.Module, cfg: Config, info: DistInfo, device: torch.device
-) -> tuple[nn.Module, nn.Module]:
+    net: nn.Module, criterion: Criterion, cfg: Config, info: DistInfo, device: torch.device
+) -> tuple[nn.Module, Criterion]:
     """The network and the criterion (whose CR backbone's training-mode statistics are part of
     the loss) with SyncBatchNorm under DDP on GPUs (train.sync_batchnorm)."""
     parts = convert_sync_batchnorm(
@@ -554,7 +554,7 @@ def build_state(
     text_dim: int | None,
     resume: tuple[Mapping[str, Any], Path] | None,
     speed: SpeedSettings,
-) -> tuple[TrainState, nn.Module]:
+) -> tuple[TrainState, Criterion]:
     """The training state, new or continued from `resume`, and the criterion; the network
     runs with `speed`."""
     net = build_network(cfg, text_dim, speed).to(device)
@@ -638,7 +638,7 @@ class RunSetup:
     info: DistInfo
     device: torch.device
     model: nn.Module  # the network as it trains (see parallel_model)
-    criterion: nn.Module
+    criterion: Criterion
     loaders: Loaders
     generator: torch.Generator  # shuffles the training split without DDP
     buffers: BufferSnapshot
@@ -715,9 +715,9 @@ def agree(setup: RunSetup, state: TrainState, loss: torch.Tensor) -> Agreed:
 
 def training_step(
     setup: RunSetup, state: TrainState, batch: dict
-) -> tuple[torch.Tensor | None, Agreed]:
-    """One optimiser step on `batch`; returns its loss (None if it was not finite) and what the
-    ranks agreed to do after it."""
+) -> tuple[dict[str, torch.Tensor] | None, Agreed]:
+    """One optimiser step on `batch`; returns its loss and each term of it ({"loss": total,
+    name: value}, None if the loss was not finite) and what the ranks agreed to do after it."""
     device = setup.device
     hazy = batch["hazy"].to(device, non_blocking=True)
     gt = batch["gt"].to(device, non_blocking=True)
@@ -725,7 +725,8 @@ def training_step(
     setup.buffers.take()
     amp = setup.cfg.precision.train if device.type == "cuda" else "none"  # CPU trains in fp32
     with autocast(device, amp):
-        loss = setup.criterion(setup.model(hazy, text), gt, hazy)
+        terms = setup.criterion.values(setup.model(hazy, text), gt, hazy)
+        loss = setup.criterion.total(terms)
     agreed = agree(setup, state, loss)
     if agreed.nonfinite:
         nonfinite_step(setup, state, loss)
@@ -735,7 +736,7 @@ def training_step(
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.global_step += 1
-    return loss, agreed
+    return {"loss": loss, **terms}, agreed
 
 
 def train_epoch(setup: RunSetup, state: TrainState) -> None:
@@ -759,12 +760,14 @@ def train_epoch(setup: RunSetup, state: TrainState) -> None:
     )
     for batch in bar:
         setup.loaders.workers.took(state.step, batch)
-        loss, agreed = training_step(setup, state, batch)
+        losses, agreed = training_step(setup, state, batch)
         state.step += 1
-        if loss is not None and writer is not None:
-            lr, value = state.optimizer.param_groups[0]["lr"], loss.item()
+        if losses is not None and writer is not None:
+            lr, value = state.optimizer.param_groups[0]["lr"], losses["loss"].item()
             bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
-            writer.add_scalar("train/loss", value, state.global_step)
+            for name, term in losses.items():  # train/loss, then train/loss_<term>
+                tag = "train/loss" if name == "loss" else f"train/loss_{name}"
+                writer.add_scalar(tag, term.item(), state.global_step)
             writer.add_scalar("train/lr", lr, state.global_step)
         if agreed.stop_signal or agreed.checkpoint_due:
             save_last(setup, state, state.epoch, state.step)

@@ -43,6 +43,10 @@ def test_train_writes_checkpoints_config_and_events(trained):
     assert {"train/loss", "train/lr", "val/psnr", "val/ssim"} <= set(tags["scalars"])
     assert len(events.Scalars("val/psnr")) == 2
     assert len(events.Scalars("train/loss")) == 4  # 8 images / batch 4, 2 epochs
+    # Each loss term (the quickstart's L1 alone, weight 1): its value at every step.
+    assert "train/loss_cr" not in tags["scalars"]
+    l1, total = events.Scalars("train/loss_l1"), events.Scalars("train/loss")
+    assert [e.value for e in l1] == [e.value for e in total]
     assert tags["images"], "no hazy|output|GT triplets logged"
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from utils.config import load_config
+from utils.losses import LOSS_TERMS
 from utils.protocol import (
     DEHAZEFORMER_SETTINGS,
     PUBLISHED_SETTINGS,
@@ -120,3 +121,10 @@ def test_oracle_domains_a_warm_start_and_a_loss_weight_are_named():
         "  clip.domain_source=labels (paper: clip)",
         "  loss.cr_weight=0.2 (paper: 0.1)",
     ]
+
+
+@pytest.mark.parametrize("term", list(LOSS_TERMS))
+def test_every_loss_weight_is_in_the_protocol_report(term):
+    key = f"loss.{LOSS_TERMS[term].weight_key}"
+    report = protocol_report(load_config(CONFIGS / "reside6k/mixcl-s.yaml", [f"{key}=0.75"]))
+    assert f"  {key}=0.75 (paper: " in report.splitlines()[1]

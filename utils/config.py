@@ -138,6 +138,7 @@ KEY_ROLES: dict[str, Role] = {
     "train.checkpoint_every_minutes": RUN,
     "train.keep_checkpoints": RUN,
     "train.requeue": RUN,
+    "loss.l1_weight": PROTOCOL,
     "loss.cr_weight": PROTOCOL,
     "loss.resnet_weights": INPUT,
     "loss.resnet_imagenet_norm": PROTOCOL,
@@ -280,8 +281,10 @@ class SpeedConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """L1 + cr_weight * contrastive regularisation over frozen ResNet-152 features."""
+    """The training loss: each term's weight (utils/losses.LOSS_TERMS; a term of weight 0 is never
+    built), L1 + 0.1 x contrastive regularisation over frozen ResNet-152 features by default."""
 
+    l1_weight: float = 1.0
     cr_weight: float = 0.1  # 0: L1 only, the ResNet is never built
     resnet_weights: str | None = None  # local ImageNet ResNet-152 file; None: torchvision's
     resnet_imagenet_norm: bool = False  # upstream feeds [-1, 1] images to ResNet unnormalised

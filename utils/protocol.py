@@ -57,6 +57,7 @@ _AUTHORS_TRAIN_PY: dict[str, Any] = {
     "train.weight_decay": 0.01,
     "train.eval_freq": 1,
     "train.sync_batchnorm": True,
+    "loss.l1_weight": 1.0,
     "loss.cr_weight": 0.1,
     "loss.resnet_imagenet_norm": False,
     "loss.resnet_batchnorm": "batch",
