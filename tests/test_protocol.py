@@ -49,8 +49,8 @@ def test_the_shipped_dataset_configs_are_the_published_settings(config, dataset)
             "reside6k/ablations/prompt-grammatical.yaml",
             [],
             [
-                "clip.domains=[indoors, outdoors] (paper: [indoor, outdoor])",
-                "clip.template=a photo taken {} (paper: a photo of a {})",
+                "clip.prompts=[{domain: indoor, texts: [a photo taken indoors]}, "
+                "{domain: outdoor, texts: [a photo taken outdoors]}] (paper: [])"
             ],
         ),
         (

@@ -21,7 +21,8 @@ import yaml
 from models.registry import FUSION_MODES, MODEL_NAMES, SPEED_OPTIONS, default_fusion
 from utils.errors import ConfigError
 
-# The paper's prompts ("a photo of a indoor" / "a photo of a outdoor", grammar as upstream).
+# The domain ids (labels files, caches, reports) and the paper's prompt wording for a domain
+# without prompts of its own: "a photo of a indoor" / "a photo of a outdoor", grammar as upstream.
 DEFAULT_DOMAINS = ("indoor", "outdoor")
 DEFAULT_TEMPLATE = "a photo of a {}"
 # The text feature of an image from its domain probabilities: the most probable domain's prompt
@@ -116,6 +117,7 @@ KEY_ROLES: dict[str, Role] = {
     "clip.pretrained": INPUT,  # a local file of OpenAI's weights is as good as the tag
     "clip.domains": PROTOCOL,
     "clip.template": PROTOCOL,
+    "clip.prompts": PROTOCOL,
     "clip.mode": TEXT_FEATURES,
     "clip.domain_source": PROTOCOL,
     "clip.precision": TEXT_FEATURES,
@@ -220,13 +222,23 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class DomainPrompts:
+    """The wording of one domain's prompts: the domain's text embedding is their CLIP embeddings'
+    mean, re-normalised (one prompt: its embedding, as upstream)."""
+
+    domain: str  # one of clip.domains
+    texts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ClipConfig:
     """The frozen CLIP that classifies every hazy image into a domain, zero-shot."""
 
     arch: str = "ViT-B-32"
     pretrained: str | None = "openai"  # open_clip tag, a local weights file, or null (random)
-    domains: tuple[str, ...] = DEFAULT_DOMAINS
-    template: str = DEFAULT_TEMPLATE
+    domains: tuple[str, ...] = DEFAULT_DOMAINS  # ids, as in domains.csv, caches and reports
+    template: str = DEFAULT_TEMPLATE  # the prompt of a domain without an entry in `prompts`
+    prompts: tuple[DomainPrompts, ...] = ()  # per domain id, its own prompts
     mode: Literal[TEXT_FEATURE_MODES] = "hard"
     # "labels": each image's domain from <split folder>/domains.csv instead of CLIP's guess
     # (oracle domains; the text feature is that domain's prompt embedding, `mode` does not apply).

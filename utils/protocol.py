@@ -48,6 +48,7 @@ _AUTHORS_TRAIN_PY: dict[str, Any] = {
     "clip.arch": "ViT-B-32",
     "clip.domains": list(DEFAULT_DOMAINS),
     "clip.template": DEFAULT_TEMPLATE,
+    "clip.prompts": [],
     "clip.mode": "hard",
     "clip.domain_source": "clip",
     "clip.precision": "auto",
@@ -172,6 +173,8 @@ def _show(value: Any) -> str:
         return "null"
     if isinstance(value, list):
         return "[" + ", ".join(map(_show, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
     return str(value)
 
 
