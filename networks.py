@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import build_model, load_pretrained
-from models.mixdehazenet import EMBED_DIMS
-from models.registry import speed_options
+from models.registry import speed_options, split_name
 from utils.autotune import StepMaker, Tuning
 from utils.checkpoint import is_project_checkpoint, read_file
 from utils.clip_domains import check_arch, embedding_width
@@ -51,9 +50,10 @@ def build_network(cfg: Config, text_dim: int | None, speed: SpeedSettings) -> nn
     if cfg.model.fusion is not None:
         overrides["fusion"] = cfg.model.fusion
     if cfg.model.depths is not None:
-        if len(cfg.model.depths) != len(EMBED_DIMS):
+        stages = split_name(cfg.model.name)[0].stages
+        if len(cfg.model.depths) != stages:
             raise ConfigError(
-                f"model.depths: one number of blocks per stage, {len(EMBED_DIMS)} in all, "
+                f"model.depths: one number of blocks per stage, {stages} in all, "
                 f"got {list(cfg.model.depths)}"
             )
         overrides["depths"] = cfg.model.depths
@@ -65,8 +65,9 @@ def build_network(cfg: Config, text_dim: int | None, speed: SpeedSettings) -> nn
 def load_weights(net: nn.Module, weights: Mapping, source: str | Path, model_name: str) -> None:
     """Load `weights`, read from the file `source`, into `net` (a `model_name`); weights that do
     not fit are a CheckpointError naming the file and the keys."""
+    input_weight = split_name(model_name)[0].input_weight
     try:
-        load_pretrained(net, weights)
+        load_pretrained(net, weights, input_weight)
     except ValueError as e:
         raise CheckpointError(f"{source} does not fit {model_name}: {e}") from e
 

@@ -129,7 +129,7 @@ def _dehazeformer_setting(size: str, batch_size: int, lr: float) -> PublishedSet
 
 # Dataset -> DehazeFormer size -> its authors' setting (RESIDE-6K only: the comparison of
 # interest; their RESIDE-IN/OUT settings are not reproduced here).
-DEHAZEFORMER_SETTINGS: dict[str, dict[str, PublishedSetting]] = {
+DEHAZEFORMER_SETTINGS: dict[str, dict[str | None, PublishedSetting]] = {
     "RESIDE-6K": {
         "t": _dehazeformer_setting("t", 32, 2e-4),
         "s": _dehazeformer_setting("s", 16, 1e-4),
@@ -150,20 +150,28 @@ def _dataset(data_root: str) -> str | None:
     return next((name for name in PUBLISHED_SETTINGS if _normalised(name) == folder), None)
 
 
+# Backbone.published (models/registry.py) -> dataset -> model size -> the setting a run compares
+# with; the size None stands for every size of the backbone (MixCLDehazeNet-S's setting is the
+# reference of every MixDehazeNet variant).
+PUBLISHED: dict[str, dict[str, dict[str | None, PublishedSetting]]] = {
+    "mixcldehazenet": {dataset: {None: s} for dataset, s in PUBLISHED_SETTINGS.items()},
+    "dehazeformer": DEHAZEFORMER_SETTINGS,
+}
+
+
 def published_setting(
     data_root: str, model_name: str = "mixcl-s"
 ) -> tuple[str, PublishedSetting] | None:
     """The dataset name and the published setting that a run on `data.root` with `model_name`
-    compares with, if any: MixCLDehazeNet's for MixDehazeNet models, DehazeFormer's (of the same
-    size) for DehazeFormer models, with or without CLIP guidance."""
+    compares with, if any: the one its backbone's registry entry names (with or without CLIP
+    guidance), of its size or of every size."""
     dataset = _dataset(data_root)
-    if dataset is None:
-        return None
     backbone, size, _ = split_name(model_name)
-    if backbone.plain == "dehazeformer":
-        setting = DEHAZEFORMER_SETTINGS.get(dataset, {}).get(size)
-        return None if setting is None else (dataset, setting)
-    return dataset, PUBLISHED_SETTINGS[dataset]
+    if dataset is None or backbone.published is None:
+        return None
+    sizes = PUBLISHED[backbone.published].get(dataset, {})
+    setting = sizes.get(size, sizes.get(None))
+    return None if setting is None else (dataset, setting)
 
 
 def _show(value: Any) -> str:
