@@ -263,9 +263,9 @@ def main(argv: list[str] | None = None) -> dict:
     root, split = data_to_test(args, cfg)
     out_dir = results_dir(args, root, split, changes)
     metrics = metrics_to_compute(args, root / split)
-    clear_results(out_dir, args.overwrite)
     device = pick_device()
-    scorers = load_metrics(metrics, args.metric_weights, device)
+    scorers = load_metrics(metrics, args.metric_weights, device)  # a missing file fails here
+    clear_results(out_dir, args.overwrite)
     run_net = inference_network(net, cfg, device)
     dataset, domains, true_domains = open_test_split(cfg, root, split, device)
     loader = DataLoader(dataset, batch_size=1, num_workers=min(4, cfg.data.num_workers))

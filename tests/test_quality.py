@@ -176,14 +176,18 @@ def test_a_missing_library_is_one_line_saying_what_to_install(monkeypatch):
         load_metric("fade", None, torch.device("cpu"))
 
 
-def test_test_py_checks_every_metric_before_the_first_image(trained, tmp_path, monkeypatch):
+def test_a_missing_weight_file_stops_test_py_before_it_replaces_earlier_results(
+    trained, tmp_path, monkeypatch
+):
     needs("lpips")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     out = tmp_path / "result"
+    out.mkdir()
+    (out / "per_image.csv").write_text("earlier results\n")
+    args = ["--ckpt", str(trained / "best.pth"), "--out", str(out), "--overwrite"]
     with pytest.raises(WeightsError, match=ALEXNET.name):
-        evaluate.main(["--ckpt", str(trained / "best.pth"), "--out", str(out), "--metrics",
-                       "psnr,lpips"])  # fmt: skip
-    assert not (out / "per_image.csv").exists()
+        evaluate.main([*args, "--metrics", "psnr,lpips"])
+    assert (out / "per_image.csv").read_text() == "earlier results\n"
 
 
 def test_piqe_from_pyiqa_needs_no_file_and_scores_as_pyiqa_does(tmp_path):
