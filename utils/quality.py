@@ -107,8 +107,9 @@ def _hwc(image: torch.Tensor) -> np.ndarray:
 
 
 def _uint8(image: torch.Tensor) -> np.ndarray:
-    """(1, 3, H, W) in [0, 1] -> (H, W, 3) uint8, rounded as the saved PNG is."""
-    return np.round(np.clip(_hwc(image), 0, 1) * 255).astype(np.uint8)
+    """(1, 3, H, W) in [0, 1] -> (H, W, 3) uint8, rounded as the saved PNG is, laid out as a
+    decoded file is (C order, whatever the strides of the network's output)."""
+    return np.ascontiguousarray(np.round(np.clip(_hwc(image), 0, 1) * 255).astype(np.uint8))
 
 
 def _own(fn: Callable) -> Callable[[list[Path], torch.device], Scorer]:
@@ -149,7 +150,13 @@ def _lpips(paths: list[Path], device: torch.device) -> Scorer:
     except (KeyError, RuntimeError) as e:
         raise WeightsError(f"{paths[0]} is not torchvision's AlexNet weights ({e})") from None
     net = net.eval().to(device)
-    return lambda image, ref: net(image.to(device) * 2 - 1, ref.to(device) * 2 - 1).item()
+
+    def score(image: torch.Tensor, ref: torch.Tensor | None) -> float:
+        # lpips' own conversion of the 8-bit values to [-1, 1] (its layout too: the float32
+        # sums of a channels-last input differ in the last bits)
+        return net(*(lpips.im2tensor(_uint8(x)).to(device) for x in (image, ref))).item()
+
+    return score
 
 
 def _pyiqa(name: str, path_arg: str | None = None) -> Callable[[list[Path], torch.device], Scorer]:
