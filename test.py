@@ -221,10 +221,9 @@ def print_summary(summary: dict, title: str, out_dir: Path) -> None:
     print(f"results in {out_dir}")
 
 
-def metrics_to_compute(args: argparse.Namespace, split_dir: Path) -> list[str]:
+def metrics_to_compute(args: argparse.Namespace, split_dir: Path, has_gt: bool) -> list[str]:
     """--metrics, or the defaults for the split; a metric that needs ground truth on a split
     without a GT folder is refused."""
-    has_gt = (split_dir / "GT").is_dir()
     metrics = args.metrics or default_metrics(has_gt)
     need_gt = [m for m in metrics if METRICS[m].needs_gt]
     if need_gt and not has_gt:
@@ -237,12 +236,11 @@ def metrics_to_compute(args: argparse.Namespace, split_dir: Path) -> list[str]:
 
 
 def open_test_split(
-    cfg: Config, root: Path, split: str, device: torch.device
+    cfg: Config, root: Path, split: str, device: torch.device, has_gt: bool
 ) -> tuple[PairedDataset, dict[str, str], dict[str, str]]:
-    """The split (hazy images only where it has no GT folder) with its CLIP text features (if
+    """The split (hazy images only, without ground truth) with its CLIP text features (if
     the network takes them), CLIP's domain of each image, and the true domains of the split's
     labels file (empty without one)."""
-    has_gt = (root / split / "GT").is_dir()
     dataset, domains = PairedDataset(root, split, "test", ground_truth=has_gt), {}
     if cfg.model.needs_text:
         features, cache = split_text_features(cfg.clip, root / split, dataset.names, str(device))
@@ -262,12 +260,13 @@ def main(argv: list[str] | None = None) -> dict:
     net, cfg, changes = model_from_checkpoint(args.ckpt, args.model, args.config, args.overrides)
     root, split = data_to_test(args, cfg)
     out_dir = results_dir(args, root, split, changes)
-    metrics = metrics_to_compute(args, root / split)
+    has_gt = (root / split / "GT").is_dir()  # no GT folder: real haze, no-reference metrics
+    metrics = metrics_to_compute(args, root / split, has_gt)
     device = pick_device()
     scorers = load_metrics(metrics, args.metric_weights, device)  # a missing file fails here
     clear_results(out_dir, args.overwrite)
     run_net = inference_network(net, cfg, device)
-    dataset, domains, true_domains = open_test_split(cfg, root, split, device)
+    dataset, domains, true_domains = open_test_split(cfg, root, split, device, has_gt)
     loader = DataLoader(dataset, batch_size=1, num_workers=min(4, cfg.data.num_workers))
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -221,7 +221,7 @@ METRICS: dict[str, Metric] = {
                meaning="distance from natural-image statistics",
                files=(_pyiqa_file("niqe_modelparameters.mat"),)),
         Metric("piqe", "PIQE", True, False, **_PYIQA, build=_pyiqa("piqe"), digits=2,
-               meaning="block-wise distortion (needs no weights)"),
+               meaning="block-wise distortion"),
         Metric("nima", "NIMA", False, False, **_PYIQA, build=_pyiqa("nima", _PATH), digits=3,
                meaning="predicted aesthetic rating, 1-10 (AVA)",
                files=(_pyiqa_file("NIMA_InceptionV2_ava-b0c77c00.pth"), INCEPTION_RESNET_V2)),
