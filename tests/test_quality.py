@@ -209,3 +209,17 @@ def test_the_evaluation_page_shows_every_metric_with_its_meaning_and_direction()
         assert len(rows) == 1, m.name
         cells = [c.strip() for c in rows[0].split("|")[1:-1]]
         assert cells[1:4] == [m.meaning, m.better, "yes" if m.needs_gt else "no"], m.name
+
+
+def test_the_metrics_bench_times_what_loads_and_says_why_the_rest_is_not_timed(
+    tmp_path, monkeypatch
+):
+    bench = importlib.import_module("bench.bench_metrics")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    argv = ["--metrics", "psnr,brisque", "--size", "32", "--repeats", "1"]
+    payload = bench.main([*argv, "--json", str(tmp_path / "m.json")])
+    psnr, brisque = payload["results"]
+    assert psnr["metric"] == "psnr" and psnr["median_s"] > 0
+    assert "brisque" in brisque["skipped"] and "median_s" not in brisque
+    assert payload["network"]["median_s"] > 0
+    assert json.loads((tmp_path / "m.json").read_text())["results"] == payload["results"]
