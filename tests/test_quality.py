@@ -190,12 +190,19 @@ def test_a_missing_weight_file_stops_test_py_before_it_replaces_earlier_results(
     assert (out / "per_image.csv").read_text() == "earlier results\n"
 
 
-def test_piqe_from_pyiqa_needs_no_file_and_scores_as_pyiqa_does(tmp_path):
+def test_piqe_from_pyiqa_needs_no_file_stays_offline_and_scores_as_pyiqa_does(
+    tmp_path, monkeypatch
+):
     needs("pyiqa")
     import pyiqa
+    from huggingface_hub import constants
 
+    for switch in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(switch, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as read at import, unset
     names = hazy_photos(tmp_path)
     mine = load_metric("piqe", None, torch.device("cpu"))
+    assert constants.is_offline_mode() and os.environ["TRANSFORMERS_OFFLINE"] == "1"
     theirs = pyiqa.create_metric("piqe", device="cpu")
     for name in names:
         image = torch.from_numpy(read_rgb(tmp_path / name)).permute(2, 0, 1)[None] / 255.0

@@ -159,12 +159,22 @@ def _lpips(paths: list[Path], device: torch.device) -> Scorer:
     return score
 
 
+def _stay_offline() -> None:
+    """The Hugging Face libraries under pyiqa look nothing up online, unless the user set their
+    switches otherwise; huggingface_hub reads its switch at import (open_clip may have imported
+    it already), so it is set there too."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = os.environ["HF_HUB_OFFLINE"].upper() in ("1", "ON", "YES", "TRUE")
+
+
 def _pyiqa(name: str, path_arg: str | None = None) -> Callable[[list[Path], torch.device], Scorer]:
     """A pyiqa metric, its first weight file passed by path (pyiqa then downloads nothing)."""
 
     def build(paths: list[Path], device: torch.device) -> Scorer:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        _stay_offline()
         import pyiqa
 
         kwargs = {path_arg: str(paths[0])} if path_arg else {}
