@@ -44,11 +44,15 @@ def test_a_loss_term_of_the_recipe_joins_the_weighted_sum():
 
 
 def test_a_metric_of_the_recipe_gives_one_value_per_image():
-    mae = recipe("metric")["mae"]
+    names = recipe("metric")
     a, b = torch.rand(2, 3, 9, 7), torch.rand(2, 3, 9, 7)
-    value = mae(a, b)
+    value = names["mae"](a, b)
     assert value.shape == (2,)
     assert torch.allclose(value.float(), (a - b).abs().mean(dim=(1, 2, 3)))
+    entry = names["MAE"]
+    assert (entry.name, entry.better, entry.needs_gt) == ("mae", "lower", True)
+    score = entry.build([], torch.device("cpu"))
+    assert score(a[:1], b[:1]) == pytest.approx(value[0].item())
 
 
 def test_a_linked_dataset_layout_loads_its_pairs(tmp_path):
