@@ -115,7 +115,7 @@ def precisions(device: torch.device) -> tuple[str, ...]:
     return ("none", "bf16") if cpu_has_native_bf16() else ("none",)
 
 
-def set_in(cfg: Config) -> dict[str, bool | str]:
+def _set_in(cfg: Config) -> dict[str, bool | str]:
     """The speed settings `cfg` fixes (true/false, a precision): those never measured."""
     chosen = dataclasses.asdict(cfg.speed)
     return {k: v for k, v in chosen.items() if k in SPEED_KEYS and v != "auto"}
@@ -124,7 +124,7 @@ def set_in(cfg: Config) -> dict[str, bool | str]:
 def table_speed(cfg: Config, kind: str) -> SpeedSettings:
     """The configured speed keys, each `auto` one replaced by the default of the device kind
     `kind` (a row of DEVICE_SPEED)."""
-    return dataclasses.replace(DEVICE_SPEED[kind], **set_in(cfg))
+    return dataclasses.replace(DEVICE_SPEED[kind], **_set_in(cfg))
 
 
 def speed_for(
@@ -137,7 +137,7 @@ def speed_for(
     table = table_speed(cfg, device_kind(device))
     if probe is None:
         return table, None
-    fixed = set_in(cfg)
+    fixed = _set_in(cfg)
     auto = [
         k
         for k in PHASE_OPTIONS[phase]
