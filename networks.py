@@ -23,16 +23,15 @@ from utils.config import (
     EVALUATION_KEYS,
     Config,
     Precision,
-    SpeedSettings,
     config_changes,
     config_from_checkpoint,
     load_config,
     override_config,
     refuse_changes,
-    with_speed,
 )
-from utils.devices import Phase, autocast, speed_on, tuned_speed
+from utils.devices import autocast
 from utils.errors import CheckpointError, ConfigError
+from utils.speed import Phase, Probe, SpeedSettings, speed_for, with_speed
 
 
 def check_names(cfg: Config) -> None:
@@ -115,7 +114,7 @@ def model_from_checkpoint(
         check_names(cfg)
         text_dim = embedding_width(cfg.clip.arch) if cfg.model.needs_text else None
     device = pick_device()
-    table = speed_on(cfg, device)
+    table, _ = speed_for(cfg, device, phase)
     net = build_network(cfg, text_dim, table)
     load_weights(net, obj, ckpt_path, cfg.model.name)  # weights that do not fit: before measuring
     speed, _ = tune_speed(cfg, text_dim, device, phase, 1, cfg.data.patch_size)
@@ -132,7 +131,7 @@ def inference_network(
     """`net` on `device` in eval mode, compiled if configured, run under autocast with
     `precision` (default: precision.eval); its outputs are fp32 whatever it computes in."""
     net = net.to(device).eval()
-    model = torch.compile(net) if speed_on(cfg, device).compile else net
+    model = torch.compile(net) if speed_for(cfg, device, "test")[0].compile else net
     amp = cfg.precision.eval if precision is None else precision
 
     def run(hazy: torch.Tensor, text_feature: torch.Tensor | None) -> torch.Tensor:
@@ -148,7 +147,7 @@ def speed_probe(
     """Steps of `phase` on random `batch`x3x`side`x`side` images, for a setting of some speed
     keys: a training step is forward, L1 loss and backward (the optimiser's step does not
     depend on them), an inference step a forward pass without autograd."""
-    base = speed_on(cfg, device)
+    base, _ = speed_for(cfg, device, phase)
     gen = torch.Generator().manual_seed(0)
     hazy = (torch.rand(batch, 3, side, side, generator=gen) * 2 - 1).to(device)
     text = torch.randn(batch, 1, text_dim, generator=gen).to(device) if text_dim else None
@@ -183,7 +182,7 @@ def tune_speed(
     side: int,
 ) -> tuple[SpeedSettings, Tuning | None]:
     """The speed settings of `phase` on `device` for `batch` images of `side` pixels squared,
-    measured where `auto` (utils.devices.tuned_speed); the measurement, if any. Inference is
+    measured where `auto` (utils.speed.speed_for); the measurement, if any. Inference is
     measured on one image of the patch size: its time grows linearly in pixels."""
     m = cfg.model
     workload = {
@@ -196,7 +195,7 @@ def tune_speed(
         "precision": cfg.precision.train if phase == "train" else cfg.precision.eval,
     }
     probe = speed_probe(cfg, text_dim, device, batch, side, phase)
-    return tuned_speed(cfg, device, phase, speed_options(m.name), workload, probe)
+    return speed_for(cfg, device, phase, Probe(speed_options(m.name), workload, probe))
 
 
 def pick_device() -> torch.device:

@@ -26,7 +26,6 @@ from models.registry import memory_scale
 from networks import inference_network, model_from_checkpoint, pick_device
 from utils.cli import positive_int, run
 from utils.clip_domains import classify, load_classifier, text_features
-from utils.devices import speed_on
 from utils.errors import OutputError, OutputExistsError, UserError
 from utils.image import (
     from_model_range,
@@ -37,6 +36,7 @@ from utils.image import (
     write_rgb,
 )
 from utils.memory import available_memory
+from utils.speed import speed_for
 
 # Peak memory of a full-resolution forward pass grows linearly with the pixel count; per
 # (device type, precision), MixDehazeNet's bytes per input pixel that bench/bench_inference.py
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         args.ckpt, args.model, args.config, args.overrides, phase="predict"
     )
     device = pick_device()
-    precision = speed_on(cfg, device).predict_precision
+    precision = speed_for(cfg, device, "predict")[0].predict_precision
     run_net = inference_network(net, cfg, device, precision)
 
     clip = load_classifier(cfg.clip, str(device)) if cfg.model.needs_text else None

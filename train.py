@@ -55,7 +55,7 @@ from training_run import (
 from utils.checkpoint import read_file
 from utils.cli import positive_int, run
 from utils.clip_domains import embedding_width, split_text_features
-from utils.config import Config, SpeedSettings, dump_config, load_config
+from utils.config import Config, dump_config, load_config
 from utils.devices import autocast
 from utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from utils.errors import ConfigError, DataError
@@ -63,6 +63,7 @@ from utils.image import from_model_range, write_rgb
 from utils.losses import Criterion, build_criterion
 from utils.metrics import psnr, ssim
 from utils.signals import catch_stop_signals
+from utils.speed import SpeedSettings
 
 DEFAULT_CONFIG = "configs/reside6k/mixcl-s.yaml"
 

@@ -45,18 +45,17 @@ from utils.checkpoint import (
 from utils.config import (
     RESUME_KEYS,
     Config,
-    SpeedSettings,
     config_from_checkpoint,
     config_to_dict,
     dump_config,
     refuse_changes,
-    with_speed,
 )
 from utils.distributed import DistInfo, all_reduce_max, barrier, convert_sync_batchnorm
 from utils.errors import CheckpointError, ConfigError, OutputError, OutputExistsError, UserError
 from utils.losses import Criterion
 from utils.protocol import protocol_report
 from utils.signals import StopRequest, exit_code, requeue_slurm_job
+from utils.speed import SpeedSettings, with_speed
 
 STREAMS_PER_SEED = 1_000_000  # more than any run's epochs or processes
 

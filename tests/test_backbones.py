@@ -12,8 +12,9 @@ import torch
 
 from models.registry import BACKBONES, SPEED_OPTIONS, Backbone
 from networks import build_network, load_weights
-from utils.config import DEVICE_SPEED, ConfigError, load_config
+from utils.config import ConfigError, load_config
 from utils.protocol import PUBLISHED, protocol_report
+from utils.speed import DEVICE_SPEED
 
 from .helpers import FP32_TOL, TEXT_DIM, image, randomize, text
 

@@ -17,8 +17,9 @@ from models import build_model
 from models.registry import MODEL_NAMES, speed_options
 from networks import build_network
 from utils.checkpoint import load_checkpoint
-from utils.config import DEVICE_SPEED, load_config
+from utils.config import load_config
 from utils.image import from_model_range, read_rgb, to_model_range, uint8_to_tensor, write_rgb
+from utils.speed import DEVICE_SPEED
 
 from .helpers import REPO, image, load_entry, randomize, text, train_args
 

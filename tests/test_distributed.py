@@ -17,9 +17,9 @@ import training_run
 from datasets.synthetic import make_synthetic_dataset
 from networks import build_network
 from utils.config import load_config
-from utils.devices import speed_on
 from utils.distributed import DistInfo
 from utils.losses import ContrastiveLoss, resnet_slices
+from utils.speed import speed_for
 
 from .helpers import REPO, load_entry
 
@@ -43,7 +43,7 @@ def _validation(root: Path, info: DistInfo) -> tuple[float, float, list[str]]:
     loader = training_run.make_loaders(cfg, info, *train.open_splits(cfg), torch.Generator()).val
     names = [name for batch in loader for name in batch["name"]]
     torch.manual_seed(0)
-    net = build_network(cfg, None, speed_on(cfg, torch.device("cpu")))
+    net = build_network(cfg, None, speed_for(cfg, torch.device("cpu"), "train")[0])
     model = nn.parallel.DistributedDataParallel(net) if info.enabled else net
     psnr, ssim, _ = train.validate(model, loader, torch.device("cpu"), cfg, info)
     return psnr, ssim, names
@@ -80,7 +80,7 @@ def _batchnorm_kinds(module: nn.Module) -> set[type]:
 
 
 def _net_and_cr(cfg):
-    return build_network(cfg, 32, speed_on(cfg, torch.device("cpu"))), ContrastiveLoss(
+    return build_network(cfg, 32, speed_for(cfg, torch.device("cpu"), "train")[0]), ContrastiveLoss(
         resnet_slices(torchvision.models.resnet18())
     )
 

@@ -14,8 +14,8 @@ from datasets import paired
 from networks import build_network
 from utils.checkpoint import load_checkpoint
 from utils.config import load_config
-from utils.devices import speed_on
 from utils.distributed import DistInfo
+from utils.speed import speed_for
 
 from .helpers import REPO, load_entry, train_args
 
@@ -36,7 +36,7 @@ def test_validation_runs_in_the_eval_precision_not_the_training_one(data_root):
             cfg, DistInfo(), *train.open_splits(cfg), torch.Generator()
         ).val
         torch.manual_seed(0)
-        net = build_network(cfg, None, speed_on(cfg, torch.device("cpu")))
+        net = build_network(cfg, None, speed_for(cfg, torch.device("cpu"), "train")[0])
         return train.validate(net, loader, torch.device("cpu"), cfg, DistInfo())[0]
 
     fp32 = validation_psnr("precision.train=bf16", "precision.eval=none")

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from models.registry import FUSION_MODES, MODEL_NAMES, SPEED_OPTIONS, default_fusion
+from models.registry import FUSION_MODES, MODEL_NAMES, default_fusion
 from utils.errors import ConfigError
 
 # The domain ids (labels files, caches, reports) and the paper's prompt wording for a domain
@@ -55,8 +55,10 @@ NULL_MEANS_AUTO = (
     "speed.strips",
     "speed.fused_dwconv",
     "speed.compile",
-    "precision.predict",
+    "speed.predict_precision",
 )
+# Former names still read, from YAML files, overrides and checkpoints: {old key: its name now}.
+ALIASES = {"precision.predict": "speed.predict_precision"}
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,6 @@ KEY_ROLES: dict[str, Role] = {
     "loss.resnet_batchnorm": PROTOCOL,
     "precision.train": PROTOCOL,
     "precision.eval": EVALUATION,
-    "precision.predict": SPEED,
     "speed": SPEED,
 }
 
@@ -280,13 +281,15 @@ class SpeedConfig:
     """Options that change speed, never the numbers beyond float tolerance (docs/PERFORMANCE.md).
 
     auto (the default): measured on the machine in use at first use and cached (utils/autotune.py),
-    or with autotune=false the device's defaults (DEVICE_SPEED); true/false is never measured.
+    or with autotune=false the device's defaults (DEVICE_SPEED); a set value is never measured.
+    utils/speed.py decides them.
     """
 
     channels_last: Auto | bool = "auto"  # NHWC activations
     strips: Auto | bool = "auto"  # inference: wide intermediates a few rows at a time (less memory)
     fused_dwconv: Auto | bool = "auto"  # the three depthwise convs as one grouped conv
     compile: Auto | bool = "auto"  # torch.compile the network (auto: DEVICE_SPEED, never measured)
+    predict_precision: Auto | Precision = "auto"  # predict.py's autocast (was precision.predict)
     autotune: bool = True  # false: every auto key takes the device's default (DEVICE_SPEED)
     cache_dir: str = "cache/speed"  # the measured choices, one small JSON file per workload
 
@@ -307,11 +310,11 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class PrecisionConfig:
-    """Autocast precision of each phase; 'none' is fp32. fp16 exists on CUDA only."""
+    """Autocast precision of training and evaluation; 'none' is fp32. fp16 exists on CUDA only.
+    predict.py's is a speed setting, speed.predict_precision."""
 
     train: Precision = "fp16"  # training forward and loss (CUDA; CPU always trains in fp32)
     eval: Precision = "none"  # validation and test.py (the protocol evaluates in fp32)
-    predict: Auto | Precision = "auto"  # predict.py; auto: measured, as speed.* (SpeedConfig)
 
 
 @dataclass(frozen=True)
@@ -335,81 +338,6 @@ class Config:
         if self.train.seed == TrainConfig.seed:
             return Path(self.output_dir) / self.exp_name
         return Path(self.output_dir) / f"{self.exp_name}-seed{self.train.seed}"
-
-
-@dataclass(frozen=True)
-class SpeedSettings:
-    """What runs on one device: the `speed.*` keys and predict.py's precision, none left auto."""
-
-    channels_last: bool
-    strips: bool
-    fused_dwconv: bool
-    compile: bool
-    predict_precision: Precision
-
-    def network_args(self) -> dict[str, bool]:
-        """The network arguments among these settings (a backbone takes those its registry
-        entry names)."""
-        return {k: getattr(self, k) for k in SPEED_OPTIONS}
-
-
-# The speed defaults of each kind of device, chosen by measurement on one machine
-# (docs/PERFORMANCE.md): what an `auto` key takes where nothing is measured (speed.autotune=false,
-# and speed.compile always).
-DEVICE_SPEED: dict[str, SpeedSettings] = {
-    # A 2-core x86 CPU: channels-last made the training step 1.45x faster, strips inference
-    # 1.37x faster in 1.8x less memory; the grouped depthwise conv was within noise.
-    "cpu": SpeedSettings(
-        channels_last=True, strips=True, fused_dwconv=False, compile=False, predict_precision="none"
-    ),
-    # CPUs with native bf16 (AVX512-BF16 or AMX): bf16 autocast ran mixcl-s 1.5x faster than
-    # fp32 at 1024x1024, its outputs at 64 dB PSNR against fp32's.
-    "cpu-bf16": SpeedSettings(
-        channels_last=True, strips=True, fused_dwconv=False, compile=False, predict_precision="bf16"
-    ),
-    # Not measured yet: the values before any GPU measurement, until bench/gpu_check.sh has run.
-    "cuda": SpeedSettings(
-        channels_last=True, strips=True, fused_dwconv=False, compile=False, predict_precision="none"
-    ),
-}
-# The authors' computation, the reference every speed option is measured (bench/) and tested
-# against: three padded depthwise convs, the explicit (H*W x D) attention map, the unused text
-# branch computed, NCHW activations, whole maps in inference (MixDehazeNet arguments).
-STRAIGHTFORWARD: dict[str, bool | str] = {
-    "fused_dwconv": False,
-    "attention": "explicit",
-    "text_branch": True,
-    "channels_last": False,
-    "strips": False,
-}
-
-
-# Keys measured at first use where `auto` (utils/autotune.py); compile is never measured.
-AUTO_KEYS = ("channels_last", "strips", "fused_dwconv", "compile", "predict_precision")
-
-
-def chosen_speed(cfg: Config) -> dict[str, bool | str]:
-    """The speed settings `cfg` fixes (true/false, a precision), by SpeedSettings name."""
-    chosen = {**dataclasses.asdict(cfg.speed), "predict_precision": cfg.precision.predict}
-    return {k: v for k, v in chosen.items() if k in AUTO_KEYS and v != "auto"}
-
-
-def with_speed(cfg: Config, settings: SpeedSettings, predict: bool = True) -> Config:
-    """`cfg` with the speed keys set to `settings`, no `auto` left: how a run ran (config.yaml).
-    `predict`: precision.predict too (a training run leaves it to predict.py)."""
-    keys = ("channels_last", "strips", "fused_dwconv", "compile")
-    speed = {k: getattr(settings, k) for k in keys}
-    precision = cfg.precision
-    if predict:
-        precision = dataclasses.replace(precision, predict=settings.predict_precision)
-    return dataclasses.replace(
-        cfg, speed=dataclasses.replace(cfg.speed, **speed), precision=precision
-    )
-
-
-def speed_settings(cfg: Config, device_kind: str) -> SpeedSettings:
-    """The configured speed keys, each `auto` one replaced by the default of `device_kind`."""
-    return dataclasses.replace(DEVICE_SPEED[device_kind], **chosen_speed(cfg))
 
 
 # What a value of each plain type must be, as an error message says it (bool is not an int).
@@ -503,6 +431,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    data = unalias(data, str(path))
     base = data.pop("base", None)
     if base is None:
         return data
@@ -523,7 +452,22 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = yaml.safe_load(raw) if raw else ""
-    return out
+    return unalias(out, "overrides")
+
+
+def unalias(data: dict, source: str) -> dict:
+    """`data` (one file, the overrides or a checkpoint's config) with each key of ALIASES under
+    its name now; both names at once are an error naming `source`."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for old, new in ALIASES.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        if not isinstance(data.get(old_section), dict) or old_key not in data[old_section]:
+            continue
+        if new_key in data.get(new_section, {}):
+            raise ConfigError(f"{source}: {old} and {new} are one setting: keep only {new}")
+        value = data[old_section].pop(old_key)
+        data.setdefault(new_section, {})[new_key] = value
+    return data
 
 
 def config_from_dict(data: dict) -> Config:
@@ -546,7 +490,7 @@ def _null_to_auto(data: Any) -> Any:
 def config_from_checkpoint(data: dict) -> Config:
     """The config stored in a checkpoint, with keys renamed since it was written moved and keys
     added since given the values it was trained with."""
-    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    data = unalias(data, "the checkpoint's config")
     for old, new in RENAMED_KEYS.items():
         (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
         if old_key in data.get(old_section, {}):
