@@ -1,5 +1,6 @@
 """What the repository promises beside the code: how it installs, its version, its results table."""
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -63,3 +64,16 @@ def test_quickstart_row_shows_the_committed_metrics():
     assert f"{metrics['psnr']:.2f} / {metrics['ssim']:.3f}" in row
     assert f"{metrics['hazy_psnr']:.2f} / {metrics['hazy_ssim']:.3f}" in row
     assert QUICKSTART_METRICS.relative_to(REPO).as_posix() in row
+
+
+def test_the_networks_import_nothing_of_the_rest_of_the_project():
+    """models/ is a package anyone can lift out: torch, and nothing of utils/ or datasets/."""
+    imported = set()
+    for source in (REPO / "models").rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {(source.name, alias.name) for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add((source.name, node.module))
+    own = {"utils", "datasets", "train", "test", "predict", "networks", "bench"}
+    assert [(f, m) for f, m in sorted(imported) if m.split(".")[0] in own] == []
