@@ -38,14 +38,14 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from datasets.synthetic import make_synthetic_dataset
-from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS, TRAIN_PAIRS, BATCH = 4, 16, 4  # 4 steps an epoch (2 images a step on each process)
 STEPS = EPOCHS * TRAIN_PAIRS // BATCH
 INJECT_AT = 5  # the newest checkpoint's global step when the fault is injected: in epoch 2
 SCENARIOS = ("sigkill", "sigterm", "sigusr1", "corrupt")
-TIMEOUT = 300
+TIMEOUT = 600  # a launch on 2 busy cores; each wait ends as soon as its condition holds
 
 
 def train_command(data: Path, out: Path, exp: str, max_restarts: int) -> list[str]:
@@ -68,11 +68,9 @@ def launch(cmd: list[str], log: Path) -> subprocess.Popen:
 
 
 def newest_step(last: Path) -> int:
-    """The global step of last.pth, -1 while there is none (or it is being replaced)."""
-    try:
-        return load_checkpoint(last)["global_step"] if last.exists() else -1
-    except CheckpointError:
-        return -1
+    """The global step of last.pth, -1 while there is none. A path that save_atomic writes
+    names a complete, verified checkpoint at every instant, so this reads it mid-run."""
+    return load_checkpoint(last)["global_step"] if last.exists() else -1
 
 
 def wait_for_step(last: Path, step: int, proc: subprocess.Popen) -> None:
