@@ -7,7 +7,7 @@ import random
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
 from datasets.resumable import LoaderWorkers, ResumableSampler, collate_with_rng
 
@@ -84,3 +84,29 @@ def test_another_number_of_workers_is_a_warning_not_a_silent_difference():
     warning = LoaderWorkers(3).start_epoch(3, saved)
     assert warning and "data.num_workers was 2 and is 3" in warning
     assert LoaderWorkers(3).start_epoch(0, saved) is None  # a new epoch: nothing to carry
+
+
+def test_each_epoch_draws_a_new_order_under_ddp():
+    """DistributedSampler shuffles by its epoch: set_epoch must reach it, else every epoch of
+    a DDP run repeats one order (and an interrupted run would repeat it alike, unnoticed)."""
+
+    def orders(sampler) -> list[list[int]]:
+        drawn = []
+        for e in range(3):
+            sampler.set_epoch(e)
+            drawn.append(list(sampler))
+        return drawn
+
+    def distributed() -> DistributedSampler:
+        return DistributedSampler(Draws(), num_replicas=2, rank=1, shuffle=True, seed=3)
+
+    resumable = orders(ResumableSampler(distributed()))
+    assert resumable == orders(distributed())
+    assert len({tuple(order) for order in resumable}) == 3
+
+
+def test_set_epoch_leaves_a_random_sampler_to_its_generator():
+    """Without DDP the loader's generator, reseeded every epoch, makes the order."""
+    sampler = ResumableSampler(RandomSampler(Draws(), generator=torch.Generator().manual_seed(1)))
+    sampler.set_epoch(5)
+    assert sorted(sampler) == list(range(SAMPLES)) and len(sampler) == SAMPLES
