@@ -364,3 +364,20 @@ def test_no_digest_of_another_checkpoint_stays_beside_a_kept_one_written_before_
     assert load_checkpoint(tmp_path / "last.1.pth")["model"]["w"][0, 0].item() == 3.0
     assert not has_digest(tmp_path / "last.1.pth")
     assert load_checkpoint(path)["model"]["w"][0, 0].item() == 4.0 and has_digest(path)
+
+
+def test_a_checkpoint_whose_digest_went_away_while_it_was_read_is_read_again(tmp_path, monkeypatch):
+    """A kept version shifted onto one written before digests loses its digest file."""
+    path = tmp_path / "last.1.pth"
+    save_atomic(_checkpoint(1.0), path)
+    real_open = open
+
+    def open_after_the_shift(file, *args, **kwargs):
+        if Path(file) == path and has_digest(path):
+            (tmp_path / "last.1.pth.sha256").unlink()
+            torch.save(_checkpoint(2.0), tmp_path / "old.pth")
+            os.replace(tmp_path / "old.pth", path)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", open_after_the_shift)
+    assert load_checkpoint(path)["model"]["w"][0, 0].item() == 2.0

@@ -4,12 +4,15 @@ draws inside them, of the uninterrupted epoch: with and without loader workers."
 from __future__ import annotations
 
 import random
+import signal
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
 from datasets.resumable import LoaderWorkers, ResumableSampler, collate_with_rng
+from utils.signals import STOP_SIGNALS
 
 SAMPLES, BATCH = 24, 2
 
@@ -110,3 +113,47 @@ def test_set_epoch_leaves_a_random_sampler_to_its_generator():
     sampler = ResumableSampler(RandomSampler(Draws(), generator=torch.Generator().manual_seed(1)))
     sampler.set_epoch(5)
     assert sorted(sampler) == list(range(SAMPLES)) and len(sampler) == SAMPLES
+
+
+@pytest.fixture
+def as_a_worker():
+    """init_worker run in this process: its RNG states and signal handlers put back after."""
+    saved = random.getstate(), torch.get_rng_state()
+    handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    yield
+    random.setstate(saved[0])
+    torch.set_rng_state(saved[1])
+    for s, handler in handlers.items():
+        signal.signal(s, handler)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 3 workers on 2 cores
+def test_a_resumed_worker_takes_over_the_state_of_the_worker_that_made_its_batch(as_a_worker):
+    _, saved = epoch(3, stop=4)
+    workers = LoaderWorkers(3)
+    workers.start_epoch(4, saved)
+    for worker_id in range(3):
+        original = saved["after"][(4 + worker_id) % 3]
+        workers.init_worker(worker_id)
+        assert random.getstate() == original["python"]
+        assert torch.equal(torch.get_rng_state(), original["torch"])
+
+
+def test_a_resumed_worker_without_a_saved_state_is_seeded_as_torch_seeds_it(
+    as_a_worker, monkeypatch
+):
+    """A worker that had made no batch yet (k < N): torch's seed of the original worker."""
+    _, saved = epoch(3, stop=1)  # only worker 0 made a batch
+    workers = LoaderWorkers(3)
+    workers.start_epoch(1, saved)
+    info = SimpleNamespace(seed=1000 + 1)  # torch seeds worker w with base seed + w
+    monkeypatch.setattr("datasets.resumable.get_worker_info", lambda: info)
+    workers.init_worker(1)  # makes batch 2, which worker 2 (seed 1002) made before
+    assert random.random() == random.Random(1002).random()
+    assert torch.equal(torch.rand(3), torch.rand(3, generator=torch.Generator().manual_seed(1002)))
+
+
+def test_loader_workers_ignore_the_stop_signals(as_a_worker):
+    """The main process handles them and shuts its workers down."""
+    LoaderWorkers(2).init_worker(0)
+    assert {signal.getsignal(s) for s in STOP_SIGNALS} == {signal.SIG_IGN}

@@ -51,9 +51,6 @@ class _HashingWriter(io.RawIOBase):
     def name(self) -> str:
         return self.f.name
 
-    def writable(self) -> bool:
-        return True
-
     def write(self, data: Any) -> int:
         self.sha.update(data)
         return self.f.write(data)
@@ -188,13 +185,12 @@ def versions(path: Path) -> Iterator[Path]:
         i += 1
 
 
-def _still_named(f: IO[Any] | None, path: Path) -> bool:
-    """Whether `path` names the open file `f` (None: `path` names nothing)."""
+def _still_named(f: IO[Any], path: Path) -> bool:
+    """Whether `path` still names the open file `f`."""
     try:
-        now = os.stat(path)
+        return os.path.samestat(os.fstat(f.fileno()), os.stat(path))
     except FileNotFoundError:
-        return f is None
-    return f is not None and os.path.samestat(os.fstat(f.fileno()), now)
+        return False
 
 
 def _open_or_none(path: Path) -> IO[bytes] | None:
