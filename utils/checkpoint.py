@@ -200,17 +200,17 @@ def _open_or_none(path: Path) -> IO[bytes] | None:
         return None
 
 
-def _verified_bytes(path: Path) -> tuple[bytes, bool]:
-    """The file's bytes, checked against its digest file; whether it had one."""
+def _verified_bytes(path: Path) -> bytes:
+    """The file's bytes, checked against its digest file where it has one."""
     digest_file = digest_path(path)
     for _ in range(READ_ATTEMPTS):
         digests = _open_or_none(digest_file)  # opened first: see the module's docstring
         with open(path, "rb") as f, digests or io.BytesIO():
             data = f.read()
             if digests is None:
-                return data, False
+                return data
             if hashlib.sha256(data).hexdigest() in _listed(digests.read().decode()):
-                return data, True
+                return data
             if _still_named(digests, digest_file) and _still_named(f, path):
                 raise CheckpointError(
                     f"{path} does not match its digest {digest_file.name} (truncated, "
@@ -232,7 +232,7 @@ def read_file(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    data, _ = _verified_bytes(path)
+    data = _verified_bytes(path)
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:
