@@ -157,3 +157,12 @@ def test_loader_workers_ignore_the_stop_signals(as_a_worker):
     """The main process handles them and shuts its workers down."""
     LoaderWorkers(2).init_worker(0)
     assert {signal.getsignal(s) for s in STOP_SIGNALS} == {signal.SIG_IGN}
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_init_worker_outside_a_loader_worker_is_a_bug_named_as_such(as_a_worker):
+    _, saved = epoch(3, stop=1)
+    workers = LoaderWorkers(3)
+    workers.start_epoch(1, saved)
+    with pytest.raises(AssertionError, match="init_worker runs in loader workers only"):
+        workers.init_worker(1)  # its batch's worker had made none: torch's seed is needed
