@@ -126,7 +126,10 @@ def test_a_file_that_is_not_a_torch_file_is_refused(tmp_path):
     )
 
 
-def test_a_pickled_object_is_refused(tmp_path):
+@pytest.mark.parametrize("unsafe_default", [False, True])
+def test_a_pickled_object_is_refused(tmp_path, monkeypatch, unsafe_default):
+    if unsafe_default:  # torch's own default turned to full unpickling: ours stays safe
+        monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     path = tmp_path / "pickled.pth"
     torch.save({"format": MARKER, "args": argparse.Namespace(lr=1.0)}, path)
     with pytest.raises(CheckpointError) as info:
