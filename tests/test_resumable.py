@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
-from datasets.resumable import LoaderWorkers, ResumableSampler, collate_with_rng
+from datasets.resumable import WORKER_RNG, LoaderWorkers, ResumableSampler, collate_with_rng
 from utils.signals import STOP_SIGNALS
 
 SAMPLES, BATCH = 24, 2
@@ -166,3 +166,21 @@ def test_init_worker_outside_a_loader_worker_is_a_bug_named_as_such(as_a_worker)
     workers.start_epoch(1, saved)
     with pytest.raises(AssertionError, match="init_worker runs in loader workers only"):
         workers.init_worker(1)  # its batch's worker had made none: torch's seed is needed
+
+
+def test_a_resumed_pass_has_the_length_of_the_rest_of_the_epoch():
+    """The loader's len (progress bars, the epoch's step count) counts what is left."""
+    sampler = ResumableSampler(RandomSampler(Draws(), generator=torch.Generator().manual_seed(1)))
+    sampler.skip = 6
+    assert len(sampler) == SAMPLES - 6
+    assert len(list(sampler)) == SAMPLES - 6 and len(sampler) == SAMPLES  # the next pass: all
+
+
+def test_a_batch_carries_the_rng_state_of_the_worker_that_made_it(monkeypatch):
+    samples = [Draws()[i] for i in range(2)]
+    assert set(collate_with_rng(samples)) == {"index", "draw"}  # the main process: none
+    monkeypatch.setattr("datasets.resumable.get_worker_info", lambda: SimpleNamespace(id=0))
+    batch = collate_with_rng(samples)
+    assert batch["index"].tolist() == [0, 1]
+    assert batch[WORKER_RNG]["python"] == random.getstate()
+    assert torch.equal(batch[WORKER_RNG]["torch"], torch.get_rng_state())
