@@ -392,3 +392,12 @@ def test_a_checkpoint_whose_digest_went_away_while_it_was_read_is_read_again(tmp
 
     monkeypatch.setattr("builtins.open", open_after_the_shift)
     assert load_checkpoint(path)["model"]["w"][0, 0].item() == 2.0
+
+
+def test_kept_versions_are_found_when_the_newest_is_gone(tmp_path):
+    """As after --resume set a damaged last.pth aside (renamed to last.pth.corrupt)."""
+    path = tmp_path / "last.pth"
+    for value in range(3):
+        save_atomic(_checkpoint(float(value)), path, keep=3)
+    path.rename(tmp_path / "last.pth.corrupt")
+    assert list(versions(path)) == [tmp_path / "last.1.pth", tmp_path / "last.2.pth"]
