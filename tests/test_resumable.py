@@ -87,6 +87,8 @@ def test_another_number_of_workers_is_a_warning_not_a_silent_difference():
     warning = LoaderWorkers(3).start_epoch(3, saved)
     assert warning and "data.num_workers was 2 and is 3" in warning
     assert LoaderWorkers(3).start_epoch(0, saved) is None  # a new epoch: nothing to carry
+    fresh = LoaderWorkers(3)
+    assert fresh.start_epoch() is None and (fresh.skip, fresh.after) == (0, {})
 
 
 def test_each_epoch_draws_a_new_order_under_ddp():
@@ -164,7 +166,7 @@ def test_init_worker_outside_a_loader_worker_is_a_bug_named_as_such(as_a_worker)
     _, saved = epoch(3, stop=1)
     workers = LoaderWorkers(3)
     workers.start_epoch(1, saved)
-    with pytest.raises(AssertionError, match="init_worker runs in loader workers only"):
+    with pytest.raises(AssertionError, match=r"^init_worker runs in loader workers only$"):
         workers.init_worker(1)  # its batch's worker had made none: torch's seed is needed
 
 
