@@ -84,8 +84,12 @@ def test_worker_states_that_pin_memory_turned_into_lists_still_resume():
 
 def test_another_number_of_workers_is_a_warning_not_a_silent_difference():
     _, saved = epoch(2, stop=3)
-    warning = LoaderWorkers(3).start_epoch(3, saved)
-    assert warning and "data.num_workers was 2 and is 3" in warning
+    assert LoaderWorkers(3).start_epoch(3, saved) == (
+        "data.num_workers was 2 and is 3: the rest of this epoch draws other augmentations "
+        "than the uninterrupted run"
+    )
+    before_workers_were_saved = LoaderWorkers(2).start_epoch(3, None)
+    assert before_workers_were_saved.startswith("data.num_workers was unknown and is 2: ")
     assert LoaderWorkers(3).start_epoch(0, saved) is None  # a new epoch: nothing to carry
     fresh = LoaderWorkers(3)
     assert fresh.start_epoch() is None and (fresh.skip, fresh.after) == (0, {})
@@ -141,6 +145,7 @@ def test_a_resumed_worker_takes_over_the_state_of_the_worker_that_made_its_batch
         assert torch.equal(torch.get_rng_state(), original["torch"])
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
 def test_a_resumed_worker_without_a_saved_state_is_seeded_as_torch_seeds_it(
     as_a_worker, monkeypatch
 ):
@@ -186,3 +191,11 @@ def test_a_batch_carries_the_rng_state_of_the_worker_that_made_it(monkeypatch):
     assert batch["index"].tolist() == [0, 1]
     assert batch[WORKER_RNG]["python"] == random.getstate()
     assert torch.equal(batch[WORKER_RNG]["torch"], torch.get_rng_state())
+
+
+def test_a_batch_made_in_the_main_process_carries_no_worker_state():
+    workers = LoaderWorkers(0)
+    workers.start_epoch()
+    batch = {"index": torch.tensor([0, 1])}
+    workers.took(0, batch)
+    assert workers.state()["after"] == {} and batch == {"index": batch["index"]}
