@@ -199,3 +199,7 @@ def test_a_batch_made_in_the_main_process_carries_no_worker_state():
     batch = {"index": torch.tensor([0, 1])}
     workers.took(0, batch)
     assert workers.state()["after"] == {} and batch == {"index": batch["index"]}
+
+
+def test_a_checkpoint_before_the_first_epoch_holds_no_worker_state():
+    assert LoaderWorkers(2).state() == {"num_workers": 2, "after": {}}
