@@ -401,3 +401,19 @@ def test_kept_versions_are_found_when_the_newest_is_gone(tmp_path):
         save_atomic(_checkpoint(float(value)), path, keep=3)
     path.rename(tmp_path / "last.pth.corrupt")
     assert list(versions(path)) == [tmp_path / "last.1.pth", tmp_path / "last.2.pth"]
+
+
+def test_lowering_keep_drops_the_versions_beyond_it_digest_or_not(tmp_path):
+    path = tmp_path / "last.pth"
+    for value in range(3):
+        save_atomic(_checkpoint(float(value)), path, keep=3)
+    (tmp_path / "last.2.pth.sha256").unlink()  # a version written before digests
+    save_atomic(_checkpoint(3.0), path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "last.1.pth",
+        "last.1.pth.sha256",
+        "last.pth",
+        "last.pth.sha256",
+    ]
+    save_atomic(_checkpoint(4.0), path, keep=1)  # no stale last.1.pth to fall back to
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth", "last.pth.sha256"]

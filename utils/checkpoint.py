@@ -161,7 +161,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def _rotate(path: Path, keep: int, tmp: _Temporaries) -> None:
     """Shift `path` and its kept previous versions (with their digests) one place back."""
-    if keep <= 1 or not path.exists():
+    if not path.exists():
         return
     for i in range(keep - 2, -1, -1):
         src, dst = previous(path, i), previous(path, i + 1)
