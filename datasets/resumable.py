@@ -53,7 +53,7 @@ class ResumableSampler(Sampler[int]):
             self.base.set_epoch(epoch)
 
 
-def ignore_stop_signals(worker_id: int = 0) -> None:
+def ignore_stop_signals(worker_id: int) -> None:
     """A loader worker's start (worker_init_fn): stop signals are the main process's."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
@@ -95,7 +95,7 @@ class LoaderWorkers:
     def init_worker(self, worker_id: int) -> None:
         """worker_init_fn: ignore stop signals; in a resumed epoch, take over the RNG state of
         the worker that made this worker's first batch in the uninterrupted epoch."""
-        ignore_stop_signals()
+        ignore_stop_signals(worker_id)
         if not self.skip:
             return
         original = (self.skip + worker_id) % self.num_workers

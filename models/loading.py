@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from models.text_fusion import TEXT_BRANCH_MODULES
-from utils.errors import name_list
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +20,12 @@ FUSION_PREFIX = "text_emb."
 DATA_PARALLEL_PREFIX = "module."
 # At most this many keys are named per kind of problem in an error message.
 MAX_KEYS_SHOWN = 5
+
+
+def _some(keys: list[str]) -> str:
+    """The first MAX_KEYS_SHOWN keys, and how many more there are."""
+    more = len(keys) - MAX_KEYS_SHOWN
+    return ", ".join(keys[:MAX_KEYS_SHOWN]) + (f" ... and {more} more" if more > 0 else "")
 
 
 def _state_dict_of(source: Mapping) -> dict[str, torch.Tensor]:
@@ -89,7 +94,7 @@ def load_pretrained(model: nn.Module, source: Mapping, input_weight: str | None 
         if state[k].shape != target[k].shape
     )
     problems = [
-        f"{label}: {name_list(keys, MAX_KEYS_SHOWN)}"
+        f"{label}: {_some(keys)}"
         for label, keys in (
             ("missing keys", missing),
             ("unexpected keys", unexpected),

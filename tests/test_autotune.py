@@ -5,6 +5,9 @@ where the choice must be known)."""
 from __future__ import annotations
 
 import json
+import platform
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -211,3 +214,134 @@ def test_predict_measures_once_and_never_a_set_key(trained, tmp_path, monkeypatc
     assert [len(m) for m in measured] == [4, 2]
     assert {s["strips"] for s in measured[0]} == {True, False}
     assert all("strips" not in s for s in measured[1])
+
+
+class RecordedWorkload(FakeWorkload):
+    """A FakeWorkload that also records which setting's step ran, in order."""
+
+    def __init__(self, costs: dict[tuple, float]) -> None:
+        super().__init__(costs)
+        self.ran: list[tuple] = []
+
+    def make_step(self, setting: dict):
+        step = super().make_step(setting)
+
+        def recorded() -> None:
+            self.ran.append(tuple(setting.values()))
+            step()
+
+        return recorded
+
+
+def test_each_setting_is_warmed_up_then_timed_round_robin(tmp_path):
+    work = RecordedWorkload(costs((False, False)))
+    tuning = tune("training", {}, TWO, work.make_step, CPU, tmp_path, work.clock)
+    settings = [(True, True), (True, False), (False, True), (False, False)]
+    assert work.ran == settings * 3  # one untimed round (WARMUP), two timed ones (REPEATS)
+    assert [tuple(t["setting"].values()) for t in tuning.times] == settings
+    assert [t["median_s"] for t in tuning.times] == [2.0, 2.0, 2.0, 1.0]
+
+
+def test_the_measurement_is_printed_with_the_choice_marked_and_where_it_is_cached(tmp_path, capsys):
+    work = FakeWorkload(costs((True, False)))
+
+    def make_step(setting):
+        if not setting["channels_last"] and setting["fused_dwconv"]:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried 9 GiB\nmore lines")
+        return work.make_step(setting)
+
+    tuning = tune("training x", {}, TWO, make_step, CPU, tmp_path, work.clock)
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(
+        r"speed: measured training x in \d+\.\d s, median step per setting:", lines[0]
+    )
+    assert lines[1:] == [
+        "  channels_last=True fused_dwconv=True: 2.000 s",
+        "  channels_last=True fused_dwconv=False: 1.000 s  <- chosen",
+        "  channels_last=False fused_dwconv=True: out of memory: CUDA out of memory. Tried 9 GiB",
+        "  channels_last=False fused_dwconv=False: 2.000 s",
+        f"speed: choice cached in {tuning.path}",
+    ]
+    tune("training x", {}, TWO, make_step, CPU, tmp_path, work.clock)
+    assert capsys.readouterr().out == (
+        "speed: training x: channels_last=True fused_dwconv=False, as measured before "
+        f"({tuning.path})\n"
+    )
+
+
+def test_a_run_folder_records_the_measurement(tmp_path):
+    work = FakeWorkload(costs((True, True)))
+    tuning = tune("training", {"model": "x"}, TWO, work.make_step, CPU, tmp_path, work.clock)
+    record = tuning.record()
+    assert record == {
+        "choice": {"channels_last": True, "fused_dwconv": True},
+        "times": tuning.times,
+        "measuring_s": tuning.seconds,
+        "cached": False,
+        "cache_file": str(tuning.path),
+        "key": {"model": "x", "options": {k: list(v) for k, v in TWO.items()}},
+    }
+    assert json.loads(tuning.path.read_text()) == {
+        "key": record["key"],
+        "choice": record["choice"],
+        "times": tuning.times,
+    }
+
+
+def test_when_no_setting_fits_in_memory_the_workload_is_named(tmp_path):
+    def make_step(setting):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(torch.OutOfMemoryError, match=r"^training: no setting fits in memory"):
+        tune("training", {}, TWO, make_step, CPU, tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_cache_folder_that_cannot_be_written_only_costs_measuring_again(tmp_path, capsys):
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the cache folder would be")
+    work = FakeWorkload(costs((True, True)))
+    tuning = tune("training", {}, TWO, work.make_step, CPU, blocked / "speed", work.clock)
+    assert tuning.choice == {"channels_last": True, "fused_dwconv": True}
+    out = capsys.readouterr().out
+    assert f"speed: could not cache the measured choice in {tuning.path} (Not a directory)" in out
+
+
+def test_a_cache_file_of_another_key_is_not_reused(tmp_path):
+    work = FakeWorkload(costs((True, True)))
+    tuning = tune("training", {"model": "x"}, TWO, work.make_step, CPU, tmp_path, work.clock)
+    stored = json.loads(tuning.path.read_text())
+    for content in ({**stored, "key": {"model": "y"}}, [stored]):
+        tuning.path.write_text(json.dumps(content))
+        work.built.clear()
+        assert not tune("training", {"model": "x"}, TWO, work.make_step, CPU, tmp_path).cached
+        assert len(work.built) == 4
+
+
+def test_measuring_draws_none_of_the_runs_random_numbers(tmp_path):
+    def make_step(setting):
+        torch.rand(1000)  # building a candidate network draws its weights
+        return lambda: torch.rand(10)
+
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    tune("training", {}, TWO, make_step, CPU, tmp_path)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_the_key_names_this_machine_torch_and_threads():
+    key = utils.autotune.tuning_key(CPU, {"batch": 2})
+    assert key == {
+        "version": utils.autotune.CACHE_VERSION,
+        "device": utils.autotune.device_name(CPU),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch": 2,
+    }
+    assert utils.autotune.device_name(CPU).endswith(f" ({platform.machine()})")
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [n for n in cpuinfo.read_text().splitlines() if n.startswith("model name")]
+    if models:
+        model = models[0].split(":", 1)[1].strip()
+        assert utils.autotune.device_name(CPU) == f"{model} ({platform.machine()})"

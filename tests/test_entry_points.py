@@ -243,7 +243,7 @@ def test_ddp_two_cpu_processes(data_root, tmp_path):
         "train.py",
         *train_args(data_root, tmp_path, "train.epochs=1", exp="ddp"),
     ]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("normalises BatchNorm over its own share of the batch") == 1
     ckpt = load_checkpoint(tmp_path / "ddp" / "last.pth")

@@ -1,5 +1,6 @@
-"""Faults of cluster jobs injected into real 2-process torchrun runs (bench/faults.py): each run
-ends by itself, or with the same command, with the weights of the uninterrupted run.
+"""Faults of cluster jobs injected into real 2-process torchrun runs (bench/faults.py), a lost
+node of a 2-node run among them: each run ends by itself, or with the same command, with the
+weights of the uninterrupted run.
 
 Minutes, not seconds: marked `faults`, left out of the default `pytest` run and run by the
 second step of .ci/run (`python -m pytest -m "faults or e2e"`).
@@ -33,3 +34,5 @@ def test_a_run_survives_the_fault_with_the_uninterrupted_weights(uninterrupted, 
     assert row["weights_equal_uninterrupted"], row
     assert row["steps_trained_again"] <= 1, row  # a checkpoint after every step
     assert row["fell_back"] == (scenario == "corrupt"), row
+    if scenario == "node_lost":
+        assert row["exit_codes"][0] == 0, row  # the node that stayed finished the run too

@@ -87,6 +87,6 @@ def test_end_to_end_commands_parse(rehearse):
 def test_the_end_to_end_step_passes_on_the_cpu():
     """The quickstart through train.sh for part of its epochs, the same command continued with
     --resume, test.py on its best checkpoint and a torchrun run, in a scratch copy."""
-    result = gpu_check.e2e(rehearse=True, timeout=300)
+    result = gpu_check.e2e(rehearse=True, timeout=600)
     assert result["ok"], json.dumps(result, indent=1)
     assert result["after_resume"]["epoch"] == 3  # train.epochs=2 and the extra epoch

@@ -1,5 +1,6 @@
 """What the repository promises beside the code: how it installs, its version, its results table."""
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -92,3 +93,28 @@ def test_the_readmes_docs_pages_exist(page):
     if page in ("docs/DEPLOYMENT.md", "docs/EVALUATION.md") and not (REPO / page).exists():
         pytest.skip(f"{page} is not written yet")
     assert (REPO / page).is_file()
+
+
+def test_the_networks_import_nothing_of_the_rest_of_the_project():
+    """models/ is a package anyone can lift out: torch, and nothing of utils/ or datasets/."""
+    imported = set()
+    for source in (REPO / "models").rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {(source.name, alias.name) for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add((source.name, node.module))
+    own = {
+        "utils",
+        "datasets",
+        "train",
+        "test",
+        "predict",
+        "networks",
+        "bench",
+        "training_run",
+        "compare",
+        "demo",
+        "export",
+    }
+    assert [(f, m) for f, m in sorted(imported) if m.split(".")[0] in own] == []

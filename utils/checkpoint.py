@@ -4,6 +4,17 @@ A checkpoint holds the weights plus the resolved config, so `test.py --ckpt` and
 `predict.py --ckpt` rebuild everything from the file alone. Beside every checkpoint lies
 `<name>.sha256` (the `sha256sum` format): the digest of the bytes written, checked on every load,
 so a truncated, bit-flipped or half-copied file is reported by name instead of loading garbage.
+
+Another process may load a checkpoint at any moment while training replaces it, because
+
+- a path, once written, always names a complete file: files are written beside it, fsynced
+  and renamed over it, and kept versions are shifted by hard links (copies where links fail),
+  never by renaming the newest one away;
+- its digest file always holds that file's digest: before the rename it gets the new digest
+  added to the current one, after the rename the new one alone (both renamed in whole);
+- a reader keeps both files open while it reads them; bytes that match no digest read are
+  damaged only if both paths still name the files read (the inode of an open file is never
+  reused, and a path never gets back a file it left), else they were replaced: read again.
 """
 
 from __future__ import annotations
@@ -14,9 +25,10 @@ import os
 import pickle
 import re
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -25,6 +37,8 @@ from utils.errors import CheckpointError
 FORMAT = "mixcldehazenet-checkpoint"
 FORMAT_VERSION = 1
 DIGEST_SUFFIX = ".sha256"
+# Reads of a file replaced while it was read, before giving up (each write replaces it once).
+READ_ATTEMPTS = 20
 
 
 class _HashingWriter(io.RawIOBase):
@@ -37,9 +51,6 @@ class _HashingWriter(io.RawIOBase):
     def name(self) -> str:
         return self.f.name
 
-    def writable(self) -> bool:
-        return True
-
     def write(self, data: Any) -> int:
         self.sha.update(data)
         return self.f.write(data)
@@ -49,6 +60,22 @@ def digest_path(path: Path) -> Path:
     return path.with_name(path.name + DIGEST_SUFFIX)
 
 
+class _Temporaries:
+    """Hidden files beside the targets, named *.tmp (nothing globbing for checkpoints picks up
+    one that a SIGKILL left behind), removed when the save ends."""
+
+    def __init__(self) -> None:
+        self.token, self.paths = secrets.token_hex(4), []
+
+    def new(self, target: Path) -> Path:
+        self.paths.append(target.parent / f".{target.name}.{self.token}.{len(self.paths)}.tmp")
+        return self.paths[-1]
+
+    def remove(self) -> None:
+        for path in self.paths:
+            path.unlink(missing_ok=True)
+
+
 def _write_synced(path: Path, write: Any) -> None:
     """Create `path` (the umask's permissions), `write(f)` into it, then fsync."""
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
@@ -56,6 +83,41 @@ def _write_synced(path: Path, write: Any) -> None:
         write(f)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _listed(text: str) -> list[str]:
+    """The digests of a file in the `sha256sum` format (one `<digest>  <name>` a line)."""
+    return [line.split()[0] for line in text.splitlines() if line.strip()]
+
+
+def _digests(path: Path) -> list[str] | None:
+    """The digests in `path`'s digest file (None: it has none, as before digests existed)."""
+    try:
+        return _listed(digest_path(path).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _put_digests(path: Path, digests: list[str], tmp: _Temporaries) -> None:
+    """Replace `path`'s digest file (atomically) by one listing `digests`."""
+    lines = "".join(f"{d}  {path.name}\n" for d in dict.fromkeys(digests))
+    staged = tmp.new(digest_path(path))
+    _write_synced(staged, lambda f: f.write(lines.encode()))
+    os.replace(staged, digest_path(path))
+
+
+def _install(staged: Path, digests: list[str] | None, path: Path, tmp: _Temporaries) -> None:
+    """Rename `staged` (a complete file with these digests, None: none) over `path`, the digest
+    file listing the digest of whichever of the two `path` names at every instant."""
+    current = _digests(path)
+    if digests is None:
+        digest_path(path).unlink(missing_ok=True)
+        os.replace(staged, path)
+        return
+    if current is not None or not path.exists():
+        _put_digests(path, digests + (current or []), tmp)
+    os.replace(staged, path)
+    _put_digests(path, digests, tmp)
 
 
 def save_atomic(obj: Any, path: str | Path, keep: int = 1) -> None:
@@ -68,9 +130,7 @@ def save_atomic(obj: Any, path: str | Path, keep: int = 1) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_hex(4)
-    tmp = path.parent / f".{path.name}.{token}.tmp"
-    tmp_digest = path.parent / f".{path.name}{DIGEST_SUFFIX}.{token}.tmp"
+    tmp = _Temporaries()
     try:
         hashing: list[_HashingWriter] = []
 
@@ -78,18 +138,12 @@ def save_atomic(obj: Any, path: str | Path, keep: int = 1) -> None:
             hashing.append(_HashingWriter(f))
             torch.save(obj, hashing[0])
 
-        _write_synced(tmp, save)
-        line = f"{hashing[0].sha.hexdigest()}  {path.name}\n".encode()
-        _write_synced(tmp_digest, lambda f: f.write(line))
-        _rotate(path, keep)
-        os.replace(tmp, path)
-        os.replace(tmp_digest, digest_path(path))
-    except BaseException:
-        if not tmp.exists() and tmp_digest.exists():  # interrupted between the two renames
-            os.rename(tmp_digest, digest_path(path))
-        tmp.unlink(missing_ok=True)
-        tmp_digest.unlink(missing_ok=True)
-        raise
+        staged = tmp.new(path)
+        _write_synced(staged, save)
+        _rotate(path, keep, tmp)
+        _install(staged, [hashing[0].sha.hexdigest()], path, tmp)
+    finally:
+        tmp.remove()
 
 
 def previous(path: Path, i: int) -> Path:
@@ -97,18 +151,24 @@ def previous(path: Path, i: int) -> Path:
     return path if i == 0 else path.with_name(f"{path.stem}.{i}{path.suffix}")
 
 
-def _rotate(path: Path, keep: int) -> None:
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        with open(src, "rb") as f:
+            _write_synced(dst, lambda out: shutil.copyfileobj(f, out))
+
+
+def _rotate(path: Path, keep: int, tmp: _Temporaries) -> None:
     """Shift `path` and its kept previous versions (with their digests) one place back."""
-    if keep <= 1 or not path.exists():
+    if not path.exists():
         return
     for i in range(keep - 2, -1, -1):
         src, dst = previous(path, i), previous(path, i + 1)
         if src.exists():
-            os.replace(src, dst)
-            if digest_path(src).exists():
-                os.replace(digest_path(src), digest_path(dst))
-            else:  # an old checkpoint without a digest: no stale digest may remain beside it
-                digest_path(dst).unlink(missing_ok=True)
+            staged = tmp.new(dst)
+            _link_or_copy(src, staged)
+            _install(staged, _digests(src), dst, tmp)
     for stale in path.parent.glob(f"{path.stem}.*{path.suffix}"):  # keep was lowered
         index = stale.name[len(path.stem) + 1 : -len(path.suffix) or None]
         if index.isdigit() and int(index) >= keep:
@@ -125,19 +185,41 @@ def versions(path: Path) -> Iterator[Path]:
         i += 1
 
 
-def _verified_bytes(path: Path) -> tuple[bytes, bool]:
-    """The file's bytes, checked against its digest file; whether it had one."""
-    data = path.read_bytes()
+def _still_named(f: IO[Any], path: Path) -> bool:
+    """Whether `path` still names the open file `f`."""
+    try:
+        return os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _open_or_none(path: Path) -> IO[bytes] | None:
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        return None
+
+
+def _verified_bytes(path: Path) -> bytes:
+    """The file's bytes, checked against its digest file where it has one."""
     digest_file = digest_path(path)
-    if not digest_file.is_file():
-        return data, False
-    expected = digest_file.read_text().split(maxsplit=1)[:1]
-    if expected != [hashlib.sha256(data).hexdigest()]:
-        raise CheckpointError(
-            f"{path} does not match its digest {digest_file.name} (truncated, corrupted or "
-            "half-copied); use an earlier checkpoint or copy it again"
-        )
-    return data, True
+    for _ in range(READ_ATTEMPTS):
+        digests = _open_or_none(digest_file)  # opened first: see the module's docstring
+        with open(path, "rb") as f, digests or io.BytesIO():
+            data = f.read()
+            if digests is None:
+                return data
+            if hashlib.sha256(data).hexdigest() in _listed(digests.read().decode()):
+                return data
+            if _still_named(digests, digest_file) and _still_named(f, path):
+                raise CheckpointError(
+                    f"{path} does not match its digest {digest_file.name} (truncated, "
+                    "corrupted or half-copied); use an earlier checkpoint or copy it again"
+                )
+    raise CheckpointError(
+        f"{path} was replaced {READ_ATTEMPTS} times while being read; read it again when "
+        "it is written less often"
+    )
 
 
 def has_digest(path: str | Path) -> bool:
@@ -150,7 +232,7 @@ def read_file(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    data, _ = _verified_bytes(path)
+    data = _verified_bytes(path)
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:
