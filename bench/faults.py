@@ -54,10 +54,10 @@ EPOCHS, TRAIN_PAIRS, BATCH = 4, 16, 4  # 4 steps an epoch (2 images a step on ea
 STEPS = EPOCHS * TRAIN_PAIRS // BATCH
 INJECT_AT = 5  # the newest checkpoint's global step when the fault is injected: in epoch 2
 SCENARIOS = ("sigkill", "sigterm", "sigusr1", "corrupt", "node_lost", "host_lost")
-# The environment of a node (docs/CLUSTERS.md, scripts/slurm/multinode.sbatch). Without it a restarted
-# node cannot rejoin: it waits for the address of the workers' store, which the node of rank 0
-# published in the first rendezvous only (torchrun shares its rendezvous store with the workers
-# by default), and the run fails.
+# The environment of a node (docs/CLUSTERS.md, scripts/slurm/multinode.sbatch). Without it a
+# restarted node cannot rejoin: it waits for the address of the workers' store, which the node of
+# rank 0 published in the first rendezvous only (torchrun shares its rendezvous store with the
+# workers by default), and the run fails.
 NODE_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 TIMEOUT = 600  # a launch on 2 busy cores; each wait ends as soon as its condition holds
 
