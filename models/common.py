@@ -113,7 +113,9 @@ def pad_bottom_right(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 def padded_size(side: int, min_side: int) -> int:
     """Side after padding: the next multiple of 4 (upstream's rule), at least `min_side` (the
     smallest side every layer of the network can reflect-pad); symbolic sizes stay symbolic."""
-    return torch.sym_max(-(-side // PATCH_MULTIPLE) * PATCH_MULTIPLE, min_side)
+    # (side + 3) // 4, not -(-side // 4): exported, integer division truncates towards zero.
+    multiples = (side + PATCH_MULTIPLE - 1) // PATCH_MULTIPLE
+    return torch.sym_max(multiples * PATCH_MULTIPLE, min_side)
 
 
 class UNetDehazer(nn.Module):
