@@ -158,9 +158,12 @@ class Dehazer:
     """A checkpoint's network on the chosen device with its measured speed settings and
     precision, and its CLIP: predict.py's path, which demo.py and export.py run too."""
 
-    def __init__(self, net: nn.Module, cfg: Config, clip: tuple | None) -> None:
+    def __init__(
+        self, net: nn.Module, cfg: Config, clip: tuple | None, precision: str | None = None
+    ) -> None:
+        """`precision`: autocast's, by default the measured `precision.predict`."""
         self.net, self.cfg, self.device = net, cfg, pick_device()
-        self.precision = speed_on(cfg, self.device).predict_precision
+        self.precision = precision or speed_on(cfg, self.device).predict_precision
         self.run_net = inference_network(net, cfg, self.device, self.precision)
         self.clip = clip  # (model, preprocess, prompt embeddings) for CLIP-guided networks
 
@@ -171,11 +174,12 @@ class Dehazer:
         model: str | None = None,
         config: str | None = None,
         overrides: Sequence[str] = (),
+        precision: str | None = None,
     ) -> Dehazer:
         """The network and CLIP of a checkpoint (released weights need `model`)."""
         net, cfg, _ = model_from_checkpoint(ckpt, model, config, overrides, phase="predict")
-        needs_clip = cfg.model.needs_text
-        return cls(net, cfg, load_classifier(cfg.clip, str(pick_device())) if needs_clip else None)
+        clip = load_classifier(cfg.clip, str(pick_device())) if cfg.model.needs_text else None
+        return cls(net, cfg, clip, precision)
 
     def fit(self, img: np.ndarray, max_side: int | None) -> np.ndarray:
         """`img` downscaled to `max_side`; MemoryError when it would not fit in memory."""
