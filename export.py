@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.mixdehazenet import MixDehazeNet
+from models.text_fusion import TEXT_BRANCH_MODULES, TextImageFusion
 from networks import build_network, model_from_checkpoint
 from predict import Dehazer, is_override
 from utils.checkpoint import save_atomic
@@ -77,9 +79,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def authors_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights under the authors' names; for MixCLDehazeNet also the text branch their
+    network defines but never uses, as zeros, so that their strict loading finds every key."""
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    fusion = getattr(net, "text_emb", None)
+    if isinstance(net, MixDehazeNet) and fusion is not None and not fusion.text_branch:
+        full = TextImageFusion(
+            fusion.q1.in_channels,
+            fusion.text_dim,
+            fusion.q1.out_channels,
+            fusion.postProj_s.out_channels,
+            fusion.mode,
+            text_branch=True,
+        )
+        for key, value in full.state_dict().items():
+            if key.split(".")[0] in TEXT_BRANCH_MODULES:
+                state[f"text_emb.{key}"] = torch.zeros_like(value)
+    return state
+
+
 def export_state_dict(net: nn.Module, out: Path) -> None:
     """The weights as the authors' scripts save them, with `<out>.sha256` beside them."""
-    save_atomic({"state_dict": {k: v.cpu() for k, v in net.state_dict().items()}}, out)
+    save_atomic({"state_dict": authors_state_dict(net)}, out)
     print(f"wrote {out} and {out.name}.sha256")
 
 
