@@ -117,21 +117,15 @@ def exportable(dehazer: Dehazer) -> Deployable:
     return Deployable(net.eval(), prompt_emb, cfg.clip.mode).eval()
 
 
-def write_onnx(model: Deployable, out: Path, guided: bool) -> None:
+def write_onnx(model: Deployable, out: Path) -> None:
     """torch.onnx's dynamo exporter, H and W of `hazy` dynamic."""
     dim = torch.export.Dim.DYNAMIC
     hazy = torch.rand(1, 3, *TRACE_SIZE)
-    args, shapes, names = (hazy,), {"hazy": {2: dim, 3: dim}}, ["hazy"]
-    if guided:
+    args: tuple = (hazy,)
+    shapes: dict = {"hazy": {2: dim, 3: dim}}
+    if model.prompt_emb is not None:
         k = model.prompt_emb.shape[0]
-        args, shapes, names = (
-            (hazy, torch.full((1, k), 1 / k)),
-            {**shapes, "domain": None},
-            [
-                *names,
-                "domain",
-            ],
-        )
+        args, shapes = (hazy, torch.full((1, k), 1 / k)), {**shapes, "domain": None}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -139,7 +133,7 @@ def write_onnx(model: Deployable, out: Path, guided: bool) -> None:
             args,
             str(out),
             dynamo=True,
-            input_names=names,
+            input_names=list(shapes),
             output_names=["dehazed"],
             dynamic_shapes=shapes,
             verbose=False,
@@ -198,7 +192,7 @@ def export_onnx(dehazer: Dehazer, out: Path) -> list[tuple[tuple[int, int], floa
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         with tempfile.TemporaryDirectory(dir=out.parent) as traced:
-            write_onnx(exportable(dehazer), Path(traced) / "model.onnx", dehazer.clip is not None)
+            write_onnx(exportable(dehazer), Path(traced) / "model.onnx")
             finish(Path(traced) / "model.onnx", tmp, dehazer)
         results = check_onnx(tmp, dehazer)
         os.replace(tmp, out)
