@@ -46,23 +46,32 @@ def demo_url(trained):
 
 
 @pytest.fixture(scope="module")
-def page(demo_url):
+def browser():
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        page = browser.new_page(accept_downloads=True)
-        page.set_default_timeout(TIMEOUT_MS)
-        outside = []
-        page.on("request", lambda r: outside.append(r.url) if demo_url not in r.url else None)
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture
+def page(browser, demo_url):
+    """A fresh page of its own per test, which must request nothing outside the demo."""
+    context = browser.new_context(accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    outside = []
+    page.on("request", lambda r: outside.append(r.url) if demo_url not in r.url else None)
+    yield page
+    context.close()
     assert not outside, f"the page requested outside resources: {outside[:5]}"
 
 
 def open_and_upload(page, url: str, path) -> None:
     page.goto(url)
+    page.wait_for_selector("#dehaze")
     page.set_input_files("#photo input[type=file]", str(path))
     page.get_by_text(path.name).first.wait_for()
     page.click("#dehaze")
