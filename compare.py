@@ -3,7 +3,8 @@
 python compare.py BASELINE_RESULT RUN_RESULT [RUN_RESULT ...] [--out DIR]
 
 Each RESULT is a folder written by test.py (per_image.csv, metrics.json); the first is the
-baseline. Prints a markdown report: mean PSNR/SSIM overall and per domain, the paired
+baseline. Prints a markdown report: the mean of every metric the results share (PSNR/SSIM, or
+FADE, LPIPS, ... each with the direction that is better) overall and per domain, the paired
 per-image difference of every run against the baseline with a bootstrap confidence interval,
 the spread of runs repeated with other seeds, and CLIP's zero-shot accuracy where the data has
 true domains. Writes the report, CSV and JSON files and PNG plots to --out.
@@ -26,13 +27,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from utils.cli import run
 from utils.comparison import (
-    METRICS,
     Bootstrap,
     ComparisonError,
     Result,
     build_report,
     load_results,
 )
+from utils.quality import METRICS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -107,58 +108,75 @@ def _source_text(report: dict) -> str:
     return "no domains recorded"
 
 
-def _metric_cells(means: dict, domains: list[str]) -> list[str]:
-    """PSNR and SSIM overall, then per domain (means: {psnr, ssim, per_domain})."""
-    cells = [_num(means["psnr"], 2), _num(means["ssim"], 4)]
+def _metric_cells(means: dict, domains: list[str], metrics: list[str]) -> list[str]:
+    """Every metric overall, then per domain (means: {metric..., per_domain})."""
+    cells = [_num(means[m], METRICS[m].digits) for m in metrics]
     for d in domains:
-        cells += [_num(means["per_domain"][d]["psnr"], 2), _num(means["per_domain"][d]["ssim"], 4)]
+        cells += [_num(means["per_domain"][d][m], METRICS[m].digits) for m in metrics]
     return cells
 
 
+def _better_text(report: dict) -> str:
+    return ", ".join(f"{METRICS[m].title} {b}" for m, b in report["metrics"].items())
+
+
+def _delta_title(metric: str) -> str:
+    return f"Δ{METRICS[metric].title}" + (" (dB)" if metric == "psnr" else "")
+
+
 def _means_section(report: dict) -> list[str]:
-    domains, runs = list(report["domain_counts"]), report["runs"]
+    domains, runs, metrics = list(report["domain_counts"]), report["runs"], list(report["metrics"])
     lines = [
         f"## {len(runs)} run{'s' * (len(runs) > 1)} on {report['images']} common images "
         f"(baseline: {report['baseline']})",
         "",
-        f"Per-domain columns: {_source_text(report)}.",
+        f"Per-domain columns: {_source_text(report)}. Better: {_better_text(report)}.",
     ]
     partial = [r for r in runs if r["images"] != report["images"]]
     if partial:
         left_out = ", ".join(f"{r['label']} {r['images'] - report['images']}" for r in partial)
         lines.append(f"Images left out (not in every run): {left_out}.")
-    header = ["run", "PSNR", "SSIM"] + [f"{m.upper()} {d}" for d in domains for m in METRICS]
-    rows = [["hazy input", *_metric_cells(report["hazy"], domains)]]
-    rows += [[r["label"], *_metric_cells(r, domains)] for r in runs]
+    titles = [METRICS[m].title for m in metrics]
+    header = ["run", *titles] + [f"{t} {d}" for d in domains for t in titles]
+    rows = [["hazy input", *_metric_cells(report["hazy"], domains, metrics)]]
+    rows += [[r["label"], *_metric_cells(r, domains, metrics)] for r in runs]
     return [*lines, "", *_table(header, rows)]
 
 
 def _differences_section(report: dict) -> list[str]:
-    diffs, b = report["differences"], report["bootstrap"]
-    level = f"{b['confidence']:.0%}"
+    diffs, b, metrics = report["differences"], report["bootstrap"], list(report["metrics"])
+    level, first = f"{b['confidence']:.0%}", metrics[0]
     lines = [
         f"### Paired differences against {report['baseline']}",
         "",
         f"Mean of run − baseline per image over the {report['images']} common images, with a "
         f"{level} paired bootstrap confidence interval (BCa, {b['resamples']} resamples, seed "
-        f"{b['seed']}).",
+        f"{b['seed']}). Better: {_better_text(report)}.",
         "",
     ]
-    with_seeds = any("seed_sd_psnr" in d for d in diffs)
-    header = ["run", "domain", "images", "ΔPSNR (dB)", f"{level} CI", "ΔSSIM", f"{level} CI"]
-    header += ["PSNR sd over seeds"] if with_seeds else []
+    with_seeds = any(f"seed_sd_{first}" in d for d in diffs)
+    header = ["run", "domain", "images"]
+    for m in metrics:
+        header += [_delta_title(m), f"{level} CI"]
+    header += [f"{METRICS[first].title} sd over seeds"] if with_seeds else []
     rows = []
     for d in diffs:
         row = [d["run"], d["domain"], str(d["images"])]
-        row += [_num(d["d_psnr"], 2, True), _ci(d, "psnr", 2)]
-        row += [_num(d["d_ssim"], 4, True), _ci(d, "ssim", 4)]
+        for m in metrics:
+            row += [_num(d[f"d_{m}"], METRICS[m].digits, True), _ci(d, m, METRICS[m].digits)]
         if with_seeds:
-            row.append(_num(d["seed_sd_psnr"], 2) if "seed_sd_psnr" in d else "")
+            sd = d.get(f"seed_sd_{first}")
+            row.append("" if sd is None else _num(sd, METRICS[first].digits))
         rows.append(row)
     lines += _table(header, rows, right_from=2)
-    if any(d[f"d_{m}_method"] == "percentile" for d in diffs for m in METRICS):
+    if any(d[f"d_{m}_method"] == "percentile" for d in diffs for m in metrics):
         lines += ["", "\\* percentile interval: BCa was undefined for these differences."]
     return lines
+
+
+def _spread(group: dict, metric: str) -> str:
+    n = METRICS[metric].digits
+    return f"{group[f'{metric}_mean']:.{n}f} ± {group[f'{metric}_sd']:.{n}f}"
 
 
 def _seeds_section(report: dict) -> list[str]:
@@ -169,17 +187,16 @@ def _seeds_section(report: dict) -> list[str]:
         "than it speaks for these weights, not for retraining.",
         "",
     ]
-    header = ["config", "seeds", "PSNR mean ± sd", "PSNR min–max", "SSIM mean ± sd"]
-    rows = [
-        [
-            g["config"],
-            ", ".join(map(str, g["seeds"])),
-            f"{g['psnr_mean']:.2f} ± {g['psnr_sd']:.2f}",
-            f"{g['psnr_min']:.2f}–{g['psnr_max']:.2f}",
-            f"{g['ssim_mean']:.4f} ± {g['ssim_sd']:.4f}",
-        ]
-        for g in report["seed_groups"]
-    ]
+    metrics = list(report["metrics"])
+    first = METRICS[metrics[0]]
+    header = ["config", "seeds", f"{first.title} mean ± sd", f"{first.title} min–max"]
+    header += [f"{METRICS[m].title} mean ± sd" for m in metrics[1:]]
+    rows = []
+    for g in report["seed_groups"]:
+        spread = [_spread(g, m) for m in metrics]
+        low, high = g[f"{first.name}_min"], g[f"{first.name}_max"]
+        span = f"{low:.{first.digits}f}–{high:.{first.digits}f}"
+        rows.append([g["config"], ", ".join(map(str, g["seeds"])), spread[0], span, *spread[1:]])
     return lines + _table(header, rows, right_from=2)
 
 
@@ -247,19 +264,19 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 def write_tables(report: dict, text: str, out_dir: Path) -> list[str]:
     """report.md, runs.csv, differences.csv and seeds.csv (when there are repeats)."""
     (out_dir / "report.md").write_text(text)
-    runs = []
+    metrics, runs = list(report["metrics"]), []
     for r in report["runs"]:
-        row = {k: r[k] for k in ("label", "folder", "images", "seed", "psnr", "ssim")}
+        row = {k: r[k] for k in ("label", "folder", "images", "seed", *metrics)}
         for d, means in r["per_domain"].items():
-            row.update({f"{m}_{d}": means[m] for m in METRICS})
+            row.update({f"{m}_{d}": means[m] for m in metrics})
         row["clip_accuracy"] = r["clip_domains"]["accuracy"] if r["clip_domains"] else ""
         runs.append(row)
     _write_csv(out_dir / "runs.csv", runs)
     files = ["report.md", "runs.csv"]
     if report["differences"]:
         keys = ["run", "baseline", "domain", "images"]
-        keys += [f"d_{m}{s}" for m in METRICS for s in ("", "_low", "_high", "_method")]
-        keys += ["seed_sd_psnr"]
+        keys += [f"d_{m}{s}" for m in metrics for s in ("", "_low", "_high", "_method")]
+        keys += [f"seed_sd_{m}" for m in metrics]
         _write_csv(
             out_dir / "differences.csv",
             [{k: d.get(k) for k in keys} for d in report["differences"]],
@@ -275,22 +292,25 @@ def write_tables(report: dict, text: str, out_dir: Path) -> list[str]:
     return files
 
 
-def _difference_panel(ax, diff: np.ndarray, row: dict, level: str) -> None:
-    """Sorted per-image differences as bars, their mean and its confidence band."""
+def _difference_panel(ax, diff: np.ndarray, row: dict, level: str, metric: str) -> None:
+    """Sorted per-image differences as bars (green where the run is better), their mean and
+    its confidence band."""
     diff = np.sort(diff[np.isfinite(diff)])
     x = np.arange(1, len(diff) + 1)
-    colors = np.where(diff >= 0, "#4c9a2a", "#c0392b")
+    better = diff <= 0 if METRICS[metric].lower_better else diff >= 0
+    colors = np.where(better, "#4c9a2a", "#c0392b")
     ax.bar(x, diff, width=1.0, linewidth=0, color=colors, alpha=0.8)
-    if row["d_psnr_low"] is not None:
-        band = (row["d_psnr_low"], row["d_psnr_high"])
+    if row[f"d_{metric}_low"] is not None:
+        band = (row[f"d_{metric}_low"], row[f"d_{metric}_high"])
         ax.axhspan(*band, color="#1f77b4", alpha=0.3, label=f"{level} CI of the mean")
-    ax.axhline(row["d_psnr"], color="#1f77b4", linewidth=1.5, label="mean")
+    ax.axhline(row[f"d_{metric}"], color="#1f77b4", linewidth=1.5, label="mean")
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xlim(0.5, len(diff) + 0.5)
     ax.set_xlabel("images, sorted by difference")
+    digits = METRICS[metric].digits
     ax.set_title(
-        f"{row['domain']} ({row['images']} images)\nmean {_num(row['d_psnr'], 2, True)} dB, "
-        f"CI {_ci(row, 'psnr', 2)}",
+        f"{row['domain']} ({row['images']} images)\nmean {_num(row[f'd_{metric}'], digits, True)}, "
+        f"CI {_ci(row, metric, digits)}",
         fontsize=10,
     )
     ax.grid(axis="y", alpha=0.3)
@@ -299,22 +319,28 @@ def _difference_panel(ax, diff: np.ndarray, row: dict, level: str) -> None:
 def plot_differences(
     results: list[Result], rows: dict[str, list[str]], report: dict, out_dir: Path
 ) -> list[str]:
-    """One PNG per run: its sorted per-image PSNR differences against the baseline with the
-    mean and its confidence band, in one panel for all images and one per domain."""
+    """One PNG per run: its sorted per-image differences of the first metric (PSNR, or FADE on
+    data without ground truth) against the baseline with the mean and its confidence band, in
+    one panel for all images and one per domain."""
     base, files = results[0], []
+    metric = next(iter(report["metrics"]))
+    title = METRICS[metric].title
     differences = {(d["run"], d["domain"]): d for d in report["differences"]}
     level = f"{report['bootstrap']['confidence']:.0%}"
     for i, r in enumerate(results[1:], start=1):
         fig = Figure(figsize=(1 + 4.2 * len(rows), 3.8))
         axes = fig.subplots(1, len(rows), sharey=True, squeeze=False)[0]
         for ax, (domain, names) in zip(axes, rows.items(), strict=True):
-            diff = r.values("psnr", names) - base.values("psnr", names)
-            _difference_panel(ax, diff, differences[(r.label, domain)], level)
-        axes[0].set_ylabel("ΔPSNR (dB)")
+            diff = r.values(metric, names) - base.values(metric, names)
+            _difference_panel(ax, diff, differences[(r.label, domain)], level, metric)
+        axes[0].set_ylabel(_delta_title(metric))
         axes[0].legend(loc="best", fontsize=8)
-        fig.suptitle(f"PSNR per image: {r.label} − {base.label}", fontsize=11)
+        better = METRICS[metric].better
+        fig.suptitle(
+            f"{title} per image: {r.label} − {base.label} ({better} is better)", fontsize=11
+        )
         fig.tight_layout()
-        files.append(f"psnr_diff_{i}_{_safe(r.label)}.png")
+        files.append(f"{metric}_diff_{i}_{_safe(r.label)}.png")
         fig.savefig(out_dir / files[-1], dpi=120)
     return files
 

@@ -32,9 +32,9 @@ from predict import Dehazer, is_override
 from utils.checkpoint import save_atomic
 from utils.cli import run
 from utils.clip_domains import text_features
-from utils.devices import speed_on
 from utils.extras import require
 from utils.image import from_model_range, to_model_range, uint8_to_tensor
+from utils.speed import speed_for
 
 # (height, width) of the random images the ONNX graph is checked at: odd, so that the padding
 # to multiples of 4 and the crop back are exercised, and none of them the size it was traced at.
@@ -110,7 +110,7 @@ def exportable(dehazer: Dehazer) -> Deployable:
     over rows, which a graph with dynamic sizes cannot hold; the same numbers)."""
     cfg = dehazer.cfg
     prompt_emb = None if dehazer.clip is None else dehazer.clip[2]
-    speed = dataclasses.replace(speed_on(cfg, torch.device("cpu")), strips=False)
+    speed = dataclasses.replace(speed_for(cfg, torch.device("cpu"), "predict")[0], strips=False)
     text_dim = None if prompt_emb is None else prompt_emb.shape[1]
     net = build_network(cfg, text_dim, speed)
     net.load_state_dict(dehazer.net.state_dict())

@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import build_model, load_pretrained
-from models.mixdehazenet import EMBED_DIMS
-from models.registry import speed_options
+from models.registry import speed_options, split_name
 from utils.autotune import StepMaker, Tuning
 from utils.checkpoint import is_project_checkpoint, read_file
 from utils.clip_domains import check_arch, embedding_width
@@ -24,16 +23,15 @@ from utils.config import (
     EVALUATION_KEYS,
     Config,
     Precision,
-    SpeedSettings,
     config_changes,
     config_from_checkpoint,
     load_config,
     override_config,
     refuse_changes,
-    with_speed,
 )
-from utils.devices import Phase, autocast, speed_on, tuned_speed
+from utils.devices import autocast
 from utils.errors import CheckpointError, ConfigError
+from utils.speed import Phase, Probe, SpeedSettings, speed_for, with_speed
 
 
 def check_names(cfg: Config) -> None:
@@ -51,9 +49,10 @@ def build_network(cfg: Config, text_dim: int | None, speed: SpeedSettings) -> nn
     if cfg.model.fusion is not None:
         overrides["fusion"] = cfg.model.fusion
     if cfg.model.depths is not None:
-        if len(cfg.model.depths) != len(EMBED_DIMS):
+        stages = split_name(cfg.model.name)[0].stages
+        if len(cfg.model.depths) != stages:
             raise ConfigError(
-                f"model.depths: one number of blocks per stage, {len(EMBED_DIMS)} in all, "
+                f"model.depths: one number of blocks per stage, {stages} in all, "
                 f"got {list(cfg.model.depths)}"
             )
         overrides["depths"] = cfg.model.depths
@@ -65,8 +64,9 @@ def build_network(cfg: Config, text_dim: int | None, speed: SpeedSettings) -> nn
 def load_weights(net: nn.Module, weights: Mapping, source: str | Path, model_name: str) -> None:
     """Load `weights`, read from the file `source`, into `net` (a `model_name`); weights that do
     not fit are a CheckpointError naming the file and the keys."""
+    input_weight = split_name(model_name)[0].input_weight
     try:
-        load_pretrained(net, weights)
+        load_pretrained(net, weights, input_weight)
     except ValueError as e:
         raise CheckpointError(f"{source} does not fit {model_name}: {e}") from e
 
@@ -114,7 +114,7 @@ def model_from_checkpoint(
         check_names(cfg)
         text_dim = embedding_width(cfg.clip.arch) if cfg.model.needs_text else None
     device = pick_device()
-    table = speed_on(cfg, device)
+    table, _ = speed_for(cfg, device, phase)
     net = build_network(cfg, text_dim, table)
     load_weights(net, obj, ckpt_path, cfg.model.name)  # weights that do not fit: before measuring
     speed, _ = tune_speed(cfg, text_dim, device, phase, 1, cfg.data.patch_size)
@@ -131,7 +131,7 @@ def inference_network(
     """`net` on `device` in eval mode, compiled if configured, run under autocast with
     `precision` (default: precision.eval); its outputs are fp32 whatever it computes in."""
     net = net.to(device).eval()
-    model = torch.compile(net) if speed_on(cfg, device).compile else net
+    model = torch.compile(net) if speed_for(cfg, device, "test")[0].compile else net
     amp = cfg.precision.eval if precision is None else precision
 
     def run(hazy: torch.Tensor, text_feature: torch.Tensor | None) -> torch.Tensor:
@@ -147,7 +147,7 @@ def speed_probe(
     """Steps of `phase` on random `batch`x3x`side`x`side` images, for a setting of some speed
     keys: a training step is forward, L1 loss and backward (the optimiser's step does not
     depend on them), an inference step a forward pass without autograd."""
-    base = speed_on(cfg, device)
+    base, _ = speed_for(cfg, device, phase)
     gen = torch.Generator().manual_seed(0)
     hazy = (torch.rand(batch, 3, side, side, generator=gen) * 2 - 1).to(device)
     text = torch.randn(batch, 1, text_dim, generator=gen).to(device) if text_dim else None
@@ -182,7 +182,7 @@ def tune_speed(
     side: int,
 ) -> tuple[SpeedSettings, Tuning | None]:
     """The speed settings of `phase` on `device` for `batch` images of `side` pixels squared,
-    measured where `auto` (utils.devices.tuned_speed); the measurement, if any. Inference is
+    measured where `auto` (utils.speed.speed_for); the measurement, if any. Inference is
     measured on one image of the patch size: its time grows linearly in pixels."""
     m = cfg.model
     workload = {
@@ -195,7 +195,7 @@ def tune_speed(
         "precision": cfg.precision.train if phase == "train" else cfg.precision.eval,
     }
     probe = speed_probe(cfg, text_dim, device, batch, side, phase)
-    return tuned_speed(cfg, device, phase, speed_options(m.name), workload, probe)
+    return speed_for(cfg, device, phase, Probe(speed_options(m.name), workload, probe))
 
 
 def pick_device() -> torch.device:

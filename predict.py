@@ -29,7 +29,6 @@ from networks import inference_network, model_from_checkpoint, pick_device
 from utils.cli import positive_int, run
 from utils.clip_domains import classify, load_classifier, text_features
 from utils.config import Config
-from utils.devices import speed_on
 from utils.errors import OutputError, OutputExistsError, UserError
 from utils.image import (
     from_model_range,
@@ -40,6 +39,7 @@ from utils.image import (
     write_rgb,
 )
 from utils.memory import available_memory
+from utils.speed import speed_for
 
 # Peak memory of a full-resolution forward pass grows linearly with the pixel count; per
 # (device type, precision), MixDehazeNet's bytes per input pixel that bench/bench_inference.py
@@ -163,7 +163,7 @@ class Dehazer:
     ) -> None:
         """`precision`: autocast's, by default the measured `precision.predict`."""
         self.net, self.cfg, self.device = net, cfg, pick_device()
-        self.precision = precision or speed_on(cfg, self.device).predict_precision
+        self.precision = precision or speed_for(cfg, self.device, "predict")[0].predict_precision
         self.run_net = inference_network(net, cfg, self.device, self.precision)
         self.clip = clip  # (model, preprocess, prompt embeddings) for CLIP-guided networks
 

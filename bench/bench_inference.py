@@ -15,7 +15,7 @@ now is skipped and marked so.
 Settings (model arguments, see models.MixDehazeNet):
   straightforward   the authors' computation: separate depthwise convs, explicit attention
                     map, the unused text branch computed, NCHW activations, whole maps
-  optimised         the table (utils.config.DEVICE_SPEED, speed.autotune=false): today
+  optimised         the table (utils.speed.DEVICE_SPEED, speed.autotune=false): today
                     channels-last, fused attention kernel, no text branch, row strips
   -channels_last, -strips, +fused_dwconv, +explicit, +text_branch, +compile
                     the defaults with one option changed (at --option-size only)

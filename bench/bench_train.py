@@ -17,7 +17,7 @@ medians; of minimums in brackets).
 Settings (model arguments, see models.MixDehazeNet):
   straightforward   the authors' computation: separate depthwise convs, explicit attention
                     map, the unused text branch computed, NCHW activations
-  optimised         the table (utils.config.DEVICE_SPEED, speed.autotune=false): today
+  optimised         the table (utils.speed.DEVICE_SPEED, speed.autotune=false): today
                     channels-last, fused attention kernel, no text branch
   -channels_last    the defaults with NCHW activations
   +fused_dwconv     the defaults with the three depthwise convs as one grouped conv

@@ -32,7 +32,7 @@ from utils.checkpoint import FORMAT, read_file, save_atomic
 from utils.cli import positive_int
 from utils.clip_domains import embedding_width
 from utils.config import config_to_dict, load_config
-from utils.devices import speed_on
+from utils.speed import speed_for
 
 DEFAULT_CONFIG = "configs/reside6k/mixcl-s.yaml"
 
@@ -41,7 +41,7 @@ def checkpoint_of(config: str, device: torch.device) -> tuple[dict[str, Any], An
     """A checkpoint as train.py writes it (weights, AdamW moments, config), and the config."""
     cfg = load_config(config)
     text_dim = embedding_width(cfg.clip.arch) if cfg.model.needs_text else None
-    net = build_network(cfg, text_dim, speed_on(cfg, device)).to(device)
+    net = build_network(cfg, text_dim, speed_for(cfg, device, "train")[0]).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr)
     for p in net.parameters():
         p.grad = torch.zeros_like(p)

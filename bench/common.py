@@ -29,12 +29,12 @@ import torch
 
 from models.registry import SPEED_OPTIONS, speed_options
 from utils.cli import positive_int
-from utils.config import STRAIGHTFORWARD, Config
-from utils.devices import speed_on
+from utils.config import Config
+from utils.speed import STRAIGHTFORWARD, speed_for
 
 MIB = 2**20
 # Model overrides of each compared setting: the straightforward computation, the device's
-# table ("optimised", utils.config.DEVICE_SPEED), and those with one speed option switched.
+# table ("optimised", utils.speed.DEVICE_SPEED), and those with one speed option switched.
 SPEED_SETTINGS: dict[str, dict[str, Any]] = {
     "straightforward": STRAIGHTFORWARD,
     "optimised": {},
@@ -69,7 +69,7 @@ def add_timing_args(
 def model_args(name: str, device: torch.device, overrides: dict[str, Any]) -> dict[str, Any]:
     """The arguments of model `name` in a setting: the device's speed defaults, then
     `overrides`, less the speed options its constructor does not take (models.registry)."""
-    args = {**speed_on(Config(), device).network_args(), **overrides}
+    args = {**speed_for(Config(), device, "test")[0].network_args(), **overrides}
     taken = speed_options(name)
     return {k: v for k, v in args.items() if k not in SPEED_OPTIONS or k in taken}
 

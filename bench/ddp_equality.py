@@ -43,7 +43,7 @@ from torch import nn
 
 from models import build_model
 from utils.distributed import DistInfo, convert_sync_batchnorm
-from utils.losses import ContrastiveLoss, Criterion, resnet_slices
+from utils.losses import ContrastiveLoss, Criterion, L1Loss, resnet_slices
 
 GLOBAL_BATCH = 4
 PATCH = {"cpu": 32, "cuda": 64}  # CPUs only check the plumbing: small and fast
@@ -97,7 +97,8 @@ def _train(rank: int, world: int, device: str, batchnorm: str, steps: int, tmp: 
     parts = convert_sync_batchnorm(
         nn.ModuleList([net, cr]), info, torch.device(device), batchnorm == "sync"
     )
-    net, criterion = parts[0], Criterion(parts[1], CR_WEIGHT)
+    net = parts[0]
+    criterion = Criterion({"l1": L1Loss(), "cr": parts[1]}, {"l1": 1.0, "cr": CR_WEIGHT})
     net.train(batchnorm != "frozen")
     model = nn.parallel.DistributedDataParallel(net) if world > 1 else net
     optimizer = torch.optim.SGD(net.parameters(), lr=LR)

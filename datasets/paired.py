@@ -108,6 +108,8 @@ class PairedDataset(Dataset):
         patch_size: crop size for train/valid; smaller images are reflect-padded first.
         edge_decay: train only, bias towards crops touching the image border.
         only_h_flip: train only, disable the 90-degree rotations.
+        ground_truth: False for a split of hazy images only (real haze, no `GT` folder):
+            samples then have no `gt`.
 
     Sample keys: hazy, gt, name (file name) and, after `set_text_features`, text (1, D).
     Every problem with the split (missing folders, unmatched or unreadable files, size
@@ -124,6 +126,7 @@ class PairedDataset(Dataset):
         patch_size: int = 256,
         edge_decay: float = 0.0,
         only_h_flip: bool = False,
+        ground_truth: bool = True,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -134,13 +137,14 @@ class PairedDataset(Dataset):
         self.edge_decay = edge_decay
         self.only_h_flip = only_h_flip
         self.split_dir = Path(root) / split
+        self.folders = ("GT", "hazy") if ground_truth else ("hazy",)
 
         names, self.sizes, problems = self._scan()
         self._refuse(problems)
         self.text: dict[str, torch.Tensor] | None = None
         self.names = names
         self.hazy_paths = [self.split_dir / "hazy" / n for n in names]
-        self.gt_paths = [self.split_dir / "GT" / n for n in names]
+        self.gt_paths = [self.split_dir / "GT" / n for n in names] if ground_truth else None
 
     def _refuse(self, problems: list[str]) -> None:
         """One DataError naming the split and every problem found in it, if any."""
@@ -162,28 +166,30 @@ class PairedDataset(Dataset):
         problems = []
         if not self.split_dir.is_dir():
             return [], {}, [f"split folder not found: {self.split_dir}"]
-        folders = {sub: self.split_dir / sub for sub in ("GT", "hazy")}
+        folders = {sub: self.split_dir / sub for sub in self.folders}
         for sub, folder in folders.items():
             if not folder.is_dir():
                 problems.append(f"{sub} folder not found: {folder}")
         if problems:
             return [], {}, problems
 
-        gt = {p.name for p in list_images(folders["GT"])}
-        hazy = {p.name for p in list_images(folders["hazy"])}
-        if not gt and not hazy:
-            return [], {}, [f"no images in {folders['GT']} or {folders['hazy']}"]
+        found = {sub: {p.name for p in list_images(f)} for sub, f in folders.items()}
+        if not any(found.values()):
+            return [], {}, [f"no images in {' or '.join(map(str, folders.values()))}"]
+        hazy, gt = found["hazy"], found.get("GT", found["hazy"])
         problems += _unmatched(hazy, gt, "GT") + _unmatched(gt, hazy, "hazy")
         names = sorted(gt & hazy)
         pair_size: dict[str, tuple[int, int]] = {}
         unreadable, mismatched = [], []
         for name in names:
             try:
-                sizes = [image_size(folders[sub] / name) for sub in ("hazy", "GT")]
+                sizes = [
+                    image_size(folders[sub] / name) for sub in ("hazy", "GT") if sub in folders
+                ]
             except ValueError as e:
                 unreadable.append(str(e))
                 continue
-            if sizes[0] != sizes[1]:
+            if sizes[0] != sizes[-1]:
                 mismatched.append(
                     f"{name} (hazy {sizes[0][1]}x{sizes[0][0]}, GT {sizes[1][1]}x{sizes[1][0]})"
                 )
@@ -202,7 +208,7 @@ class PairedDataset(Dataset):
         The constructor reads headers only; a truncated file with an intact header is caught
         here. Every undecodable file is named in one DataError.
         """
-        paths = [*self.hazy_paths, *self.gt_paths]
+        paths = [*self.hazy_paths, *(self.gt_paths or [])]
 
         def problem(path: Path) -> str | None:
             try:
@@ -223,17 +229,20 @@ class PairedDataset(Dataset):
 
     def __getitem__(self, idx: int) -> dict:
         name = self.names[idx]
-        hazy, gt = read_rgb(self.hazy_paths[idx]), read_rgb(self.gt_paths[idx])
-        if hazy.shape != gt.shape:
-            raise DataError(f"{name}: hazy {hazy.shape} and GT {gt.shape} sizes differ")
-        imgs = [hazy, gt]
+        imgs = [read_rgb(self.hazy_paths[idx])]
+        if self.gt_paths is not None:
+            imgs.append(read_rgb(self.gt_paths[idx]))
+            if imgs[0].shape != imgs[1].shape:
+                raise DataError(f"{name}: hazy {imgs[0].shape} and GT {imgs[1].shape} sizes differ")
         if self.mode != "test":
             imgs = _pad_to(imgs, self.patch_size)
         if self.mode == "train":
             imgs = random_crop_flip_rotate(imgs, self.patch_size, self.edge_decay, self.only_h_flip)
         elif self.mode == "valid":
             imgs = center_crop(imgs, self.patch_size)
-        sample = {"hazy": _to_model_tensor(imgs[0]), "gt": _to_model_tensor(imgs[1]), "name": name}
+        sample = {"hazy": _to_model_tensor(imgs[0]), "name": name}
+        if len(imgs) == 2:
+            sample["gt"] = _to_model_tensor(imgs[1])
         if self.text is not None:
             sample["text"] = self.text[name]
         return sample

@@ -18,7 +18,6 @@ from utils.errors import name_list
 logger = logging.getLogger(__name__)
 
 FUSION_PREFIX = "text_emb."
-EMBED_WEIGHT = "patch_embed.proj.weight"
 DATA_PARALLEL_PREFIX = "module."
 # At most this many keys are named per kind of problem in an error message.
 MAX_KEYS_SHOWN = 5
@@ -47,13 +46,14 @@ def _is_text_branch_key(key: str) -> bool:
     return key.startswith(FUSION_PREFIX) and parts[1] in TEXT_BRANCH_MODULES
 
 
-def load_pretrained(model: nn.Module, source: Mapping) -> None:
+def load_pretrained(model: nn.Module, source: Mapping, input_weight: str | None = None) -> None:
     """Load weights in place; raise ValueError naming missing, unexpected or misshaped keys.
 
     `source` is a loaded checkpoint: a state_dict, or a dict holding one under 'model' or
-    'state_dict'. A MixDehazeNet file loaded into a model with text fusion is a warm start: the
-    fusion keeps its initial weights and the extra input channels of `patch_embed` get zero
-    weights, so the network initially computes what MixDehazeNet computes.
+    'state_dict'. A file of the plain network (e.g. MixDehazeNet) loaded into a model with text
+    fusion is a warm start: the fusion keeps its initial weights and the extra input channels
+    of `input_weight` (the backbone's registry entry names it) get zero weights, so the network
+    initially computes what the plain network computes.
     """
     state = _state_dict_of(source)
     target = model.state_dict()
@@ -70,7 +70,7 @@ def load_pretrained(model: nn.Module, source: Mapping) -> None:
             ", ".join(fusion_keys),
         )
         state.update({k: target[k] for k in fusion_keys})
-        src, dst = state.get(EMBED_WEIGHT), target.get(EMBED_WEIGHT)
+        src, dst = state.get(input_weight), target.get(input_weight)
         if (
             src is not None
             and dst is not None
@@ -79,7 +79,7 @@ def load_pretrained(model: nn.Module, source: Mapping) -> None:
         ):
             widened = torch.zeros_like(dst)
             widened[:, : src.shape[1]] = src
-            state[EMBED_WEIGHT] = widened
+            state[input_weight] = widened
 
     missing = sorted(target.keys() - state.keys())
     unexpected = sorted(state.keys() - target.keys())

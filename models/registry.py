@@ -3,7 +3,7 @@
 The config checks `model.name` against this table and `models.build_model` builds from it, so it
 imports nothing but the standard library: reading a config never imports torch. Adding a
 backbone is one module in models/ (with a `build(size, **overrides)` function) and one entry in
-BACKBONES.
+BACKBONES (docs/EXTENDING.md); tests/test_backbones.py holds every entry to the contract.
 """
 
 from __future__ import annotations
@@ -24,6 +24,11 @@ class Backbone:
     sizes: the size suffixes of its variants (`<family>-<size>`).
     plain: the family name without CLIP guidance (fusion 'none').
     guided: the family name with the CLIP text feature concatenated at the input.
+    stages: how many numbers `model.depths` (blocks per stage) holds.
+    published: the key of its published settings in utils/protocol.PUBLISHED (None: it has
+        none, and a run's numbers compare with no paper's).
+    input_weight: the input layer's weight, whose input channels a warm start from the plain
+        network widens with zeros for the text fusion's extra channels (models.loading).
     speed_options: which SPEED_OPTIONS its constructor takes; build_network passes only those
         (they change speed, never the numbers beyond float tolerance).
     memory_scale: per size, the peak inference memory per pixel relative to MixDehazeNet's
@@ -35,6 +40,9 @@ class Backbone:
     sizes: tuple[str, ...]
     plain: str
     guided: str
+    stages: int
+    published: str | None
+    input_weight: str
     speed_options: tuple[str, ...]
     memory_scale: tuple[float, ...]
 
@@ -45,6 +53,9 @@ BACKBONES: tuple[Backbone, ...] = (
         sizes=("t", "s", "b", "l"),
         plain="mixdehazenet",
         guided="mixcl",
+        stages=5,
+        published="mixcldehazenet",
+        input_weight="patch_embed.proj.weight",
         speed_options=SPEED_OPTIONS,
         memory_scale=(1.0, 1.0, 1.0, 1.0),  # the peak does not grow with depth
     ),
@@ -53,6 +64,9 @@ BACKBONES: tuple[Backbone, ...] = (
         sizes=("t", "s", "b", "m", "l"),
         plain="dehazeformer",
         guided="clipdehazeformer",
+        stages=5,
+        published="dehazeformer",
+        input_weight="patch_embed.proj.weight",
         speed_options=(),
         # 1024x1024: 1260, 2300, 2300, 2300 and 3528 B/px against mixcl-s's 816
         memory_scale=(1.55, 2.82, 2.82, 2.82, 4.33),

@@ -7,7 +7,7 @@ from types import ModuleType
 import torch
 
 from models import build_model
-from utils.config import STRAIGHTFORWARD
+from utils.speed import STRAIGHTFORWARD
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = (1, 1, 1, 1, 1)  # model.depths of the tiny test networks

@@ -12,12 +12,12 @@ import yaml
 
 import networks
 import utils.autotune
-import utils.devices
+import utils.speed
 from models.registry import speed_options
 from utils.autotune import tune
-from utils.config import DEVICE_SPEED, load_config
-from utils.devices import precisions, tuned_speed
+from utils.config import load_config
 from utils.image import write_rgb
+from utils.speed import DEVICE_SPEED, Probe, precisions, speed_for
 
 from .helpers import FP32_TOL, TINY, image, load_entry, reference_and, text, train_args
 
@@ -121,28 +121,28 @@ def test_a_set_value_is_never_measured_nor_overridden(tmp_path):
     work = FakeWorkload({(True,): 9.0, (False,): 1.0})
     cfg = tiny_config(tmp_path, "speed.channels_last=true")
     accepted = speed_options("mixcl-t")
-    speed, tuning = tuned_speed(cfg, CPU, "train", accepted, {}, work.make_step)
+    speed, tuning = speed_for(cfg, CPU, "train", Probe(accepted, {}, work.make_step))
     assert speed.channels_last is True and speed.fused_dwconv is False
     assert work.built == [{"fused_dwconv": True}, {"fused_dwconv": False}]
     assert tuning.choice == {"fused_dwconv": False}
     work.built.clear()
     both = tiny_config(tmp_path, "speed.channels_last=false", "speed.fused_dwconv=true")
-    speed, tuning = tuned_speed(both, CPU, "train", accepted, {}, work.make_step)
+    speed, tuning = speed_for(both, CPU, "train", Probe(accepted, {}, work.make_step))
     assert (speed.channels_last, speed.fused_dwconv, tuning, work.built) == (False, True, None, [])
 
 
 def test_autotune_false_takes_the_table(tmp_path, monkeypatch):
-    monkeypatch.setattr(utils.devices, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(utils.speed, "cpu_has_native_bf16", lambda: False)
     work = FakeWorkload({})
     cfg = tiny_config(tmp_path, "speed.autotune=false")
-    speed, tuning = tuned_speed(cfg, CPU, "predict", ("strips",), {}, work.make_step)
+    speed, tuning = speed_for(cfg, CPU, "predict", Probe(("strips",), {}, work.make_step))
     assert (speed, tuning, work.built) == (DEVICE_SPEED["cpu"], None, [])
 
 
 def test_bf16_is_measured_only_where_the_cpu_computes_it(monkeypatch):
-    monkeypatch.setattr(utils.devices, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(utils.speed, "cpu_has_native_bf16", lambda: False)
     assert precisions(CPU) == ("none",)
-    monkeypatch.setattr(utils.devices, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(utils.speed, "cpu_has_native_bf16", lambda: True)
     assert precisions(CPU) == ("none", "bf16")
 
 
@@ -201,7 +201,7 @@ def test_predict_measures_once_and_never_a_set_key(trained, tmp_path, monkeypatc
 
     monkeypatch.setattr(utils.autotune, "measure", spy)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(utils.devices, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(utils.speed, "cpu_has_native_bf16", lambda: False)
     photo = tmp_path / "in.png"
     write_rgb(photo, torch.rand(3, 40, 44))
     predict = load_entry("predict")

@@ -11,14 +11,16 @@ from utils.clip_domains import (
     cache_file_for,
     classify,
     clip_precision,
+    domain_embeddings,
     domain_prompts,
     load_clip,
     prepare_domains,
     prompt_embeddings,
+    prompts_per_domain,
     quick_gelu_for,
     text_features,
 )
-from utils.config import DEFAULT_DOMAINS, ClipConfig
+from utils.config import DEFAULT_DOMAINS, ClipConfig, DomainPrompts
 from utils.errors import ConfigError, WeightsError
 from utils.image import list_images, read_rgb, write_rgb
 
@@ -94,6 +96,49 @@ def test_prompts_embeddings_and_probabilities(tiny_clip, synthetic_root):
     assert torch.equal(
         probs, classify(model, preprocess, [Image.fromarray(a) for a in arrays], emb)
     )
+
+
+def test_domain_ids_take_their_own_prompts_averaged_or_the_authors_by_default(tiny_clip):
+    model, _, tokenizer = tiny_clip
+    default = prompts_per_domain(ClipConfig())
+    assert default == [["a photo of a indoor"], ["a photo of a outdoor"]]
+    # One prompt per domain: exactly its embedding, as upstream (no re-normalisation).
+    upstream = prompt_embeddings(model, tokenizer, domain_prompts())
+    assert torch.equal(domain_embeddings(model, tokenizer, default), upstream)
+
+    several = ("a photo of a room", "an indoor scene")
+    clip = ClipConfig(prompts=(DomainPrompts("indoor", several),))
+    prompts = prompts_per_domain(clip)
+    assert prompts == [list(several), ["a photo of a outdoor"]]
+    emb = domain_embeddings(model, tokenizer, prompts)
+    mean = prompt_embeddings(model, tokenizer, several).mean(0)
+    assert torch.allclose(emb[0], mean / mean.norm(), atol=1e-6)
+    assert torch.equal(emb[1], upstream[1])
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ((DomainPrompts("indoors", ("x",)),), r"'indoors' is not one of clip\.domains"),
+        ((DomainPrompts("indoor", ("x",)), DomainPrompts("indoor", ("y",))), "given twice"),
+        ((DomainPrompts("outdoor", ()),), "'outdoor' has no texts"),
+    ],
+)
+def test_prompts_of_unknown_repeated_or_empty_domains_are_named(entries, message):
+    with pytest.raises(ConfigError, match=message):
+        prompts_per_domain(ClipConfig(prompts=entries))
+
+
+def test_a_cache_of_one_prompt_string_per_domain_is_still_reused(synthetic_root, tmp_path, capsys):
+    paths = list_images(synthetic_root / "test" / "hazy")
+    cache_file = tmp_path / "domains.pt"
+    _prepare(paths, cache_file)
+    data = torch.load(cache_file, weights_only=True)
+    record = {**data["record"], "prompts": ["a photo of a indoor", "a photo of a outdoor"]}
+    torch.save({**data, "record": record}, cache_file)
+    capsys.readouterr()
+    _prepare(paths, cache_file)
+    assert not _rebuilt(capsys)
 
 
 def test_hard_and_soft_features():

@@ -182,7 +182,7 @@ def test_folders_that_are_not_results_are_refused_with_what_to_pass(tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "per_image.csv").write_text("name,psnr\na.png,20\n")
-    with pytest.raises(ComparisonError, match=r"bad/per_image\.csv: no column domain, ssim"):
+    with pytest.raises(ComparisonError, match=r"bad/per_image\.csv: no column domain, hazy_psnr"):
         run_compare(tmp_path, a, bad)
     shutil.copy(a / "per_image.csv", bad / "per_image.csv")
     with open(bad / "per_image.csv", "a") as f:
@@ -247,3 +247,35 @@ def test_compare_reads_what_test_py_writes(trained, tmp_path):
     assert len(report["validation_psnr"]["run_best"]) == 2  # the fixture's two validations
     assert all(r["clip_domains"] is not None for r in report["runs"])
     assert report["seed_groups"] == []  # the same run twice is no seed repeat
+
+
+def write_fade_result(folder: Path, fade: np.ndarray, hazy_fade: np.ndarray) -> Path:
+    """A result of a split without ground truth: FADE of the output and of the hazy input."""
+    folder.mkdir(parents=True)
+    with open(folder / "per_image.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "domain", "fade", "hazy_fade", "true_domain"])
+        for i, name in enumerate(NAMES):
+            w.writerow([name, "", fade[i], hazy_fade[i], TRUE[i]])
+    return folder
+
+
+def test_no_reference_results_are_compared_with_lower_fade_better(tmp_path, capsys):
+    hazy = RNG.uniform(1.5, 3.0, N)
+    base = hazy * 0.5
+    a = write_fade_result(tmp_path / "a", base, hazy)
+    b = write_fade_result(tmp_path / "b", base - 0.1 + RNG.normal(0, 0.02, N), hazy)
+    report = run_compare(tmp_path, a, b)
+    assert report["metrics"] == {"fade": "lower"}
+    row = differences(report, "b")["all"]
+    assert row["d_fade"] == pytest.approx(-0.1, abs=0.02)
+    assert row["d_fade_low"] < row["d_fade"] < row["d_fade_high"] < 0
+    assert report["hazy"]["fade"] == pytest.approx(hazy.mean())
+    out = capsys.readouterr().out
+    assert "Better: FADE lower." in out and "| run | FADE | FADE indoor | FADE outdoor |" in out
+    assert (tmp_path / "cmp" / "fade_diff_1_b.png").is_file()
+    c = write_fade_result(tmp_path / "c", base, hazy * 1.01)
+    with pytest.raises(ComparisonError, match="different data: the hazy input's FADE differs"):
+        run_compare(tmp_path, a, c)
+    with pytest.raises(ComparisonError, match="share no metric"):
+        run_compare(tmp_path, a, write_result(tmp_path / "paired"))

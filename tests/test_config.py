@@ -9,7 +9,11 @@ import pytest
 import yaml
 
 from utils.config import (
-    DEVICE_SPEED,
+    EVALUATION_KEYS,
+    KEY_ROLES,
+    LOCATION_KEYS,
+    RESULT_KEYS,
+    RESUME_KEYS,
     Config,
     ConfigError,
     _convert,
@@ -23,7 +27,7 @@ from utils.config import (
     load_config,
     override_config,
     refuse_changes,
-    speed_settings,
+    role_of,
 )
 
 from .helpers import load_entry
@@ -393,19 +397,47 @@ def test_flatten_dots_nested_keys():
     }
 
 
-def test_speed_settings_fill_only_the_null_keys_from_the_device():
-    cfg = load_config(None, ["speed.strips=false", "precision.predict=fp16"])
-    chosen = speed_settings(cfg, "cpu")
-    assert chosen == replace(DEVICE_SPEED["cpu"], strips=False, predict_precision="fp16")
-    assert speed_settings(Config(), "cuda") == DEVICE_SPEED["cuda"]
-    assert chosen.network_args() == {
-        "channels_last": DEVICE_SPEED["cpu"].channels_last,
-        "strips": False,
-        "fused_dwconv": DEVICE_SPEED["cpu"].fused_dwconv,
-    }
-
-
 def test_a_checkpoint_without_a_section_gets_its_added_keys_as_they_were_then():
     old = config_to_dict(Config())
     del old["loss"]  # written before the section existed, and trained with the defaults
     assert config_from_checkpoint(old).loss == replace(Config().loss, resnet_batchnorm="frozen")
+
+
+def test_the_former_name_of_predicts_precision_still_reads(tmp_path):
+    """precision.predict is now speed.predict_precision: old YAML files, overrides and
+    checkpoints keep working, their null meaning auto as before; both names at once are refused."""
+    base = tmp_path / "base.yaml"
+    base.write_text("speed: {predict_precision: none}\n")
+    old = tmp_path / "old.yaml"
+    old.write_text("base: base.yaml\nprecision: {predict: bf16}\n")
+    assert load_config(old).speed.predict_precision == "bf16"  # the file wins over its base
+    assert load_config(old, ["speed.predict_precision=fp16"]).speed.predict_precision == "fp16"
+    assert load_config(None, ["precision.predict=fp16"]).speed.predict_precision == "fp16"
+    cfg = override_config(load_config(old), ["precision.predict=none"])
+    assert cfg.speed.predict_precision == "none"
+    stored = config_to_dict(Config())
+    del stored["speed"]["predict_precision"]
+    for value, now in (("bf16", "bf16"), (None, "auto")):
+        stored["precision"]["predict"] = value
+        assert config_from_checkpoint(stored).speed.predict_precision == now
+    assert "predict" not in config_to_dict(config_from_checkpoint(stored))["precision"]
+    with pytest.raises(ConfigError, match=r"precision\.predict and speed\.predict_precision"):
+        load_config(None, ["precision.predict=none", "speed.predict_precision=bf16"])
+
+
+def test_every_config_key_declares_its_role():
+    """A key added without an entry in KEY_ROLES fails here: its role decides whether the
+    protocol report compares it and whether --resume, test.py and compare.py accept a change."""
+    keys = flatten(config_to_dict(Config()))
+    assert [k for k in keys if role_of(k) is None] == []
+    for entry in KEY_ROLES:
+        assert any(covers((entry,), k) for k in keys), f"{entry} is no config key or section"
+
+
+def test_the_key_lists_follow_the_roles():
+    assert covers(RESUME_KEYS, "train.epochs") and not covers(EVALUATION_KEYS, "train.epochs")
+    assert covers(EVALUATION_KEYS, "clip.mode") and not covers(RESUME_KEYS, "clip.mode")
+    assert covers(LOCATION_KEYS, "data.root") and not covers(RESULT_KEYS, "data.root")
+    assert covers(RESULT_KEYS, "model.init_from") and covers(RESUME_KEYS, "model.init_from")
+    assert covers(RESUME_KEYS, "speed.strips") and not covers(LOCATION_KEYS, "speed.strips")
+    assert not any(covers(keys, "train.lr") for keys in (RESUME_KEYS, EVALUATION_KEYS))

@@ -261,6 +261,21 @@ def test_missing_folders_named(tmp_path, missing):
         PairedDataset(root, split, "test")
 
 
+def test_a_split_of_hazy_images_only_opens_without_gt_and_a_half_paired_one_does_not(tmp_path):
+    root = _make_split(tmp_path, {}, {"a.png": _noise(8, 9), "b.jpg": _noise(6, 5, seed=1)})
+    (root / "test" / "GT").rmdir()
+    ds = PairedDataset(root, "test", "test", ground_truth=False)
+    assert ds.names == ["a.png", "b.jpg"] and ds.gt_paths is None
+    sample = ds[0]
+    assert "gt" not in sample and sample["hazy"].shape == (3, 8, 9)
+    assert np.array_equal(_to_uint8(sample["hazy"]), _noise(8, 9))
+    with pytest.raises(DataError, match="GT folder not found"):
+        PairedDataset(root, "test", "test")
+    _make_split(root, {"a.png": _noise(8, 9)}, {})
+    with pytest.raises(DataError, match=r"1 image\(s\) without a GT counterpart: b\.jpg"):
+        PairedDataset(root, "test", "test")
+
+
 def test_bad_mode_rejected(tmp_path):
     with pytest.raises(ValueError, match="mode"):
         PairedDataset(tmp_path, "test", "training")

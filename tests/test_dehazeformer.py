@@ -4,7 +4,6 @@ every entry point with a tiny variant (CPU, seconds)."""
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 import sys
 
@@ -14,12 +13,13 @@ import torch.nn.functional as F
 
 import models
 from bench.params import count_macs
-from models import build_model, load_pretrained
+from models import build_model
 from models.registry import MODEL_NAMES, speed_options
 from networks import build_network
 from utils.checkpoint import load_checkpoint
-from utils.config import DEVICE_SPEED, load_config
+from utils.config import load_config
 from utils.image import from_model_range, read_rgb, to_model_range, uint8_to_tensor, write_rgb
+from utils.speed import DEVICE_SPEED
 
 from .helpers import REPO, image, load_entry, randomize, text, train_args
 
@@ -135,18 +135,6 @@ def test_inputs_upstream_accepts_use_its_padding(hw):
     with torch.no_grad():
         k, b = model.forward_features(padded, None).split((1, 3), dim=1)
         assert torch.equal(model(x), (k * padded - b + padded)[:, :, :h, :w])
-
-
-def test_dehazeformer_weights_warm_start_the_clip_guided_network(caplog):
-    plain = randomize(build_model("dehazeformer-t", depths=TINY))
-    guided = build_model("clipdehazeformer-t", depths=TINY).eval()
-    with caplog.at_level(logging.INFO, logger="models.loading"):
-        load_pretrained(guided, {"state_dict": plain.state_dict()})
-    assert "warm start" in caplog.text
-    assert torch.equal(guided.patch_embed.proj.weight[:, 3:], torch.zeros(24, 3, 3, 3))
-    x = image(41, 45)
-    with torch.no_grad():
-        assert (guided(x, text()) - plain(x)).abs().max() <= 1e-6
 
 
 def test_the_authors_released_checkpoint_format_is_evaluated_by_test_py(data_root, tmp_path):

@@ -1,17 +1,20 @@
-"""Speed settings per device: the table's defaults, native-bf16 CPUs, and memory estimates."""
+"""The speed decision (utils/speed.py): the table's defaults per device, native-bf16 CPUs, the
+former name of speed.predict_precision; and memory estimates."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 import networks
-import utils.devices
-from utils.config import DEVICE_SPEED, SpeedSettings, load_config, speed_settings
-from utils.devices import device_kind, speed_on
+import utils.speed
+from utils.config import Config, load_config
 from utils.image import read_rgb, write_rgb
 from utils.memory import available_memory
+from utils.speed import DEVICE_SPEED, SpeedSettings, device_kind, speed_for, table_speed
 
 from .helpers import load_entry
 
@@ -32,15 +35,27 @@ def no_native_bf16(monkeypatch):
 
 def test_auto_keys_take_the_device_defaults_of_the_table_and_set_keys_win():
     default = load_config(None)
-    assert default.speed.channels_last == "auto" and default.precision.predict == "auto"
-    old = load_config(None, ["speed.channels_last=null", "precision.predict=null"])
+    assert default.speed.channels_last == "auto" and default.speed.predict_precision == "auto"
+    old = load_config(None, ["speed.channels_last=null", "speed.predict_precision=null"])
     assert old == default  # null, before auto existed, meant the device's default
     for kind, row in DEVICE_SPEED.items():
-        assert speed_settings(default, kind) == row
-    cfg = load_config(None, ["speed.fused_dwconv=true", "precision.predict=none"])
-    mine = speed_settings(cfg, "cpu-bf16")
+        assert table_speed(default, kind) == row
+    cfg = load_config(None, ["speed.fused_dwconv=true", "speed.predict_precision=none"])
+    mine = table_speed(cfg, "cpu-bf16")
     assert mine.fused_dwconv and mine.predict_precision == "none"
     assert mine.channels_last == DEVICE_SPEED["cpu-bf16"].channels_last
+
+
+def test_speed_settings_fill_only_the_null_keys_from_the_device():
+    cfg = load_config(None, ["speed.strips=false", "speed.predict_precision=fp16"])
+    chosen = table_speed(cfg, "cpu")
+    assert chosen == replace(DEVICE_SPEED["cpu"], strips=False, predict_precision="fp16")
+    assert table_speed(Config(), "cuda") == DEVICE_SPEED["cuda"]
+    assert chosen.network_args() == {
+        "channels_last": DEVICE_SPEED["cpu"].channels_last,
+        "strips": False,
+        "fused_dwconv": DEVICE_SPEED["cpu"].fused_dwconv,
+    }
 
 
 def test_the_network_gets_the_resolved_options():
@@ -62,11 +77,11 @@ def test_device_kind(native_bf16):
 def test_predict_precision_is_bf16_only_on_cpus_with_native_bf16(monkeypatch, no_native_bf16):
     cfg = load_config(None)
     assert device_kind(CPU) == "cpu"
-    assert speed_on(cfg, CPU).predict_precision == "none"
+    assert speed_for(cfg, CPU, "predict")[0].predict_precision == "none"
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
-    assert speed_on(cfg, CPU).predict_precision == "bf16"
-    pinned = load_config(None, ["precision.predict=none"])
-    assert speed_on(pinned, CPU).predict_precision == "none"
+    assert speed_for(cfg, CPU, "predict")[0].predict_precision == "bf16"
+    pinned = load_config(None, ["speed.predict_precision=none"])
+    assert speed_for(pinned, CPU, "predict")[0].predict_precision == "none"
 
 
 def test_cuda_memory_counts_the_allocators_cached_blocks(monkeypatch):
@@ -117,7 +132,7 @@ def test_predict_runs_bf16_on_native_bf16_cpus(trained, tmp_path, monkeypatch, a
     write_rgb(photo, np.random.default_rng(0).integers(0, 256, (45, 52, 3), np.uint8))
     predict = load_entry("predict")
     for native, out in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(utils.devices, "cpu_has_native_bf16", lambda n=native: n)
+        monkeypatch.setattr(utils.speed, "cpu_has_native_bf16", lambda n=native: n)
         args = ["--ckpt", str(trained / "last.pth"), str(photo), "--out", str(tmp_path / out)]
         predict.main([*args, "speed.autotune=false"])  # the table (DEVICE_SPEED)
     assert autocast_calls == ["bf16", "none"]
@@ -126,10 +141,28 @@ def test_predict_runs_bf16_on_native_bf16_cpus(trained, tmp_path, monkeypatch, a
     assert np.abs(low - full).mean() <= 2 and np.abs(low - full).max() <= 16
 
 
+def test_a_checkpoint_with_precision_predict_still_predicts_in_it(
+    trained, tmp_path, monkeypatch, autocast_calls
+):
+    """A checkpoint written when speed.predict_precision was precision.predict loads, and
+    predict.py runs in the precision it names."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ckpt = torch.load(trained / "last.pth", weights_only=False)
+    del ckpt["config"]["speed"]["predict_precision"]
+    ckpt["config"]["precision"]["predict"] = "bf16"
+    old = tmp_path / "old.pth"
+    torch.save(ckpt, old)
+    photo = tmp_path / "in.png"
+    write_rgb(photo, np.random.default_rng(0).integers(0, 256, (40, 44, 3), np.uint8))
+    args = ["--ckpt", str(old), str(photo), "--out", str(tmp_path / "out"), "speed.autotune=false"]
+    assert len(load_entry("predict").main(args)) == 1
+    assert autocast_calls == ["bf16"]
+
+
 def test_test_py_keeps_fp32_on_native_bf16_cpus(native_bf16, autocast_calls):
     """The protocol evaluates in fp32: test.py's network runs under precision.eval."""
     cfg = load_config(None, ["model.name=mixcl-t", "model.depths=[1,1,1,1,1]"])
-    net = networks.build_network(cfg, 512, speed_on(cfg, CPU))
+    net = networks.build_network(cfg, 512, speed_for(cfg, CPU, "test")[0])
     run = networks.inference_network(net, cfg, CPU)
     run(torch.zeros(1, 3, 40, 40), torch.zeros(1, 1, 512))
     assert autocast_calls == ["none"]

@@ -13,12 +13,13 @@ import torch.multiprocessing as mp
 import torchvision
 from torch import nn
 
+import training_run
 from datasets.synthetic import make_synthetic_dataset
 from networks import build_network
 from utils.config import load_config
-from utils.devices import speed_on
 from utils.distributed import DistInfo
 from utils.losses import ContrastiveLoss, resnet_slices
+from utils.speed import speed_for
 
 from .helpers import REPO, load_entry
 
@@ -39,10 +40,10 @@ def _validation(root: Path, info: DistInfo) -> tuple[float, float, list[str]]:
             "train.batch_size=3",  # one image a batch: rank 0 runs 4 batches, the others 3
         ],
     )
-    loader = train.make_loaders(cfg, info, *train.open_splits(cfg), torch.Generator()).val
+    loader = training_run.make_loaders(cfg, info, *train.open_splits(cfg), torch.Generator()).val
     names = [name for batch in loader for name in batch["name"]]
     torch.manual_seed(0)
-    net = build_network(cfg, None, speed_on(cfg, torch.device("cpu")))
+    net = build_network(cfg, None, speed_for(cfg, torch.device("cpu"), "train")[0])
     model = nn.parallel.DistributedDataParallel(net) if info.enabled else net
     psnr, ssim, _ = train.validate(model, loader, torch.device("cpu"), cfg, info)
     return psnr, ssim, names
@@ -79,7 +80,7 @@ def _batchnorm_kinds(module: nn.Module) -> set[type]:
 
 
 def _net_and_cr(cfg):
-    return build_network(cfg, 32, speed_on(cfg, torch.device("cpu"))), ContrastiveLoss(
+    return build_network(cfg, 32, speed_for(cfg, torch.device("cpu"), "train")[0]), ContrastiveLoss(
         resnet_slices(torchvision.models.resnet18())
     )
 
@@ -89,7 +90,7 @@ def test_ddp_on_gpus_syncs_the_batchnorm_of_network_and_cr_backbone(capsys):
     two = DistInfo(rank=0, world_size=2)
     net, cr = _net_and_cr(cfg)
     keys = set(net.state_dict())
-    net, cr = train.sync_batchnorm(net, cr, cfg, two, torch.device("cuda", 0))
+    net, cr = training_run.sync_batchnorm(net, cr, cfg, two, torch.device("cuda", 0))
     assert _batchnorm_kinds(net) == _batchnorm_kinds(cr) == {nn.SyncBatchNorm}
     assert all(m.training for m in cr.slices.modules())  # the authors' training-mode CR
     assert set(net.state_dict()) == keys  # checkpoints load into a one-GPU network
@@ -101,7 +102,7 @@ def test_ddp_on_gpus_syncs_the_batchnorm_of_network_and_cr_backbone(capsys):
         (DistInfo(), torch.device("cuda", 0), []),
     ):
         cfg = load_config(QUICKSTART, ["model.depths=[1,1,1,1,1]", *overrides])
-        net, cr = train.sync_batchnorm(*_net_and_cr(cfg), cfg, info, device)
+        net, cr = training_run.sync_batchnorm(*_net_and_cr(cfg), cfg, info, device)
         assert _batchnorm_kinds(net) == _batchnorm_kinds(cr) == {nn.BatchNorm2d}
     assert capsys.readouterr().out.count("normalises BatchNorm over its own share") == 1
 

@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from models import MixDehazeNet, build_model
 from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.cli import run
-from utils.config import ConfigError
+from utils.config import ConfigError, load_config
 from utils.errors import WeightsError
 from utils.image import read_rgb, write_rgb
 
@@ -43,6 +44,10 @@ def test_train_writes_checkpoints_config_and_events(trained):
     assert {"train/loss", "train/lr", "val/psnr", "val/ssim"} <= set(tags["scalars"])
     assert len(events.Scalars("val/psnr")) == 2
     assert len(events.Scalars("train/loss")) == 4  # 8 images / batch 4, 2 epochs
+    # Each loss term (the quickstart's L1 alone, weight 1): its value at every step.
+    assert "train/loss_cr" not in tags["scalars"]
+    l1, total = events.Scalars("train/loss_l1"), events.Scalars("train/loss")
+    assert [e.value for e in l1] == [e.value for e in total]
     assert tags["images"], "no hazy|output|GT triplets logged"
 
 
@@ -174,6 +179,29 @@ def test_test_py_writes_csv_and_metrics(trained, data_root, tmp_path):
     for r in rows:
         saved = read_rgb(out / "images" / f"{Path(r['name']).stem}.png")
         assert saved.shape == read_rgb(data_root / "test" / "GT" / r["name"]).shape
+
+
+def test_the_grammatical_prompts_ablation_trains_and_tests_on_labelled_data(data_root, tmp_path):
+    """Its clip section changes only the prompts' wording: the domain ids stay those of the
+    split's domains.csv, so the test step reads the labels and scores CLIP against them."""
+    ablation = REPO / "configs/reside6k/ablations/prompt-grammatical.yaml"
+    clip = [
+        f"clip.{k}={json.dumps(v)}" for k, v in yaml.safe_load(ablation.read_text())["clip"].items()
+    ]
+    train.main(train_args(data_root, tmp_path, *clip, "train.epochs=1"))
+    trained_with = load_config(tmp_path / "run" / "config.yaml").clip
+    assert trained_with.domains == ("indoor", "outdoor")
+    assert [p.texts for p in trained_with.prompts] == [
+        ("a photo taken indoors",),
+        ("a photo taken outdoors",),
+    ]
+    out = tmp_path / "result"
+    summary = evaluate.main(["--ckpt", str(tmp_path / "run" / "last.pth"), "--out", str(out)])
+    assert summary["labels"] == str(data_root / "test" / "domains.csv")
+    assert summary["clip_domains"]["count"] == 3
+    with open(out / "per_image.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["true_domain"] for r in rows} | {r["domain"] for r in rows} <= {"indoor", "outdoor"}
 
 
 def test_test_py_rejects_a_file_that_is_not_a_checkpoint(tmp_path):

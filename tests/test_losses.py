@@ -10,9 +10,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from utils.config import LossConfig
+from utils.config import ConfigError, LossConfig
 from utils.losses import (
     CR_LAYER_WEIGHTS,
+    LOSS_TERMS,
     ContrastiveLoss,
     build_contrastive_loss,
     build_criterion,
@@ -155,7 +156,7 @@ def test_criterion_is_l1_plus_the_weighted_cr_of_the_loss_section(resnet152_file
     l1_only = build_criterion(
         replace(cfg, cr_weight=0.0, resnet_weights="/nowhere.pth"), torch.device("cpu")
     )
-    assert l1_only.cr is None  # the ResNet is not even built
+    assert list(l1_only.terms) == ["l1"]  # the ResNet is not even built
     assert l1_only(out, gt, hazy).item() == pytest.approx((out - gt).abs().mean().item())
 
 
@@ -184,7 +185,32 @@ def test_loss_section_settings_reach_the_cr_and_nested_weight_files_load(resnet1
     path = tmp_path / "nested.pth"  # a training checkpoint's layout: {"state_dict": ...}
     torch.save({"state_dict": resnet.state_dict()}, path)
     cfg = LossConfig(resnet_weights=str(path), resnet_imagenet_norm=True, resnet_batchnorm="frozen")
-    cr = build_criterion(cfg, torch.device("cpu")).cr
+    cr = build_criterion(cfg, torch.device("cpu")).terms["cr"]
     assert cr.imagenet_norm is True
     assert not any(m.training for m in cr.slices.modules() if isinstance(m, nn.BatchNorm2d))
     assert torch.equal(cr.slices.state_dict()["0.0.weight"], resnet.state_dict()["conv1.weight"])
+
+
+def test_the_default_terms_give_the_loss_bit_for_bit_as_l1_plus_weighted_cr(resnet152_file):
+    """The named terms sum to exactly the number the loss was before it had terms."""
+    _, path = resnet152_file
+    out, gt, hazy = _images(3)
+    criterion = build_criterion(LossConfig(resnet_weights=str(path)), torch.device("cpu"))
+    assert list(criterion.terms) == list(LOSS_TERMS) == ["l1", "cr"]
+    values = criterion.values(out, gt, hazy)
+    assert torch.equal(values["l1"], F.l1_loss(out, gt))
+    assert torch.equal(values["cr"], criterion.terms["cr"](out, gt, hazy))
+    assert torch.equal(criterion(out, gt, hazy), F.l1_loss(out, gt) + 0.1 * values["cr"])
+
+
+def test_each_term_takes_its_weight_and_a_loss_without_terms_is_refused(resnet152_file):
+    _, path = resnet152_file
+    out, gt, hazy = _images(4)
+    cfg = LossConfig(l1_weight=0.5, cr_weight=0.25, resnet_weights=str(path))
+    criterion = build_criterion(cfg, torch.device("cpu"))
+    values = criterion.values(out, gt, hazy)
+    assert torch.equal(criterion.total(values), 0.5 * values["l1"] + 0.25 * values["cr"])
+    cr_only = build_criterion(replace(cfg, l1_weight=0.0), torch.device("cpu"))
+    assert list(cr_only.terms) == ["cr"]
+    with pytest.raises(ConfigError, match=r"loss\.l1_weight, loss\.cr_weight"):
+        build_criterion(replace(cfg, l1_weight=0.0, cr_weight=0.0), torch.device("cpu"))

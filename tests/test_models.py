@@ -123,20 +123,6 @@ def test_sdpa_fusion_equals_explicit_formula(mode):
     assert (grad_sdpa - grad_explicit).abs().max() <= 1e-5 * grad_explicit.abs().max()
 
 
-def test_mixdehazenet_weights_warm_start_mixcl(tmp_path, caplog):
-    plain = randomize(build_model("mixdehazenet-t", depths=TINY))
-    path = tmp_path / "mixdehazenet.pth"
-    torch.save({"state_dict": plain.state_dict()}, path)
-    mixcl = build_model("mixcl-t", depths=TINY).eval()
-    with caplog.at_level(logging.INFO, logger="models.loading"):
-        load_pretrained(mixcl, torch.load(path, weights_only=True))
-    assert "text_emb.q1.weight" in caplog.text
-    assert torch.equal(mixcl.patch_embed.proj.weight[:, 3:], torch.zeros(24, 3, 3, 3))
-    x = image(41, 45)
-    with torch.no_grad():
-        assert (mixcl(x, text()) - plain(x)).abs().max() <= 1e-6
-
-
 def test_upstream_checkpoint_with_prefix_and_text_branch(tmp_path, caplog):
     upstream = randomize(build_model("mixcl-t", depths=TINY, text_branch=True))
     state = {f"module.{k}": v for k, v in upstream.state_dict().items()}

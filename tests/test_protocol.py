@@ -4,10 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from utils.config import config_to_dict, load_config
+from utils.config import load_config
+from utils.losses import LOSS_TERMS
 from utils.protocol import (
     DEHAZEFORMER_SETTINGS,
     PUBLISHED_SETTINGS,
+    compared_keys,
     protocol_report,
     published_setting,
 )
@@ -47,8 +49,8 @@ def test_the_shipped_dataset_configs_are_the_published_settings(config, dataset)
             "reside6k/ablations/prompt-grammatical.yaml",
             [],
             [
-                "clip.domains=[indoors, outdoors] (paper: [indoor, outdoor])",
-                "clip.template=a photo taken {} (paper: a photo of a {})",
+                "clip.prompts=[{domain: indoor, texts: [a photo taken indoors]}, "
+                "{domain: outdoor, texts: [a photo taken outdoors]}] (paper: [])"
             ],
         ),
         (
@@ -101,13 +103,28 @@ def test_a_dataset_without_published_setting_says_so():
     assert "RESIDE-6K, RESIDE-IN, RESIDE-OUT" in report
 
 
-def test_published_keys_are_config_keys():
-    flat = {
-        f"{section}.{key}"
-        for section, values in config_to_dict(load_config()).items()
-        if isinstance(values, dict)
-        for key in values
-    }
+def test_published_settings_give_every_key_that_changes_the_numbers():
     dehazeformer = [s for sizes in DEHAZEFORMER_SETTINGS.values() for s in sizes.values()]
     for setting in [*PUBLISHED_SETTINGS.values(), *dehazeformer]:
-        assert set(setting.values) <= flat
+        assert set(setting.values) == set(compared_keys(setting)), setting.source
+
+
+def test_oracle_domains_a_warm_start_and_a_loss_weight_are_named():
+    overrides = [
+        "clip.domain_source=labels",
+        "model.init_from=mixdehazenet.pth",
+        "loss.cr_weight=0.2",
+    ]
+    report = protocol_report(load_config(CONFIGS / "reside6k/mixcl-s.yaml", overrides))
+    assert report.splitlines()[1:] == [
+        "  model.init_from=mixdehazenet.pth (paper: null)",
+        "  clip.domain_source=labels (paper: clip)",
+        "  loss.cr_weight=0.2 (paper: 0.1)",
+    ]
+
+
+@pytest.mark.parametrize("term", list(LOSS_TERMS))
+def test_every_loss_weight_is_in_the_protocol_report(term):
+    key = f"loss.{LOSS_TERMS[term].weight_key}"
+    report = protocol_report(load_config(CONFIGS / "reside6k/mixcl-s.yaml", [f"{key}=0.75"]))
+    assert f"  {key}=0.75 (paper: " in report.splitlines()[1]

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+import training_run
 from datasets.synthetic import make_synthetic_dataset
 from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.config import ConfigError
@@ -179,7 +180,7 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(data_root, tmp_pat
 
 
 def test_nonfinite_loss_stops_with_the_step_and_a_good_checkpoint(data_root, tmp_path):
-    with pytest.raises(train.NonFiniteLossError, match=r"epoch \d+, step \d+") as e:
+    with pytest.raises(training_run.NonFiniteLossError, match=r"epoch \d+, step \d+") as e:
         train.main(train_args(data_root, tmp_path, "train.lr=1e30", "train.epochs=3"))
     assert "last_good.pth" in str(e.value)
     good = load_checkpoint(tmp_path / "run" / "last_good.pth")

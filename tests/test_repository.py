@@ -63,3 +63,32 @@ def test_quickstart_row_shows_the_committed_metrics():
     assert f"{metrics['psnr']:.2f} / {metrics['ssim']:.3f}" in row
     assert f"{metrics['hazy_psnr']:.2f} / {metrics['hazy_ssim']:.3f}" in row
     assert QUICKSTART_METRICS.relative_to(REPO).as_posix() in row
+
+
+def test_the_readme_is_a_front_door_with_the_reproduction_status_on_top():
+    lines = (REPO / "README.md").read_text().splitlines()
+    assert len(lines) <= 250
+    assert any("Reproduction status" in line for line in lines[:20])
+    sections = {line[3:] for line in lines if line.startswith("## ")}
+    assert {"First two commands", "Data", "Train, test, predict", "Results"} <= sections
+
+
+def test_the_readmes_test_command_is_what_ci_runs():
+    """ruff, the suite (pyproject's default selection) and the faults and end-to-end tests."""
+    ci = (REPO / ".ci" / "run").read_text()
+    readme = readme_section("First two commands")
+    assert "ruff check ." in ci and "ruff check ." in readme
+    addopts = (REPO / "pyproject.toml").read_text()
+    assert "-m 'not faults and not e2e'" in addopts and '"not faults and not e2e"' in ci
+    assert '"faults or e2e"' in ci
+    assert 'python -m pytest -q && python -m pytest -q -m "faults or e2e"' in readme
+
+
+@pytest.mark.parametrize(
+    "page", sorted(set(re.findall(r"\]\((docs/[\w./-]+\.md)", (REPO / "README.md").read_text())))
+)
+def test_the_readmes_docs_pages_exist(page):
+    # Two pages are linked before they are written.
+    if page in ("docs/DEPLOYMENT.md", "docs/EVALUATION.md") and not (REPO / page).exists():
+        pytest.skip(f"{page} is not written yet")
+    assert (REPO / page).is_file()

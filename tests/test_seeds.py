@@ -1,10 +1,7 @@
 """Repeating a run with another seed: its own run folder and random streams of its own."""
 
+import training_run
 from utils.config import load_config
-
-from .helpers import load_entry
-
-train = load_entry("train")
 
 
 def test_the_seed_names_the_run_folder_unless_it_is_the_default():
@@ -15,9 +12,9 @@ def test_the_seed_names_the_run_folder_unless_it_is_the_default():
 
 def test_runs_with_different_seeds_share_no_random_stream():
     epochs_or_ranks = range(1001)
-    streams = [train.stream_seed(seed, i) for seed in range(4) for i in epochs_or_ranks]
+    streams = [training_run.stream_seed(seed, i) for seed in range(4) for i in epochs_or_ranks]
     assert len(set(streams)) == len(streams)
-    assert [train.stream_seed(0, i) for i in epochs_or_ranks] == list(epochs_or_ranks)
-    saved = train.rng_state()
-    train.seed_everything(train.stream_seed(5000, 3))  # beyond numpy's 32-bit seeds
-    train.set_rng_state(saved)
+    assert [training_run.stream_seed(0, i) for i in epochs_or_ranks] == list(epochs_or_ranks)
+    saved = training_run.rng_state()
+    training_run.seed_everything(training_run.stream_seed(5000, 3))  # beyond numpy's 32-bit seeds
+    training_run.set_rng_state(saved)

@@ -9,12 +9,13 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import training_run
 from datasets import paired
 from networks import build_network
 from utils.checkpoint import load_checkpoint
 from utils.config import load_config
-from utils.devices import speed_on
 from utils.distributed import DistInfo
+from utils.speed import speed_for
 
 from .helpers import REPO, load_entry, train_args
 
@@ -31,9 +32,11 @@ def test_validation_runs_in_the_eval_precision_not_the_training_one(data_root):
                 *("model.depths=[1,1,1,1,1]", *overrides),
             ],
         )
-        loader = train.make_loaders(cfg, DistInfo(), *train.open_splits(cfg), torch.Generator()).val
+        loader = training_run.make_loaders(
+            cfg, DistInfo(), *train.open_splits(cfg), torch.Generator()
+        ).val
         torch.manual_seed(0)
-        net = build_network(cfg, None, speed_on(cfg, torch.device("cpu")))
+        net = build_network(cfg, None, speed_for(cfg, torch.device("cpu"), "train")[0])
         return train.validate(net, loader, torch.device("cpu"), cfg, DistInfo())[0]
 
     fp32 = validation_psnr("precision.train=bf16", "precision.eval=none")
@@ -106,7 +109,7 @@ def test_each_split_is_opened_once_per_run(data_root, tmp_path, monkeypatch):
 
 def test_mid_epoch_checkpoints_fall_due_by_steps_or_by_rank_0s_clock():
     cfg = load_config(None, ["train.checkpoint_every_steps=3", "train.checkpoint_every_minutes=2"])
-    clock = train.CheckpointClock(cfg)
+    clock = training_run.CheckpointClock(cfg)
     assert [clock.due(step, is_main=True) for step in (1, 2, 3, 6)] == [False, False, True, True]
     clock.saved -= 121  # two minutes and a second since the last write
     assert clock.due(4, is_main=True) and not clock.due(4, is_main=False)

@@ -1,8 +1,9 @@
 """CLIP zero-shot domains (indoor / outdoor) and the per-image text features derived from them.
 
-A frozen open_clip model classifies every hazy image against one prompt per domain (cosine
-similarity * 100, softmax). The paper feeds the network, as the image's text feature, the
-prompt embedding of the top-1 domain ("hard"); "soft" mixes the prompt embeddings by
+A frozen open_clip model classifies every hazy image against one text embedding per domain id
+(cosine similarity * 100, softmax): its prompt's (by default upstream's "a photo of a <id>"),
+or the mean of its prompts' (clip.prompts). The paper feeds the network, as the image's text
+feature, the embedding of the top-1 domain ("hard"); "soft" mixes the domains' embeddings by
 probability. Classification is run once per dataset split and cached on disk
 (`prepare_domains`); the cache stores probabilities and prompt embeddings, so switching
 hard/soft never needs CLIP again.
@@ -240,6 +241,33 @@ def domain_prompts(
     return [template.format(d) for d in domains]
 
 
+def prompts_per_domain(clip: ClipConfig) -> list[list[str]]:
+    """Each domain's prompts, in clip.domains' order: its clip.prompts entry, else the template
+    filled with its id."""
+    given: dict[str, list[str]] = {}
+    for entry in clip.prompts:
+        if entry.domain not in clip.domains:
+            raise ConfigError(
+                f"clip.prompts: {entry.domain!r} is not one of clip.domains {list(clip.domains)}"
+            )
+        if entry.domain in given or not entry.texts:
+            why = "given twice" if entry.domain in given else "has no texts"
+            raise ConfigError(f"clip.prompts: domain {entry.domain!r} {why}")
+        given[entry.domain] = list(entry.texts)
+    templated = domain_prompts(clip.domains, clip.template)
+    return [given.get(d, [t]) for d, t in zip(clip.domains, templated, strict=True)]
+
+
+def domain_embeddings(
+    model: torch.nn.Module, tokenizer: Callable, prompts: Sequence[Sequence[str]]
+) -> torch.Tensor:
+    """(K, D) unit-norm text embedding of each domain from its prompts: the prompt's embedding
+    (upstream), or with several the mean of theirs, re-normalised (CLIP's prompt ensembling)."""
+    emb = prompt_embeddings(model, tokenizer, [text for group in prompts for text in group])
+    groups = emb.split([len(group) for group in prompts])
+    return torch.stack([g[0] if len(g) == 1 else F.normalize(g.mean(0), dim=-1) for g in groups])
+
+
 @torch.no_grad()
 def prompt_embeddings(model: torch.nn.Module, tokenizer: Callable, prompts: Sequence[str]):
     """L2-normalised CLIP embeddings of `prompts`, float32 on the CPU, shape (K, D).
@@ -393,7 +421,9 @@ def _load_cache(cache_file: Path) -> tuple[dict | None, str]:
 
 
 def _stale_reason(data: dict, record: dict, names: list[str], paths: list[Path]) -> str | None:
-    old = data["record"]
+    old = dict(data["record"])
+    # Caches written before a domain could have several prompts hold one string per domain.
+    old["prompts"] = [[p] if isinstance(p, str) else p for p in old["prompts"]]
     for key, what in (
         ("arch", "CLIP architecture"),
         ("weights", "CLIP weights"),
@@ -421,7 +451,7 @@ def _record(clip: ClipConfig, device: str | torch.device) -> dict:
         "activation": "QuickGELU" if quick else "GELU",
         "precision": clip_precision(clip.precision, device),
         "domains": list(clip.domains),
-        "prompts": domain_prompts(clip.domains, clip.template),
+        "prompts": prompts_per_domain(clip),
     }
 
 
@@ -433,8 +463,7 @@ def load_classifier(
     model, preprocess, tokenizer = load_clip(
         clip.arch, clip.pretrained, device, clip.precision, clip.quick_gelu
     )
-    prompts = domain_prompts(clip.domains, clip.template)
-    return model, preprocess, prompt_embeddings(model, tokenizer, prompts)
+    return model, preprocess, domain_embeddings(model, tokenizer, prompts_per_domain(clip))
 
 
 def prepare_domains(
@@ -505,6 +534,8 @@ def _to_cache(data: dict) -> DomainCache:
 def cache_file_for(clip: ClipConfig, hazy_dir: Path) -> Path:
     """One cache file per (image folder, CLIP setup); its contents are checked again on load."""
     what = f"{hazy_dir.resolve()}|{clip.arch}|{clip.pretrained}|{clip.template}|{clip.domains}"
+    if clip.prompts:  # (the files of configs without their own prompts keep their names)
+        what += f"|{clip.prompts}"
     digest = hashlib.sha1(what.encode()).hexdigest()[:10]
     readable = re.sub(
         r"[^A-Za-z0-9_.-]+", "_", f"{hazy_dir.parent.parent.name}-{hazy_dir.parent.name}"

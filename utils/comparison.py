@@ -1,6 +1,9 @@
 """Paired comparison of test.py results: which images they share, per-domain means, paired
 bootstrap intervals of the differences, and runs that repeat one configuration with other seeds.
 
+Every metric the results share is compared (PSNR/SSIM, FADE, LPIPS, ...: the columns of
+per_image.csv named in utils.quality.METRICS), each with the direction that is better.
+
 compare.py presents what is computed here (markdown, CSV, JSON, plots).
 """
 
@@ -17,26 +20,16 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import DegenerateDataWarning, bootstrap
 
-from utils.config import covers, flatten
+from utils.config import REPEAT_IGNORES, covers, flatten
 from utils.domain_labels import domain_confusion
 from utils.errors import UserError
+from utils.quality import METRICS
 
-COLUMNS = ("name", "domain", "psnr", "ssim", "hazy_psnr", "hazy_ssim")  # test.py's per_image.csv
-METRICS = ("psnr", "ssim")
-# Two results of the same images agree on the hazy input's PSNR to float rounding.
+COLUMNS = ("name", "domain")  # test.py's per_image.csv, then each metric and hazy_<metric>
+# Two results of the same images agree on the hazy input's scores to float rounding (PSNR in
+# dB, the other metrics relatively).
 HAZY_PSNR_TOLERANCE_DB = 1e-3
-# Config keys that do not change what a run computes: runs that differ only in these (and the
-# seed) are repeats of one configuration.
-REPEAT_IGNORES = (
-    "exp_name",
-    "output_dir",
-    "train.seed",
-    "data.num_workers",
-    "data.verify_images",
-    "clip.cache_dir",
-    "clip.batch_size",
-    "speed",
-)
+HAZY_RELATIVE_TOLERANCE = 1e-4
 
 
 class ComparisonError(UserError, ValueError):
@@ -50,6 +43,7 @@ class Result:
     folder: Path
     rows: dict[str, dict]
     metrics: dict
+    scored: list[str]  # the metrics of per_image.csv, in its order
     label: str = ""
 
     def values(self, key: str, names: list[str]) -> np.ndarray:
@@ -110,18 +104,21 @@ def load_result(folder: str | Path) -> Result:
         raise ComparisonError(f"{folder}: no per_image.csv{_result_hint(folder)}")
     with open(csv_path, newline="") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
+        columns = reader.fieldnames or []
+        scored = [c for c in columns if c in METRICS]
+        missing = [c for c in (*COLUMNS, *(f"hazy_{m}" for m in scored)) if c not in columns]
+        if missing or not scored:
             raise ComparisonError(
-                f"{csv_path}: no column {', '.join(missing)}; expected test.py's columns "
-                f"{', '.join(COLUMNS)}"
+                f"{csv_path}: no column {', '.join(missing) or 'of a metric'}; expected test.py's "
+                f"columns {', '.join(COLUMNS)}, then metrics ({', '.join(METRICS)}) each with "
+                "hazy_<metric>"
             )
         rows: dict[str, dict] = {}
         for row in reader:
             where = f"{csv_path}, line {reader.line_num}"
             if row["name"] in rows:
                 raise ComparisonError(f"{where}: {row['name']} is listed twice")
-            for key in ("psnr", "ssim", "hazy_psnr", "hazy_ssim"):
+            for key in (*scored, *(f"hazy_{m}" for m in scored)):
                 row[key] = _number(row[key], f"{where}, column {key}")
             rows[row["name"]] = row
     if not rows:
@@ -135,7 +132,7 @@ def load_result(folder: str | Path) -> Result:
             raise ComparisonError(f"{metrics_path}: not valid JSON ({e})") from None
         if not isinstance(metrics, dict):
             raise ComparisonError(f"{metrics_path}: expected a JSON object, as test.py writes")
-    return Result(folder, rows, metrics)
+    return Result(folder, rows, metrics, scored)
 
 
 def short_labels(folders: list[Path]) -> list[str]:
@@ -165,8 +162,24 @@ def load_results(folders: list[Path]) -> list[Result]:
     return results
 
 
-def common_images(results: list[Result]) -> list[str]:
-    """Names of the images every result holds; refuses results of different test data."""
+def shared_metrics(results: list[Result]) -> list[str]:
+    """The metrics every result holds, in the baseline's order; refuses results with none."""
+    shared = [m for m in results[0].scored if all(m in r.scored for r in results)]
+    if not shared:
+        held = "; ".join(f"{r.folder}: {', '.join(r.scored)}" for r in results)
+        raise ComparisonError(f"the results share no metric ({held}): test them with one")
+    return shared
+
+
+def _same_data(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
+    if metric == "psnr":
+        return np.isclose(a, b, rtol=0, atol=HAZY_PSNR_TOLERANCE_DB)  # inf equals inf
+    return np.isclose(a, b, rtol=HAZY_RELATIVE_TOLERANCE, atol=0)
+
+
+def common_images(results: list[Result], metrics: list[str]) -> list[str]:
+    """Names of the images every result holds; refuses results of different test data (the
+    hazy input's scores differ)."""
     base = results[0]
     for other in results[1:]:
         shared = sorted(set(base.rows) & set(other.rows))
@@ -176,16 +189,18 @@ def common_images(results: list[Result]) -> list[str]:
                 f"e.g. {min(base.rows)}; {len(other.rows)} images, e.g. {min(other.rows)}): "
                 "compare results of the same test split"
             )
-        a, b = base.values("hazy_psnr", shared), other.values("hazy_psnr", shared)
-        close = np.isclose(a, b, rtol=0, atol=HAZY_PSNR_TOLERANCE_DB)  # inf equals inf
-        differ = [n for n, ok in zip(shared, close, strict=True) if not ok]
-        if differ:
-            n = differ[0]
-            raise ComparisonError(
-                f"{base.folder} and {other.folder} were tested on different data: the hazy "
-                f"input's PSNR differs for {len(differ)} of {len(shared)} shared images (e.g. "
-                f"{n}: {base.rows[n]['hazy_psnr']:.3f} vs {other.rows[n]['hazy_psnr']:.3f} dB)"
-            )
+        for m in metrics:
+            key = f"hazy_{m}"
+            close = _same_data(base.values(key, shared), other.values(key, shared), m)
+            differ = [n for n, ok in zip(shared, close, strict=True) if not ok]
+            if differ:
+                n = differ[0]
+                raise ComparisonError(
+                    f"{base.folder} and {other.folder} were tested on different data: the hazy "
+                    f"input's {METRICS[m].title} differs for {len(differ)} of {len(shared)} "
+                    f"shared images (e.g. {n}: {base.rows[n][key]:.4g} vs "
+                    f"{other.rows[n][key]:.4g})"
+                )
     names = sorted(set.intersection(*(set(r.rows) for r in results)))
     if not names:
         raise ComparisonError(
@@ -261,12 +276,16 @@ def paired_interval(run_values: np.ndarray, base_values: np.ndarray, boot: Boots
     return Interval(mean, None, None, "none")
 
 
-def _means(result: Result, names: list[str]) -> dict:
-    return {m: float(np.mean(result.values(m, names))) for m in METRICS} | {"count": len(names)}
+def _means(result: Result, names: list[str], metrics: list[str]) -> dict:
+    return {m: float(np.mean(result.values(m, names))) for m in metrics} | {"count": len(names)}
 
 
 def run_summaries(
-    results: list[Result], subsets: dict[str, list[str]], domains: dict[str, str], source: str
+    results: list[Result],
+    subsets: dict[str, list[str]],
+    domains: dict[str, str],
+    source: str,
+    metrics: list[str],
 ) -> list[dict]:
     """Per run: means overall and per domain over the common images, its seed, and (when the
     domains are the true ones) the accuracy and confusion of its CLIP domains."""
@@ -278,8 +297,8 @@ def run_summaries(
             "folder": str(r.folder),
             "images": len(r.rows),
             "seed": (r.config or {}).get("train", {}).get("seed"),
-            **_means(r, names),
-            "per_domain": {d: _means(r, ns) for d, ns in subsets.items() if d != "all"},
+            **_means(r, names, metrics),
+            "per_domain": {d: _means(r, ns, metrics) for d, ns in subsets.items() if d != "all"},
             "clip_domains": None,
         }
         predicted = dict(zip(names, r.column("domain", names), strict=True))
@@ -291,14 +310,14 @@ def run_summaries(
 
 
 def paired_differences(
-    results: list[Result], subsets: dict[str, list[str]], boot: Bootstrap
+    results: list[Result], subsets: dict[str, list[str]], boot: Bootstrap, metrics: list[str]
 ) -> list[dict]:
-    """Every run against the baseline, overall and per domain, for PSNR and SSIM."""
+    """Every run against the baseline, overall and per domain, for every metric."""
     base, out = results[0], []
     for r in results[1:]:
         for subset, names in subsets.items():
             row = {"run": r.label, "baseline": base.label, "domain": subset, "images": len(names)}
-            for m in METRICS:
+            for m in metrics:
                 iv = paired_interval(r.values(m, names), base.values(m, names), boot)
                 row[f"d_{m}"] = iv.mean
                 row[f"d_{m}_low"], row[f"d_{m}_high"] = iv.low, iv.high
@@ -316,7 +335,7 @@ def repeat_key(result: Result) -> str | None:
     return json.dumps([kept, Path(result.metrics.get("checkpoint", "")).name], sort_keys=True)
 
 
-def seed_groups(results: list[Result], runs: list[dict]) -> list[dict]:
+def seed_groups(results: list[Result], runs: list[dict], metrics: list[str]) -> list[dict]:
     """Runs of one configuration with different seeds, and the spread of their means."""
     members: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(results):
@@ -335,7 +354,7 @@ def seed_groups(results: list[Result], runs: list[dict]) -> list[dict]:
             "runs": [runs[i]["label"] for i in idx],
             "seeds": seeds,
         }
-        for m in METRICS:
+        for m in metrics:
             values = np.array([runs[i][m] for i in idx])
             group.update(
                 {
@@ -349,10 +368,10 @@ def seed_groups(results: list[Result], runs: list[dict]) -> list[dict]:
     return out
 
 
-def _hazy_means(base: Result, subsets: dict[str, list[str]]) -> dict:
+def _hazy_means(base: Result, subsets: dict[str, list[str]], metrics: list[str]) -> dict:
     """The unprocessed input's means (the same in every result: the data are checked equal)."""
     means = {
-        d: {m: float(np.mean(base.values(f"hazy_{m}", ns))) for m in METRICS}
+        d: {m: float(np.mean(base.values(f"hazy_{m}", ns))) for m in metrics}
         for d, ns in subsets.items()
     }
     return {**means.pop("all"), "per_domain": means}
@@ -360,22 +379,24 @@ def _hazy_means(base: Result, subsets: dict[str, list[str]]) -> dict:
 
 def build_report(results: list[Result], boot: Bootstrap) -> tuple[dict, dict[str, list[str]]]:
     """Everything compared, as plain data (compare.json), and the images of each report row."""
-    names = common_images(results)
+    metrics = shared_metrics(results)
+    names = common_images(results, metrics)
     domains, source = image_domains(results, names)
     rows = domain_subsets(domains, names)
-    runs = run_summaries(results, rows, domains, source)
-    seeds = seed_groups(results, runs)
-    differences = paired_differences(results, rows, boot)
+    runs = run_summaries(results, rows, domains, source, metrics)
+    seeds = seed_groups(results, runs, metrics)
+    differences = paired_differences(results, rows, boot, metrics)
     for group in seeds:
         for row in differences:
             if row["run"] in group["runs"] and row["domain"] == "all":
-                row["seed_sd_psnr"] = group["psnr_sd"]
+                row.update({f"seed_sd_{m}": group[f"{m}_sd"] for m in metrics})
     report = {
         "baseline": results[0].label,
+        "metrics": {m: METRICS[m].better for m in metrics},
         "images": len(names),
         "domain_source": source,
         "domain_counts": {d: len(ns) for d, ns in rows.items() if d != "all"},
-        "hazy": _hazy_means(results[0], rows),
+        "hazy": _hazy_means(results[0], rows, metrics),
         "runs": runs,
         "differences": differences,
         "seed_groups": seeds,

@@ -11,17 +11,18 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from models.registry import FUSION_MODES, MODEL_NAMES, SPEED_OPTIONS, default_fusion
+from models.registry import FUSION_MODES, MODEL_NAMES, default_fusion
 from utils.errors import ConfigError
 
-# The paper's prompts ("a photo of a indoor" / "a photo of a outdoor", grammar as upstream).
+# The domain ids (labels files, caches, reports) and the paper's prompt wording for a domain
+# without prompts of its own: "a photo of a indoor" / "a photo of a outdoor", grammar as upstream.
 DEFAULT_DOMAINS = ("indoor", "outdoor")
 DEFAULT_TEMPLATE = "a photo of a {}"
 # The text feature of an image from its domain probabilities: the most probable domain's prompt
@@ -54,45 +55,124 @@ NULL_MEANS_AUTO = (
     "speed.strips",
     "speed.fused_dwconv",
     "speed.compile",
-    "precision.predict",
+    "speed.predict_precision",
 )
+# Former names still read, from YAML files, overrides and checkpoints: {old key: its name now}.
+ALIASES = {"precision.predict": "speed.predict_precision"}
 
-# Settings a checkpoint's config may take new values for in a later call, one place for all:
-# where files are, how absent data is made, how many workers read it (never changes a result) ...
-LOCATION_KEYS = (
-    "exp_name",
-    "output_dir",
-    "data.root",
-    "data.synthetic",
-    "data.num_workers",
-    "data.verify_images",
-    "clip.pretrained",
-    "clip.cache_dir",
-    "clip.batch_size",
-    "loss.resnet_weights",
-    "model.init_from",
-)
-# ... how fast and how precisely the network runs (changes results within float tolerance) ...
-SPEED_KEYS = ("speed", "precision.eval", "precision.predict")
-# ... in test.py and predict.py also the text features (soft for a hard-trained network, the
-# CLIP precision of the machine at hand) ...
-EVALUATION_KEYS = (*LOCATION_KEYS, *SPEED_KEYS, "clip.mode", "clip.precision")
-# ... and with train.py --resume the number of epochs (the cosine schedule is re-planned), how
-# often to validate, log and checkpoint, what to do on a non-finite loss or a signal. Every
-# other key describes the network or how it is trained, and a different value is refused.
-RESUME_KEYS = (
-    *LOCATION_KEYS,
-    *SPEED_KEYS,
-    "train.epochs",
-    "train.eval_freq",
-    "train.log_images",
-    "train.nonfinite",
-    "train.resume",
-    "train.checkpoint_every_steps",
-    "train.checkpoint_every_minutes",
-    "train.keep_checkpoints",
-    "train.requeue",
-)
+
+@dataclass(frozen=True)
+class Role:
+    """What a config key is for, and so where it may take another value (KEY_ROLES)."""
+
+    name: str
+    changes_results: bool  # compared with the published setting (utils/protocol.py)
+    resume: bool  # may differ from the checkpoint's config with train.py --resume
+    evaluation: bool  # may differ from the checkpoint's config in test.py and predict.py
+    location: bool  # where files are or how they are read: kept out of results folder names
+    repeat: bool  # runs that differ only in such keys repeat one configuration (compare.py)
+
+
+# The method and how it is trained: a different value is another experiment.
+PROTOCOL = Role("protocol", True, False, False, False, False)
+# How long and how often to validate: the cosine schedule is re-planned on --resume.
+SCHEDULE = Role("schedule", True, True, False, False, False)
+# How the text features are computed: test.py may try soft features on a hard-trained network.
+TEXT_FEATURES = Role("text-features", True, False, True, False, False)
+# How validation and test.py evaluate.
+EVALUATION = Role("evaluation", True, True, True, False, False)
+# The weights the first step starts from: changes the numbers, says nothing once trained.
+WARM_START = Role("warm-start", True, True, True, True, False)
+# One draw of the same protocol.
+SEED = Role("seed", False, False, False, False, True)
+# Logging, checkpointing and what to do on a fault or a signal.
+RUN = Role("run", False, True, False, False, False)
+# The run's name and folder.
+NAME = Role("name", False, True, True, True, True)
+# Which files are read, and how absent data is made.
+INPUT = Role("input", False, True, True, True, False)
+# How files are read and cached (never changes a result).
+READING = Role("reading", False, True, True, True, True)
+# How fast the network runs (changes results within float tolerance, docs/PERFORMANCE.md).
+SPEED = Role("speed", False, True, True, False, True)
+
+# Every config key's role, by dotted key or whole section; tests/test_config.py fails for a key
+# without one. The key lists below are derived from it.
+KEY_ROLES: dict[str, Role] = {
+    "exp_name": NAME,
+    "output_dir": NAME,
+    "model.name": PROTOCOL,
+    "model.fusion": PROTOCOL,
+    "model.depths": PROTOCOL,
+    "model.init_from": WARM_START,
+    "data.root": INPUT,
+    "data.train_split": PROTOCOL,
+    "data.test_split": PROTOCOL,
+    "data.patch_size": PROTOCOL,
+    "data.edge_decay": PROTOCOL,
+    "data.only_h_flip": PROTOCOL,
+    "data.valid_mode": PROTOCOL,
+    "data.num_workers": READING,
+    "data.verify_images": READING,
+    "data.synthetic": INPUT,
+    "clip.arch": PROTOCOL,
+    "clip.pretrained": INPUT,  # a local file of OpenAI's weights is as good as the tag
+    "clip.domains": PROTOCOL,
+    "clip.template": PROTOCOL,
+    "clip.prompts": PROTOCOL,
+    "clip.mode": TEXT_FEATURES,
+    "clip.domain_source": PROTOCOL,
+    "clip.precision": TEXT_FEATURES,
+    "clip.quick_gelu": PROTOCOL,
+    "clip.batch_size": READING,
+    "clip.cache_dir": READING,
+    "train.batch_size": PROTOCOL,
+    "train.epochs": SCHEDULE,
+    "train.extra_epoch": PROTOCOL,
+    "train.lr": PROTOCOL,
+    "train.lr_min_ratio": PROTOCOL,
+    "train.weight_decay": PROTOCOL,
+    "train.eval_freq": SCHEDULE,
+    "train.nonfinite": RUN,
+    "train.seed": SEED,
+    "train.log_images": RUN,
+    "train.sync_batchnorm": PROTOCOL,
+    "train.resume": RUN,
+    "train.checkpoint_every_steps": RUN,
+    "train.checkpoint_every_minutes": RUN,
+    "train.keep_checkpoints": RUN,
+    "train.requeue": RUN,
+    "loss.l1_weight": PROTOCOL,
+    "loss.cr_weight": PROTOCOL,
+    "loss.resnet_weights": INPUT,
+    "loss.resnet_imagenet_norm": PROTOCOL,
+    "loss.resnet_batchnorm": PROTOCOL,
+    "precision.train": PROTOCOL,
+    "precision.eval": EVALUATION,
+    "speed": SPEED,
+}
+
+
+def keys_where(has: Callable[[Role], bool]) -> tuple[str, ...]:
+    """The KEY_ROLES entries (dotted keys or sections) whose role has the property `has`."""
+    return tuple(key for key, role in KEY_ROLES.items() if has(role))
+
+
+def role_of(key: str) -> Role | None:
+    """The role of a dotted key (its own entry, or its section's), or None if it has none."""
+    return next((role for k, role in KEY_ROLES.items() if covers((k,), key)), None)
+
+
+# Settings a checkpoint's config may take new values for in a later call: file locations ...
+LOCATION_KEYS = keys_where(lambda role: role.location)
+# ... in test.py and predict.py ...
+EVALUATION_KEYS = keys_where(lambda role: role.evaluation)
+# ... with train.py --resume; every other key is refused with a different value.
+RESUME_KEYS = keys_where(lambda role: role.resume)
+# The keys that change the numbers, compared with the published setting (utils/protocol.py).
+RESULT_KEYS = keys_where(lambda role: role.changes_results)
+# Keys in which runs may differ and still repeat one configuration (utils/comparison.py).
+REPEAT_IGNORES = keys_where(lambda role: role.repeat)
 
 
 @dataclass(frozen=True)
@@ -143,13 +223,23 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class DomainPrompts:
+    """The wording of one domain's prompts: the domain's text embedding is their CLIP embeddings'
+    mean, re-normalised (one prompt: its embedding, as upstream)."""
+
+    domain: str  # one of clip.domains
+    texts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ClipConfig:
     """The frozen CLIP that classifies every hazy image into a domain, zero-shot."""
 
     arch: str = "ViT-B-32"
     pretrained: str | None = "openai"  # open_clip tag, a local weights file, or null (random)
-    domains: tuple[str, ...] = DEFAULT_DOMAINS
-    template: str = DEFAULT_TEMPLATE
+    domains: tuple[str, ...] = DEFAULT_DOMAINS  # ids, as in domains.csv, caches and reports
+    template: str = DEFAULT_TEMPLATE  # the prompt of a domain without an entry in `prompts`
+    prompts: tuple[DomainPrompts, ...] = ()  # per domain id, its own prompts
     mode: Literal[TEXT_FEATURE_MODES] = "hard"
     # "labels": each image's domain from <split folder>/domains.csv instead of CLIP's guess
     # (oracle domains; the text feature is that domain's prompt embedding, `mode` does not apply).
@@ -191,21 +281,25 @@ class SpeedConfig:
     """Options that change speed, never the numbers beyond float tolerance (docs/PERFORMANCE.md).
 
     auto (the default): measured on the machine in use at first use and cached (utils/autotune.py),
-    or with autotune=false the device's defaults (DEVICE_SPEED); true/false is never measured.
+    or with autotune=false the device's defaults (DEVICE_SPEED); a set value is never measured.
+    utils/speed.py decides them.
     """
 
     channels_last: Auto | bool = "auto"  # NHWC activations
     strips: Auto | bool = "auto"  # inference: wide intermediates a few rows at a time (less memory)
     fused_dwconv: Auto | bool = "auto"  # the three depthwise convs as one grouped conv
     compile: Auto | bool = "auto"  # torch.compile the network (auto: DEVICE_SPEED, never measured)
+    predict_precision: Auto | Precision = "auto"  # predict.py's autocast (was precision.predict)
     autotune: bool = True  # false: every auto key takes the device's default (DEVICE_SPEED)
     cache_dir: str = "cache/speed"  # the measured choices, one small JSON file per workload
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    """L1 + cr_weight * contrastive regularisation over frozen ResNet-152 features."""
+    """The training loss: each term's weight (utils/losses.LOSS_TERMS; a term of weight 0 is never
+    built), L1 + 0.1 x contrastive regularisation over frozen ResNet-152 features by default."""
 
+    l1_weight: float = 1.0
     cr_weight: float = 0.1  # 0: L1 only, the ResNet is never built
     resnet_weights: str | None = None  # local ImageNet ResNet-152 file; None: torchvision's
     resnet_imagenet_norm: bool = False  # upstream feeds [-1, 1] images to ResNet unnormalised
@@ -216,11 +310,11 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class PrecisionConfig:
-    """Autocast precision of each phase; 'none' is fp32. fp16 exists on CUDA only."""
+    """Autocast precision of training and evaluation; 'none' is fp32. fp16 exists on CUDA only.
+    predict.py's is a speed setting, speed.predict_precision."""
 
     train: Precision = "fp16"  # training forward and loss (CUDA; CPU always trains in fp32)
     eval: Precision = "none"  # validation and test.py (the protocol evaluates in fp32)
-    predict: Auto | Precision = "auto"  # predict.py; auto: measured, as speed.* (SpeedConfig)
 
 
 @dataclass(frozen=True)
@@ -244,81 +338,6 @@ class Config:
         if self.train.seed == TrainConfig.seed:
             return Path(self.output_dir) / self.exp_name
         return Path(self.output_dir) / f"{self.exp_name}-seed{self.train.seed}"
-
-
-@dataclass(frozen=True)
-class SpeedSettings:
-    """What runs on one device: the `speed.*` keys and predict.py's precision, none left auto."""
-
-    channels_last: bool
-    strips: bool
-    fused_dwconv: bool
-    compile: bool
-    predict_precision: Precision
-
-    def network_args(self) -> dict[str, bool]:
-        """The network arguments among these settings (a backbone takes those its registry
-        entry names)."""
-        return {k: getattr(self, k) for k in SPEED_OPTIONS}
-
-
-# The speed defaults of each kind of device, chosen by measurement on one machine
-# (docs/PERFORMANCE.md): what an `auto` key takes where nothing is measured (speed.autotune=false,
-# and speed.compile always).
-DEVICE_SPEED: dict[str, SpeedSettings] = {
-    # A 2-core x86 CPU: channels-last made the training step 1.45x faster, strips inference
-    # 1.37x faster in 1.8x less memory; the grouped depthwise conv was within noise.
-    "cpu": SpeedSettings(
-        channels_last=True, strips=True, fused_dwconv=False, compile=False, predict_precision="none"
-    ),
-    # CPUs with native bf16 (AVX512-BF16 or AMX): bf16 autocast ran mixcl-s 1.5x faster than
-    # fp32 at 1024x1024, its outputs at 64 dB PSNR against fp32's.
-    "cpu-bf16": SpeedSettings(
-        channels_last=True, strips=True, fused_dwconv=False, compile=False, predict_precision="bf16"
-    ),
-    # Not measured yet: the values before any GPU measurement, until bench/gpu_check.sh has run.
-    "cuda": SpeedSettings(
-        channels_last=True, strips=True, fused_dwconv=False, compile=False, predict_precision="none"
-    ),
-}
-# The authors' computation, the reference every speed option is measured (bench/) and tested
-# against: three padded depthwise convs, the explicit (H*W x D) attention map, the unused text
-# branch computed, NCHW activations, whole maps in inference (MixDehazeNet arguments).
-STRAIGHTFORWARD: dict[str, bool | str] = {
-    "fused_dwconv": False,
-    "attention": "explicit",
-    "text_branch": True,
-    "channels_last": False,
-    "strips": False,
-}
-
-
-# Keys measured at first use where `auto` (utils/autotune.py); compile is never measured.
-AUTO_KEYS = ("channels_last", "strips", "fused_dwconv", "compile", "predict_precision")
-
-
-def chosen_speed(cfg: Config) -> dict[str, bool | str]:
-    """The speed settings `cfg` fixes (true/false, a precision), by SpeedSettings name."""
-    chosen = {**dataclasses.asdict(cfg.speed), "predict_precision": cfg.precision.predict}
-    return {k: v for k, v in chosen.items() if k in AUTO_KEYS and v != "auto"}
-
-
-def with_speed(cfg: Config, settings: SpeedSettings, predict: bool = True) -> Config:
-    """`cfg` with the speed keys set to `settings`, no `auto` left: how a run ran (config.yaml).
-    `predict`: precision.predict too (a training run leaves it to predict.py)."""
-    keys = ("channels_last", "strips", "fused_dwconv", "compile")
-    speed = {k: getattr(settings, k) for k in keys}
-    precision = cfg.precision
-    if predict:
-        precision = dataclasses.replace(precision, predict=settings.predict_precision)
-    return dataclasses.replace(
-        cfg, speed=dataclasses.replace(cfg.speed, **speed), precision=precision
-    )
-
-
-def speed_settings(cfg: Config, device_kind: str) -> SpeedSettings:
-    """The configured speed keys, each `auto` one replaced by the default of `device_kind`."""
-    return dataclasses.replace(DEVICE_SPEED[device_kind], **chosen_speed(cfg))
 
 
 # What a value of each plain type must be, as an error message says it (bool is not an int).
@@ -412,6 +431,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    data = unalias(data, str(path))
     base = data.pop("base", None)
     if base is None:
         return data
@@ -432,7 +452,22 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = yaml.safe_load(raw) if raw else ""
-    return out
+    return unalias(out, "overrides")
+
+
+def unalias(data: dict, source: str) -> dict:
+    """`data` (one file, the overrides or a checkpoint's config) with each key of ALIASES under
+    its name now; both names at once are an error naming `source`."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for old, new in ALIASES.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        if not isinstance(data.get(old_section), dict) or old_key not in data[old_section]:
+            continue
+        if new_key in data.get(new_section, {}):
+            raise ConfigError(f"{source}: {old} and {new} are one setting: keep only {new}")
+        value = data[old_section].pop(old_key)
+        data.setdefault(new_section, {})[new_key] = value
+    return data
 
 
 def config_from_dict(data: dict) -> Config:
@@ -455,7 +490,7 @@ def _null_to_auto(data: Any) -> Any:
 def config_from_checkpoint(data: dict) -> Config:
     """The config stored in a checkpoint, with keys renamed since it was written moved and keys
     added since given the values it was trained with."""
-    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    data = unalias(data, "the checkpoint's config")
     for old, new in RENAMED_KEYS.items():
         (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
         if old_key in data.get(old_section, {}):

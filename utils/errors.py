@@ -36,6 +36,10 @@ class WeightsError(UserError, FileNotFoundError):
     """Pretrained weights (CLIP, ResNet-152, MixDehazeNet) are missing or unusable."""
 
 
+class MissingPackageError(UserError, ImportError):
+    """An optional library (a metric's, the demo's) is not installed; the message says how."""
+
+
 class OutputError(UserError, OSError):
     """An output cannot be written where asked (a folder that is not writable, a full disk)."""
 

@@ -1,7 +1,10 @@
-"""Training loss: L1 plus contrastive regularisation (CR) over frozen ResNet-152 features."""
+"""Training loss: named, weighted terms; by default L1 plus 0.1 x contrastive regularisation (CR)
+over frozen ResNet-152 features."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
 
@@ -12,7 +15,7 @@ from torch import nn
 
 from utils.config import CRBatchNorm, LossConfig
 from utils.distributed import all_reduce_sum_with_grad
-from utils.errors import WeightsError
+from utils.errors import ConfigError, WeightsError
 from utils.image import from_model_range
 
 CR_LAYER_WEIGHTS = (1 / 16, 1 / 8, 1 / 4, 1.0)
@@ -111,27 +114,68 @@ def build_contrastive_loss(
     return ContrastiveLoss(resnet_slices(resnet), imagenet_norm, batchnorm)
 
 
-class Criterion(nn.Module):
-    """The training loss, L1(output, GT) + cr_weight * CR(output, GT, hazy), in fp32 whatever
-    the autocast. A new loss term is a new argument here and a line in `forward`."""
-
-    def __init__(self, cr: ContrastiveLoss | None = None, cr_weight: float = 0.0) -> None:
-        super().__init__()
-        self.cr = cr
-        self.cr_weight = cr_weight
+class L1Loss(nn.Module):
+    """Mean absolute error between the output and the clean image."""
 
     def forward(self, output: torch.Tensor, gt: torch.Tensor, hazy: torch.Tensor) -> torch.Tensor:
-        loss = F.l1_loss(output.float(), gt)
-        if self.cr is not None:
-            loss = loss + self.cr_weight * self.cr(output.float(), gt, hazy.float())
-        return loss
+        return F.l1_loss(output, gt)
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """A term of the training loss: its weight's key in the `loss` section (a term of weight
+    0 is never built) and how to build its module, called as term(output, gt, hazy)."""
+
+    weight_key: str
+    build: Callable[[LossConfig], nn.Module]
+
+
+def _contrastive(cfg: LossConfig) -> ContrastiveLoss:
+    return build_contrastive_loss(
+        cfg.resnet_weights, cfg.resnet_imagenet_norm, cfg.resnet_batchnorm
+    )
+
+
+# The terms, summed in this order. A new term: a weight key in LossConfig (default 0 keeps the
+# published loss) with its role in utils/config.KEY_ROLES, its value in utils/protocol.py and an
+# entry here (docs/EXTENDING.md).
+LOSS_TERMS: dict[str, LossTerm] = {
+    "l1": LossTerm("l1_weight", lambda cfg: L1Loss()),
+    "cr": LossTerm("cr_weight", _contrastive),
+}
+
+
+class Criterion(nn.Module):
+    """The training loss, the weighted sum of named terms, in fp32 whatever the autocast."""
+
+    def __init__(self, terms: dict[str, nn.Module], weights: dict[str, float]) -> None:
+        super().__init__()
+        self.terms = nn.ModuleDict(terms)
+        self.weights = dict(weights)
+
+    def values(
+        self, output: torch.Tensor, gt: torch.Tensor, hazy: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Each term's value, unweighted (what train.py logs as train/loss_<name>)."""
+        output, hazy = output.float(), hazy.float()
+        return {name: term(output, gt, hazy) for name, term in self.terms.items()}
+
+    def total(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The weighted sum of `values`, in term order."""
+        weighted = [self.weights[name] * value for name, value in values.items()]
+        return sum(weighted[1:], weighted[0])
+
+    def forward(self, output: torch.Tensor, gt: torch.Tensor, hazy: torch.Tensor) -> torch.Tensor:
+        return self.total(self.values(output, gt, hazy))
 
 
 def build_criterion(cfg: LossConfig, device: torch.device) -> Criterion:
-    """The loss the `loss` section asks for; the ResNet is built only when cr_weight > 0."""
-    cr = None
-    if cfg.cr_weight > 0:
-        cr = build_contrastive_loss(
-            cfg.resnet_weights, cfg.resnet_imagenet_norm, cfg.resnet_batchnorm
-        )
-    return Criterion(cr, cfg.cr_weight).to(device)
+    """The loss the `loss` section asks for: each term whose weight is not 0 (so the ResNet is
+    built only when cr_weight > 0)."""
+    weights = {name: getattr(cfg, term.weight_key) for name, term in LOSS_TERMS.items()}
+    weights = {name: w for name, w in weights.items() if w != 0}
+    if not weights:
+        keys = ", ".join(f"loss.{term.weight_key}" for term in LOSS_TERMS.values())
+        raise ConfigError(f"loss: every term's weight is 0 ({keys}); give at least one a weight")
+    terms = {name: LOSS_TERMS[name].build(cfg) for name in weights}
+    return Criterion(terms, weights).to(device)

@@ -13,24 +13,34 @@ from pathlib import Path
 from typing import Any
 
 from models.registry import split_name
-from utils.config import DEFAULT_DOMAINS, DEFAULT_TEMPLATE, Config, config_to_dict, flatten
+from utils.config import (
+    DEFAULT_DOMAINS,
+    DEFAULT_TEMPLATE,
+    RESULT_KEYS,
+    Config,
+    config_to_dict,
+    covers,
+    flatten,
+)
 
 
 @dataclass(frozen=True)
 class PublishedSetting:
-    """What the authors ran on one dataset: `values` maps dotted config keys to their values."""
+    """What the authors ran on one dataset: `values` maps every dotted config key that changes
+    the numbers (RESULT_KEYS) to its value, except the keys that do not apply to that run."""
 
     source: str
     values: dict[str, Any]
+    not_applicable: tuple[str, ...] = ()
 
 
-# Every key that changes the numbers, as the authors' train.py sets it on every dataset. Keys
-# that only change speed, logging or file locations are not compared, nor clip.pretrained (a
-# local file of OpenAI's weights is as good as the tag).
+# Every key that changes the numbers (RESULT_KEYS, by the roles in utils/config.py), as the
+# authors' train.py sets it on every dataset, but those the datasets' settings below differ in.
 _AUTHORS_TRAIN_PY: dict[str, Any] = {
     "model.name": "mixcl-s",
     "model.fusion": None,
     "model.depths": None,
+    "model.init_from": None,
     "data.train_split": "train",
     "data.test_split": "test",
     "data.patch_size": 256,
@@ -38,7 +48,9 @@ _AUTHORS_TRAIN_PY: dict[str, Any] = {
     "clip.arch": "ViT-B-32",
     "clip.domains": list(DEFAULT_DOMAINS),
     "clip.template": DEFAULT_TEMPLATE,
+    "clip.prompts": [],
     "clip.mode": "hard",
+    "clip.domain_source": "clip",
     "clip.precision": "auto",
     "clip.quick_gelu": "auto",
     "train.extra_epoch": True,
@@ -46,6 +58,7 @@ _AUTHORS_TRAIN_PY: dict[str, Any] = {
     "train.weight_decay": 0.01,
     "train.eval_freq": 1,
     "train.sync_batchnorm": True,
+    "loss.l1_weight": 1.0,
     "loss.cr_weight": 0.1,
     "loss.resnet_imagenet_norm": False,
     "loss.resnet_batchnorm": "batch",
@@ -111,12 +124,12 @@ def _dehazeformer_setting(size: str, batch_size: int, lr: float) -> PublishedSet
         }
     )
     source = f"IDKiro/DehazeFormer's train.py with configs/reside6k/dehazeformer-{size}.json"
-    return PublishedSetting(source, values)
+    return PublishedSetting(source, values, not_applicable=loss_keys)
 
 
 # Dataset -> DehazeFormer size -> its authors' setting (RESIDE-6K only: the comparison of
 # interest; their RESIDE-IN/OUT settings are not reproduced here).
-DEHAZEFORMER_SETTINGS: dict[str, dict[str, PublishedSetting]] = {
+DEHAZEFORMER_SETTINGS: dict[str, dict[str | None, PublishedSetting]] = {
     "RESIDE-6K": {
         "t": _dehazeformer_setting("t", 32, 2e-4),
         "s": _dehazeformer_setting("s", 16, 1e-4),
@@ -137,20 +150,28 @@ def _dataset(data_root: str) -> str | None:
     return next((name for name in PUBLISHED_SETTINGS if _normalised(name) == folder), None)
 
 
+# Backbone.published (models/registry.py) -> dataset -> model size -> the setting a run compares
+# with; the size None stands for every size of the backbone (MixCLDehazeNet-S's setting is the
+# reference of every MixDehazeNet variant).
+PUBLISHED: dict[str, dict[str, dict[str | None, PublishedSetting]]] = {
+    "mixcldehazenet": {dataset: {None: s} for dataset, s in PUBLISHED_SETTINGS.items()},
+    "dehazeformer": DEHAZEFORMER_SETTINGS,
+}
+
+
 def published_setting(
     data_root: str, model_name: str = "mixcl-s"
 ) -> tuple[str, PublishedSetting] | None:
     """The dataset name and the published setting that a run on `data.root` with `model_name`
-    compares with, if any: MixCLDehazeNet's for MixDehazeNet models, DehazeFormer's (of the same
-    size) for DehazeFormer models, with or without CLIP guidance."""
+    compares with, if any: the one its backbone's registry entry names (with or without CLIP
+    guidance), of its size or of every size."""
     dataset = _dataset(data_root)
-    if dataset is None:
-        return None
     backbone, size, _ = split_name(model_name)
-    if backbone.plain == "dehazeformer":
-        setting = DEHAZEFORMER_SETTINGS.get(dataset, {}).get(size)
-        return None if setting is None else (dataset, setting)
-    return dataset, PUBLISHED_SETTINGS[dataset]
+    if dataset is None or backbone.published is None:
+        return None
+    sizes = PUBLISHED[backbone.published].get(dataset, {})
+    setting = sizes.get(size, sizes.get(None))
+    return None if setting is None else (dataset, setting)
 
 
 def _show(value: Any) -> str:
@@ -160,16 +181,27 @@ def _show(value: Any) -> str:
         return "null"
     if isinstance(value, list):
         return "[" + ", ".join(map(_show, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
     return str(value)
 
 
+def compared_keys(setting: PublishedSetting) -> list[str]:
+    """The dotted keys that change the numbers and apply to `setting`, in config order."""
+    return [
+        key
+        for key in flatten(config_to_dict(Config()))
+        if covers(RESULT_KEYS, key) and not covers(setting.not_applicable, key)
+    ]
+
+
 def differences(cfg: Config, setting: PublishedSetting) -> list[str]:
-    """`key=value (paper: value)` for every compared key whose value differs."""
+    """`key=value (paper: value)` for every key that changes the numbers and differs."""
     resolved = flatten(config_to_dict(cfg))
     return [
-        f"{key}={_show(resolved[key])} (paper: {_show(want)})"
-        for key, want in setting.values.items()
-        if resolved[key] != want
+        f"{key}={_show(resolved[key])} (paper: {_show(setting.values[key])})"
+        for key in compared_keys(setting)
+        if resolved[key] != setting.values[key]
     ]
 
 
