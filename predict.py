@@ -14,11 +14,13 @@ import os
 import re
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from datasets import input_images
@@ -26,6 +28,7 @@ from models.registry import memory_scale
 from networks import inference_network, model_from_checkpoint, pick_device
 from utils.cli import positive_int, run
 from utils.clip_domains import classify, load_classifier, text_features
+from utils.config import Config
 from utils.errors import OutputError, OutputExistsError, UserError
 from utils.image import (
     from_model_range,
@@ -151,6 +154,57 @@ def _check_out_dir(out: Path) -> None:
         raise OutputError(f"output folder {out} is not writable; pick another with --out")
 
 
+class Dehazer:
+    """A checkpoint's network on the chosen device with its measured speed settings and
+    precision, and its CLIP: predict.py's path, which demo.py and export.py run too."""
+
+    def __init__(
+        self, net: nn.Module, cfg: Config, clip: tuple | None, precision: str | None = None
+    ) -> None:
+        """`precision`: autocast's, by default the measured `precision.predict`."""
+        self.net, self.cfg, self.device = net, cfg, pick_device()
+        self.precision = precision or speed_for(cfg, self.device, "predict")[0].predict_precision
+        self.run_net = inference_network(net, cfg, self.device, self.precision)
+        self.clip = clip  # (model, preprocess, prompt embeddings) for CLIP-guided networks
+
+    @classmethod
+    def load(
+        cls,
+        ckpt: str | Path,
+        model: str | None = None,
+        config: str | None = None,
+        overrides: Sequence[str] = (),
+        precision: str | None = None,
+    ) -> Dehazer:
+        """The network and CLIP of a checkpoint (released weights need `model`)."""
+        net, cfg, _ = model_from_checkpoint(ckpt, model, config, overrides, phase="predict")
+        clip = load_classifier(cfg.clip, str(pick_device())) if cfg.model.needs_text else None
+        return cls(net, cfg, clip, precision)
+
+    def fit(self, img: np.ndarray, max_side: int | None) -> np.ndarray:
+        """`img` downscaled to `max_side`; MemoryError when it would not fit in memory."""
+        if max_side and max(img.shape[:2]) > max_side:
+            img = downscale(img, max_side)
+        check_memory(*img.shape[:2], self.cfg.model.name, self.device, self.precision)
+        return img
+
+    def domain_probs(self, img: np.ndarray) -> torch.Tensor | None:
+        """CLIP's (1, K) domain probabilities of `img` (None without CLIP guidance)."""
+        if self.clip is None:
+            return None
+        clip_model, preprocess, prompt_emb = self.clip
+        return classify(clip_model, preprocess, [img], prompt_emb)
+
+    @torch.no_grad()
+    def __call__(self, img: np.ndarray, probs: torch.Tensor | None = None) -> torch.Tensor:
+        """The dehazed (3, H, W) image in [0, 1], guided by the domain `probs` (1, K)."""
+        hazy = uint8_to_tensor(img)[None].to(self.device)
+        text = None
+        if self.clip is not None:
+            text = text_features(probs, self.clip[2], self.cfg.clip.mode).to(self.device)
+        return from_model_range(self.run_net(to_model_range(hazy), text))[0].cpu()
+
+
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> list[Path]:
     """Dehaze every input image; returns the written output paths."""
@@ -159,39 +213,23 @@ def main(argv: list[str] | None = None) -> list[Path]:
     inputs = input_images(args.inputs)
     plan = plan_outputs(inputs, out_dir, args.compare, args.overwrite)
     _check_out_dir(out_dir)
-    net, cfg, _ = model_from_checkpoint(
-        args.ckpt, args.model, args.config, args.overrides, phase="predict"
-    )
-    device = pick_device()
-    precision = speed_for(cfg, device, "predict")[0].predict_precision
-    run_net = inference_network(net, cfg, device, precision)
-
-    clip = load_classifier(cfg.clip, str(device)) if cfg.model.needs_text else None
+    dehazer = Dehazer.load(args.ckpt, args.model, args.config, args.overrides)
 
     written: list[Path] = []
     failed: list[str] = []
     jobs = zip(inputs, plan, strict=True)
     for path, targets in tqdm(jobs, "dehazing", len(plan), disable=None):
         try:
-            img = read_rgb(path)
-            if args.max_side and max(img.shape[:2]) > args.max_side:
-                img = downscale(img, args.max_side)
-            check_memory(*img.shape[:2], cfg.model.name, device, precision)
+            img = dehazer.fit(read_rgb(path), args.max_side)
         except (ValueError, MemoryError) as e:
             warnings.warn(f"skipping {path}: {e}", stacklevel=1)
             failed.append(f"{path}: {e}")
             continue
-        hazy = uint8_to_tensor(img)[None].to(device)
-        text = None
-        if clip is not None:
-            clip_model, preprocess, prompt_emb = clip
-            probs = classify(clip_model, preprocess, [img], prompt_emb)
-            text = text_features(probs, prompt_emb, cfg.clip.mode).to(device)
-        out01 = from_model_range(run_net(to_model_range(hazy), text))[0].cpu()
+        out01 = dehazer(img, dehazer.domain_probs(img))
         write_rgb(targets[0], out01)
         written.append(targets[0])
         if args.compare:
-            write_rgb(targets[1], torch.cat([hazy[0].cpu(), out01], dim=-1))
+            write_rgb(targets[1], torch.cat([uint8_to_tensor(img), out01], dim=-1))
     print(f"wrote {len(written)} image(s) to {out_dir}")
     if failed:
         raise PredictError(f"{len(failed)} image(s) not dehazed:\n  " + "\n  ".join(failed))

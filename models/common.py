@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.registry import FUSION_MODES
@@ -89,29 +88,34 @@ class SKFusion(nn.Module):
         return out
 
 
-def pad_bottom_right(x: torch.Tensor, pad_h: int, pad_w: int) -> torch.Tensor:
-    """Reflect-pad the bottom/right; sides too short for one reflection reflect repeatedly.
+def _reflect_index(size: int, length: int, device: torch.device) -> torch.Tensor:
+    """Indices of a side of `size` pixels reflected at its end, repeatedly, to `length`.
 
-    A 1-px side has nothing to reflect and is first replicated once. When one reflection
-    suffices (every input upstream accepts) this is exactly upstream's single reflect pad.
+    Reflecting again at the end of a reflection continues the same zigzag of period
+    2 * (size - 1), so the indices are that zigzag; a 1-px side repeats its pixel. Written with
+    tensor operations on the sizes, so that an exported graph keeps them dynamic.
     """
-    while pad_h > 0 or pad_w > 0:
-        h, w = x.shape[-2:]
-        if (h == 1 and pad_h > 0) or (w == 1 and pad_w > 0):
-            step_h, step_w = int(h == 1 and pad_h > 0), int(w == 1 and pad_w > 0)
-            mode = "replicate"
-        else:
-            step_h, step_w = min(pad_h, h - 1), min(pad_w, w - 1)
-            mode = "reflect"
-        x = F.pad(x, (0, step_w, 0, step_h), mode=mode)
-        pad_h, pad_w = pad_h - step_h, pad_w - step_w
-    return x
+    period = torch.full((), torch.sym_max(2 * (size - 1), 1), dtype=torch.long, device=device)
+    i = torch.arange(length, device=device) % period
+    return torch.where(i < size, i, period - i)
+
+
+def pad_bottom_right(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Reflect-pad the bottom/right to `height` x `width`; sides too short for one reflection
+    reflect repeatedly (a 1-px side is replicated). When one reflection suffices (every input
+    upstream accepts) this is exactly upstream's single reflect pad, a copy of the same pixels.
+    """
+    h, w = x.shape[-2:]
+    x = x.index_select(-2, _reflect_index(h, height, x.device))
+    return x.index_select(-1, _reflect_index(w, width, x.device))
 
 
 def padded_size(side: int, min_side: int) -> int:
     """Side after padding: the next multiple of 4 (upstream's rule), at least `min_side` (the
-    smallest side every layer of the network can reflect-pad)."""
-    return max(-(-side // PATCH_MULTIPLE) * PATCH_MULTIPLE, min_side)
+    smallest side every layer of the network can reflect-pad); symbolic sizes stay symbolic."""
+    # (side + 3) // 4, not -(-side // 4): exported, integer division truncates towards zero.
+    multiples = (side + PATCH_MULTIPLE - 1) // PATCH_MULTIPLE
+    return torch.sym_max(multiples * PATCH_MULTIPLE, min_side)
 
 
 class UNetDehazer(nn.Module):
@@ -174,7 +178,6 @@ class UNetDehazer(nn.Module):
         """hazy: (B, 3, H, W) in [-1, 1]; text_feature: (B, 1, D) or (B, D), the image's CLIP
         text feature (ignored without fusion)."""
         h, w = hazy.shape[-2:]
-        pad_h, pad_w = padded_size(h, self.min_side) - h, padded_size(w, self.min_side) - w
-        x = pad_bottom_right(hazy, pad_h, pad_w)
+        x = pad_bottom_right(hazy, padded_size(h, self.min_side), padded_size(w, self.min_side))
         k, b = torch.split(self.forward_features(x, text_feature), (1, 3), dim=1)
         return (k * x - b + x)[:, :, :h, :w].contiguous()

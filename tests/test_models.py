@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from models import MODEL_NAMES, TextImageFusion, build_model, load_pretrained
+from models.common import pad_bottom_right, padded_size
 from models.text_fusion import fused_attention, pixel_text_attention
 
 from .helpers import TINY, image, randomize, text
@@ -225,3 +226,21 @@ def test_fusion_runs_on_a_fused_cuda_kernel_in_every_precision(dtype, tol, exact
         out.float().sum().backward()
     assert (out.float().cpu() - ref).abs().max() <= tol * max(1.0, ref.abs().max())
     assert all(torch.isfinite(p.grad).all() for p in fusion.parameters())
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (2, 3), (5, 90), (40, 41)])
+def test_padding_reflects_repeatedly_as_single_reflect_pads_do(hw):
+    """pad_bottom_right (index arithmetic, which exports with dynamic sizes) equals reflect pads
+    applied one after another, each as long as the side allows (a 1-px side replicated)."""
+    x = image(*hw)
+    height, width = padded_size(hw[0], 40), padded_size(hw[1], 40)
+    expected = x
+    while expected.shape[-2:] != (height, width):
+        h, w = expected.shape[-2:]
+        pad_h, pad_w = height - h, width - w
+        if (h == 1 and pad_h) or (w == 1 and pad_w):
+            steps, mode = (int(h == 1 and pad_h > 0), int(w == 1 and pad_w > 0)), "replicate"
+        else:
+            steps, mode = (min(pad_h, h - 1), min(pad_w, w - 1)), "reflect"
+        expected = F.pad(expected, (0, steps[1], 0, steps[0]), mode=mode)
+    assert torch.equal(pad_bottom_right(x, height, width), expected)
