@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from datasets.synthetic import synthetic_pair
-from predict import Dehazer, is_override
-from utils.cli import positive_int, run
+from predict import Dehazer
+from utils.cli import add_checkpoint_args, check_overrides, positive_int, run
 from utils.errors import UserError
 from utils.extras import require
 from utils.image import read_rgb, write_rgb
@@ -43,16 +43,12 @@ MONO_FONTS = ["ui-monospace", "monospace"]
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("overrides", nargs="*", help="section.key=value overrides (as predict.py)")
-    p.add_argument("--ckpt", required=True, help="checkpoint from train.py, or released weights")
-    p.add_argument("--model", help="model name for released weights (e.g. mixcl-s)")
-    p.add_argument("--config", help="YAML config for released weights (CLIP settings)")
+    add_checkpoint_args(p)
     p.add_argument("--max-side", type=positive_int, help="as predict.py --max-side")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: local)")
     p.add_argument("--port", type=int, default=7860)
     args = p.parse_args(argv)
-    bad = [o for o in args.overrides if not is_override(o)]
-    if bad:
-        p.error(f"not a section.key=value override: {bad[0]}")
+    check_overrides(p, args.overrides)
     return args
 
 

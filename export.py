@@ -28,9 +28,9 @@ from torch import nn
 from models.mixdehazenet import MixDehazeNet
 from models.text_fusion import TEXT_BRANCH_MODULES, TextImageFusion
 from networks import build_network, model_from_checkpoint
-from predict import Dehazer, is_override
+from predict import Dehazer
 from utils.checkpoint import save_atomic
-from utils.cli import run
+from utils.cli import add_checkpoint_args, check_overrides, run
 from utils.clip_domains import text_features
 from utils.extras import require
 from utils.image import from_model_range, to_model_range, uint8_to_tensor
@@ -65,17 +65,13 @@ class Deployable(nn.Module):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("overrides", nargs="*", help="section.key=value overrides (as predict.py)")
-    p.add_argument("--ckpt", required=True, help="checkpoint from train.py, or released weights")
-    p.add_argument("--model", help="model name for released weights (e.g. mixcl-s)")
-    p.add_argument("--config", help="YAML config for released weights (CLIP settings)")
+    add_checkpoint_args(p)
     p.add_argument("--onnx", type=Path, help="write the checked ONNX graph here")
     p.add_argument("--state-dict", type=Path, help="write the bare network weights here")
     args = p.parse_args(argv)
     if args.onnx is None and args.state_dict is None:
         p.error("nothing to do: pass --onnx OUT.onnx and/or --state-dict OUT.pth")
-    bad = [o for o in args.overrides if not is_override(o)]
-    if bad:
-        p.error(f"not a section.key=value override: {bad[0]}")
+    check_overrides(p, args.overrides)
     return args
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ from tqdm import tqdm
 from datasets import input_images
 from models.registry import memory_scale
 from networks import inference_network, model_from_checkpoint, pick_device
-from utils.cli import positive_int, run
+from utils.cli import add_checkpoint_args, is_override, positive_int, run
 from utils.clip_domains import classify, load_classifier, text_features
 from utils.config import Config
 from utils.errors import OutputError, OutputExistsError, UserError
@@ -63,9 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="image files and/or folders, and section.key=value overrides of the checkpoint's "
         "paths, speed and precision (an existing file is always an input)",
     )
-    p.add_argument("--ckpt", required=True, help="checkpoint from train.py, or released weights")
-    p.add_argument("--model", help="model name for released weights (e.g. mixcl-s)")
-    p.add_argument("--config", help="YAML config for released weights (CLIP settings)")
+    add_checkpoint_args(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--compare", action="store_true", help="also write hazy|dehazed side by side")
     p.add_argument("--overwrite", action="store_true", help="replace outputs already in --out")
@@ -81,11 +78,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not args.inputs:
         p.error("no input images given")
     return args
-
-
-def is_override(arg: str) -> bool:
-    """`section.key=value`, unless a file or folder of that name exists."""
-    return re.match(r"\w+(\.\w+)*=", arg) is not None and not Path(arg).exists()
 
 
 class PredictError(UserError, RuntimeError):

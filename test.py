@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from datasets import PairedDataset
 from networks import inference_network, model_from_checkpoint, pick_device
-from utils.cli import run
+from utils.cli import add_checkpoint_args, run
 from utils.clip_domains import split_text_features
 from utils.config import LOCATION_KEYS, Config, config_to_dict, covers
 from utils.domain_labels import domain_confusion, labels_file, read_domain_labels
@@ -40,9 +40,7 @@ RESULT_FILES = ("per_image.csv", "metrics.json", "images")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="checkpoint from train.py, or released weights")
-    p.add_argument("--model", help="model name for released weights (e.g. mixcl-s)")
-    p.add_argument("--config", help="YAML config for released weights (CLIP and data settings)")
+    add_checkpoint_args(p, "YAML config for released weights (CLIP and data settings)")
     data = p.add_mutually_exclusive_group()
     data.add_argument("--data-dir", help="dataset root holding <split>/GT and <split>/hazy")
     data.add_argument("--dataset", help="dataset name beside the configured one, e.g. RESIDE-IN")
