@@ -345,3 +345,36 @@ def test_the_key_names_this_machine_torch_and_threads():
     if models:
         model = models[0].split(":", 1)[1].strip()
         assert utils.autotune.device_name(CPU) == f"{model} ({platform.machine()})"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "expected"),
+    [
+        (
+            "processor\t: 0\nmodel name\t: Vendor CPU: 8 cores @ 3GHz\n",
+            "Vendor CPU: 8 cores @ 3GHz",
+        ),
+        ("processor\t: 0\n", None),  # no model name: what the platform module says
+        (None, None),  # no /proc/cpuinfo (macOS, Windows)
+    ],
+)
+def test_the_cpu_is_named_by_its_model_name_else_by_the_platform(
+    tmp_path, monkeypatch, cpuinfo, expected
+):
+    path = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        path.write_text(cpuinfo)
+    monkeypatch.setattr(utils.autotune, "CPUINFO", path)
+    name = expected or platform.processor() or "cpu"
+    assert utils.autotune.device_name(CPU) == f"{name} ({platform.machine()})"
+
+
+def test_a_cache_folder_that_does_not_exist_yet_is_made(tmp_path):
+    folder = tmp_path / "new" / "speed"
+    work = FakeWorkload(costs((False, True)))
+    first = tune("training", {"model": "x"}, TWO, work.make_step, CPU, folder, work.clock)
+    assert first.path.parent == folder and json.loads(first.path.read_text())
+    assert [p.name for p in folder.iterdir()] == [first.path.name]  # no temporary file left
+    again = FakeWorkload(costs((True, True)))
+    second = tune("training", {"model": "x"}, TWO, again.make_step, CPU, folder, again.clock)
+    assert second.cached and second.choice == first.choice

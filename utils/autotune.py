@@ -58,12 +58,14 @@ class Tuning:
         }
 
 
+CPUINFO = Path("/proc/cpuinfo")  # Linux; elsewhere the platform module names the CPU
+
+
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's model name (/proc/cpuinfo) and architecture."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    lines = CPUINFO.read_text().splitlines() if CPUINFO.is_file() else []
     model = next((n.split(":", 1)[1].strip() for n in lines if n.startswith("model name")), "")
     return f"{model or platform.processor() or 'cpu'} ({platform.machine()})"
 
