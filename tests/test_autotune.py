@@ -5,8 +5,10 @@ where the choice must be known)."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -378,3 +380,29 @@ def test_a_cache_folder_that_does_not_exist_yet_is_made(tmp_path):
     again = FakeWorkload(costs((True, True)))
     second = tune("training", {"model": "x"}, TWO, again.make_step, CPU, folder, again.clock)
     assert second.cached and second.choice == first.choice
+
+
+def test_a_cached_choice_is_recorded_as_it_was_measured(tmp_path):
+    work = FakeWorkload(costs((False, True)))
+    before = time.perf_counter()
+    first = tune("training", {"model": "x"}, TWO, work.make_step, CPU, tmp_path, work.clock)
+    assert 0 <= first.seconds <= time.perf_counter() - before
+    again = FakeWorkload(costs((True, True)))
+    second = tune("training", {"model": "x"}, TWO, again.make_step, CPU, tmp_path, again.clock)
+    assert second.record() == {
+        **first.record(),
+        "measuring_s": 0.0,
+        "cached": True,
+    }
+
+
+def test_the_cache_file_is_renamed_in_from_its_own_folder(tmp_path, monkeypatch):
+    """The temporary file lies beside the cache file, so the rename is atomic (one file system)."""
+    renames = []
+    replace = os.replace
+    monkeypatch.setattr(
+        os, "replace", lambda src, dst: renames.append((src, dst)) or replace(src, dst)
+    )
+    work = FakeWorkload(costs((False, True)))
+    tuning = tune("training", {"model": "x"}, TWO, work.make_step, CPU, tmp_path, work.clock)
+    assert [(Path(src).parent, Path(dst)) for src, dst in renames] == [(tmp_path, tuning.path)]
