@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils.errors import UserError
-from utils.extras import MissingExtraError, require
+from utils.errors import MissingPackageError, UserError
+from utils.extras import require
 from utils.image import read_rgb, write_rgb
 
 from .helpers import load_entry
@@ -67,7 +67,7 @@ def test_examples_are_one_synthetic_scene_per_domain(tmp_path):
 
 
 def test_a_missing_extra_is_one_line_saying_what_to_install():
-    with pytest.raises(MissingExtraError, match=r"pip install -r requirements-deploy\.txt"):
+    with pytest.raises(MissingPackageError, match=r"pip install -r requirements-deploy\.txt"):
         require("no_such_module_here", "demo.py")
 
 

@@ -5,13 +5,9 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from utils.errors import UserError
+from utils.errors import MissingPackageError
 
 DEPLOY_REQUIREMENTS = "requirements-deploy.txt"
-
-
-class MissingExtraError(UserError, ImportError):
-    """An optional library is not installed; the message says which file installs it."""
 
 
 def require(module: str, purpose: str) -> ModuleType:
@@ -19,7 +15,7 @@ def require(module: str, purpose: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise MissingExtraError(
+        raise MissingPackageError(
             f"{purpose} needs {module.split('.')[0]}, which is not installed: "
             f"pip install -r {DEPLOY_REQUIREMENTS}"
         ) from e
