@@ -153,7 +153,7 @@ class Dehazer:
     def __init__(
         self, net: nn.Module, cfg: Config, clip: tuple | None, precision: str | None = None
     ) -> None:
-        """`precision`: autocast's, by default the measured `precision.predict`."""
+        """`precision`: autocast's, by default `speed.predict_precision` (measured or set)."""
         self.net, self.cfg, self.device = net, cfg, pick_device()
         self.precision = precision or speed_for(cfg, self.device, "predict")[0].predict_precision
         self.run_net = inference_network(net, cfg, self.device, self.precision)
