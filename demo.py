@@ -82,11 +82,9 @@ class Page:
             raise DemoError("upload a photo or pick an example first")
         name = Path(file).name
         try:
-            img = read_rgb(file)
+            return self.dehazer.read(file, self.max_side)
         except ValueError as e:
             raise DemoError(f"{name} is not an image this demo can read (PNG, JPEG, ...)") from e
-        try:
-            return self.dehazer.fit(img, self.max_side)
         except MemoryError as e:
             raise DemoError(f"{name} is too large: {e} (restart demo.py with it)") from e
 

@@ -16,7 +16,6 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -30,8 +29,11 @@ from utils.clip_domains import classify, load_classifier, text_features
 from utils.config import Config
 from utils.errors import OutputError, OutputExistsError, UserError
 from utils.image import (
+    PathLike,
+    fitted_size,
     from_model_range,
     png_names,
+    read_header,
     read_rgb,
     to_model_range,
     uint8_to_tensor,
@@ -82,14 +84,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 class PredictError(UserError, RuntimeError):
     """Some inputs could not be dehazed; the others were written."""
-
-
-def downscale(img: np.ndarray, max_side: int) -> np.ndarray:
-    """Shrink so the longer side is `max_side` (area interpolation keeps detail honest)."""
-    h, w = img.shape[:2]
-    scale = max_side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
 
 
 def check_memory(h: int, w: int, model: str, device: torch.device, precision: str) -> None:
@@ -173,12 +167,13 @@ class Dehazer:
         clip = load_classifier(cfg.clip, str(pick_device())) if cfg.model.needs_text else None
         return cls(net, cfg, clip, precision)
 
-    def fit(self, img: np.ndarray, max_side: int | None) -> np.ndarray:
-        """`img` downscaled to `max_side`; MemoryError when it would not fit in memory."""
-        if max_side and max(img.shape[:2]) > max_side:
-            img = downscale(img, max_side)
-        check_memory(*img.shape[:2], self.cfg.model.name, self.device, self.precision)
-        return img
+    def read(self, path: PathLike, max_side: int | None) -> np.ndarray:
+        """The image at `path`, shrunk to `max_side`, judged by its header before it is
+        decoded: DataError or MemoryError when it could not be decoded or dehazed in memory."""
+        header = read_header(path)
+        h, w = fitted_size(header.height, header.width, max_side)
+        check_memory(h, w, self.cfg.model.name, self.device, self.precision)
+        return read_rgb(path, max_side)
 
     def domain_probs(self, img: np.ndarray) -> torch.Tensor | None:
         """CLIP's (1, K) domain probabilities of `img` (None without CLIP guidance)."""
@@ -212,7 +207,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     jobs = zip(inputs, plan, strict=True)
     for path, targets in tqdm(jobs, "dehazing", len(plan), disable=None):
         try:
-            img = dehazer.fit(read_rgb(path), args.max_side)
+            img = dehazer.read(path, args.max_side)
         except (ValueError, MemoryError) as e:
             warnings.warn(f"skipping {path}: {e}", stacklevel=1)
             failed.append(f"{path}: {e}")

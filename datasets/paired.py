@@ -113,9 +113,9 @@ class PairedDataset(Dataset):
 
     Sample keys: hazy, gt, name (file name) and, after `set_text_features`, text (1, D).
     Every problem with the split (missing folders, unmatched or unreadable files, size
-    mismatches) is reported together in one DataError. Only file headers are read here, so
-    opening a large split is cheap; a file whose pixels are corrupt is reported by name when it
-    is loaded.
+    mismatches, images too large to decode) is reported together in one DataError. Only file
+    headers are read here, so opening a large split is cheap; a file whose pixels are corrupt
+    is reported by name when it is loaded.
     """
 
     def __init__(
@@ -186,7 +186,7 @@ class PairedDataset(Dataset):
                 sizes = [
                     image_size(folders[sub] / name) for sub in ("hazy", "GT") if sub in folders
                 ]
-            except ValueError as e:
+            except (ValueError, MemoryError) as e:
                 unreadable.append(str(e))
                 continue
             if sizes[0] != sizes[-1]:
@@ -213,7 +213,7 @@ class PairedDataset(Dataset):
         def problem(path: Path) -> str | None:
             try:
                 read_rgb(path)
-            except ValueError as e:
+            except (ValueError, MemoryError) as e:
                 return str(e)
             return None
 

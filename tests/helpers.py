@@ -1,6 +1,8 @@
 """Helpers shared by test modules: tiny networks and inputs, entry-point scripts, short runs."""
 
 import importlib.util
+import struct
+import zlib
 from pathlib import Path
 from types import ModuleType
 
@@ -83,3 +85,20 @@ def reference_and(overrides: dict, name: str = "mixcl-t", depths=TINY):
     keys = model.state_dict().keys()
     model.load_state_dict({k: v for k, v in ref.state_dict().items() if k in keys})
     return ref, model
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def bomb_png(path: Path, width: int, height: int, rgb: bool = False) -> Path:
+    """A valid PNG of `width` x `height` black pixels that is tiny on disk: 1-bit gray (or
+    8-bit RGB), its rows compressed one by one so that writing it never holds the image."""
+    bits, color_type = (8, 2) if rgb else (1, 0)
+    row = bytes(1 + -(-width * bits * (3 if rgb else 1) // 8))
+    packer = zlib.compressobj(9)
+    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, bits, color_type, 0, 0, 0)
+    chunks = _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
+    return path

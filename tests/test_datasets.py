@@ -1,5 +1,7 @@
 import filecmp
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -8,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+import utils.image
 from datasets import PairedDataset, input_images, synthetic
 from datasets.paired import random_crop_flip_rotate
 from datasets.synthetic import main as synthetic_main
@@ -22,6 +25,8 @@ from utils.image import (
     to_model_range,
     write_rgb,
 )
+
+from .helpers import REPO, bomb_png
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 
@@ -118,6 +123,62 @@ def test_read_rgb_errors_name_the_file(tmp_path):
             read_rgb(tmp_path / name)
     with pytest.raises(DataError, match=r"missing\.png"):
         read_rgb(tmp_path / "missing.png")
+
+
+def test_sixteen_bit_samples_round_to_the_nearest_eight_bit_value(tmp_path):
+    every = np.arange(65536, dtype=np.uint16).reshape(256, 256, 1).repeat(3, axis=2)
+    cv2.imwrite(str(tmp_path / "every.png"), every)
+    with pytest.warns(UserWarning, match="16-bit"):
+        got = read_rgb(tmp_path / "every.png")
+    assert np.array_equal(got, np.round(every / 257).astype(np.uint8))
+
+
+def test_a_decompression_bomb_is_refused_by_its_header_at_no_memory_cost(tmp_path):
+    bomb = bomb_png(tmp_path / "bomb.png", 30000, 30000)  # 900 MP in about 110 kB
+    for read in (read_rgb, image_size):
+        with pytest.raises(DataError, match=r"bomb\.png: refused before decoding"):
+            read(bomb)
+    # The peak memory of a fresh process that is refused the file.
+    code = (
+        "import resource, sys\n"
+        "from utils.image import read_rgb\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n    read_rgb(sys.argv[1])\nexcept ValueError:\n    pass\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(bomb)], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) < 50 * 1024  # KiB
+
+
+def test_an_image_that_would_not_fit_in_memory_is_refused_before_decoding(tmp_path, monkeypatch):
+    root = _make_split(tmp_path, {"a.png": _noise(64, 48)}, {"a.png": _noise(64, 48)})
+    monkeypatch.setattr(utils.image, "available_memory", lambda device: 20_000)
+    with pytest.raises(MemoryError, match=r"48x64 pixels.*decoding it needs"):
+        read_rgb(root / "test" / "hazy" / "a.png")
+    with pytest.raises(DataError, match=r"a\.png.*48x64 pixels"):
+        PairedDataset(root, "test", "test")
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_max_side_decodes_a_jpeg_at_reduced_size(tmp_path, monkeypatch, orientation):
+    smooth = cv2.resize(_noise(8, 12), (600, 400), interpolation=cv2.INTER_CUBIC)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(smooth).save(path, exif=exif, quality=95)
+    full = read_rgb(path)
+    flags = []
+    decode = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda data, f: flags.append(f) or decode(data, f))
+    got = read_rgb(path, max_side=150)
+    h, w = (100, 150) if orientation == 1 else (150, 100)
+    assert got.shape == (h, w, 3) and full.shape == (4 * h, 4 * w, 3)
+    assert flags == [cv2.IMREAD_REDUCED_COLOR_4 | cv2.IMREAD_IGNORE_ORIENTATION]
+    shrunk = cv2.resize(full, (w, h), interpolation=cv2.INTER_AREA).astype(float)
+    assert np.abs(got - shrunk).mean() < 2  # what decoding in full, then shrinking, gives
 
 
 def test_list_images_sorted_and_filtered(tmp_path):

@@ -12,13 +12,19 @@ file in a dataset is visible rather than silently different:
 The EXIF orientation is applied, as cv2.imread (the authors' reader) does, so a portrait phone
 photo is upright; `image_size` reports the size after it. A PNG's EXIF counts only when it
 precedes the pixel data, so that a header check never decodes the pixels.
+
+An image is judged by its header before it is decoded (`read_header`): one that declares more
+pixels than a limit, or whose decoding would not fit in the free memory, is refused without
+allocating its pixels. With `max_side`, a JPEG is decoded at 1/2, 1/4 or 1/8 of its size where
+that still leaves `max_side` pixels (libjpeg's reduced decoding), then shrunk to it.
 """
 
-import io
 import os
+import struct
 import warnings
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -27,6 +33,7 @@ import torch
 from PIL import Image
 
 from utils.errors import DataError
+from utils.memory import available_memory
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 EXIF_ORIENTATION = 0x0112
@@ -43,6 +50,28 @@ _UPRIGHT = {
 }
 
 PathLike = str | os.PathLike
+
+# libjpeg's reduced decoding: factor -> the OpenCV flag (read_rgb applies the EXIF orientation).
+_REDUCED = {
+    (f, color): flag | cv2.IMREAD_IGNORE_ORIENTATION
+    for f, color, flag in (
+        (2, True, cv2.IMREAD_REDUCED_COLOR_2),
+        (4, True, cv2.IMREAD_REDUCED_COLOR_4),
+        (8, True, cv2.IMREAD_REDUCED_COLOR_8),
+        (2, False, cv2.IMREAD_REDUCED_GRAYSCALE_2),
+        (4, False, cv2.IMREAD_REDUCED_GRAYSCALE_4),
+        (8, False, cv2.IMREAD_REDUCED_GRAYSCALE_8),
+    )
+}
+# Rows of a 16-bit image converted to 8 bits at a time, so the conversion's temporaries stay
+# small next to the image.
+_CONVERT_ROWS = 256
+
+
+def max_pixels() -> int:
+    """The most pixels one image may declare: Pillow's own decompression-bomb limit, which its
+    `Image.open` enforces (`PIL.Image.MAX_IMAGE_PIXELS`, twice)."""
+    return 2 * (Image.MAX_IMAGE_PIXELS or 2**62)
 
 
 def to_model_range(x: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
@@ -96,54 +125,161 @@ def png_names(names: Sequence[str]) -> dict[str, str]:
     return {n: f"{Path(n).stem if stems[Path(n).stem] == 1 else n}.png" for n in names}
 
 
-def image_size(path: PathLike) -> tuple[int, int]:
-    """(height, width) as displayed (EXIF orientation applied), from the file header only.
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says of its image, before any pixel is decoded."""
 
-    Cheap enough to check thousands of files when a dataset is opened. Raises DataError
-    naming the file when the header cannot be read.
-    """
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if _orientation(im) >= 5:  # a quarter turn
-                w, h = h, w
-    except Exception as e:
-        raise DataError(f"cannot read image header of {path}: {e}") from e
-    return h, w
+    height: int  # as displayed (EXIF orientation applied)
+    width: int
+    channels: int  # as stored: 1 gray, 2 gray+alpha, 3 colour, 4 with alpha (a palette: 3)
+    bits: int  # per sample: 8, or 16 for 16-bit PNG and TIFF
+    format: str  # Pillow's name: PNG, JPEG, BMP, TIFF, ...
+    orientation: int  # EXIF, 1 (as stored) to 8
 
-
-def _upright(img: np.ndarray, data: np.ndarray) -> np.ndarray:
-    """`img` decoded from the file bytes `data`, turned as its EXIF orientation says."""
-    try:
-        with Image.open(io.BytesIO(data.tobytes())) as im:
-            orientation = _orientation(im)
-    except Exception:  # a format Pillow cannot parse carries no orientation it could read
-        return img
-    if orientation == 1:
-        return img
-    return np.ascontiguousarray(_UPRIGHT[orientation](img))
+    @property
+    def pixels(self) -> int:
+        return self.height * self.width
 
 
-def read_rgb(path: PathLike) -> np.ndarray:
-    """Read an image file as an (H, W, 3) uint8 RGB array (see the module docstring)."""
+def _png_depth(path: Path) -> tuple[int, int]:
+    """(bits per sample, channels) from a PNG's IHDR chunk, which Pillow's mode does not always
+    show (a 16-bit RGB PNG opens as "RGB")."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    bits, color_type = struct.unpack(">BB", head[24:26])
+    channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(color_type, 3)
+    return (8 if color_type == 3 else bits), channels
+
+
+def _depth(im: Image.Image, path: Path) -> tuple[int, int]:
+    """(bits per sample, channels) of an opened, not yet decoded image."""
+    if im.format == "PNG":
+        return _png_depth(path)
+    bands = len(im.getbands())
+    if im.format == "TIFF":
+        bits = im.tag_v2.get(258, (8,))
+        return max(bits if isinstance(bits, tuple) else (bits,)), bands
+    return (16 if im.mode.startswith("I;16") else 8), bands
+
+
+def read_header(path: PathLike) -> ImageHeader:
+    """The image's size, depth and orientation from the file header only: cheap enough to check
+    thousands of files, and never the pixels' memory. DataError naming the file when the file
+    is missing or its header cannot be read, or declares more than `max_pixels()` (Pillow's
+    limit, which it enforces on opening)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image file not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # judged below
+            with Image.open(path) as im:
+                w, h = im.size
+                orientation = _orientation(im)
+                bits, channels = _depth(im, path)
+                fmt = im.format or ""
+    except Image.DecompressionBombError as e:
+        raise DataError(
+            f"{path}: refused before decoding, its header declares too many pixels ({e}); "
+            "shrink it with another tool first"
+        ) from None
+    except Exception as e:
+        raise DataError(f"cannot read image header of {path}: {e}") from e
+    if orientation >= 5:  # a quarter turn
+        w, h = h, w
+    return ImageHeader(h, w, channels, bits, fmt, orientation)
+
+
+def image_size(path: PathLike) -> tuple[int, int]:
+    """(height, width) as displayed (EXIF orientation applied) of an image that `read_rgb` can
+    decode in full, from the file header only (what `check_decodable` refuses is raised)."""
+    header = read_header(path)
+    check_decodable(path, header)
+    return header.height, header.width
+
+
+def fitted_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """(height, width) after shrinking so the longer side is at most `max_side`."""
+    if not max_side or max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def downscale(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """`img` resized to `height` x `width` (area interpolation keeps detail honest)."""
+    if img.shape[:2] == (height, width):
+        return img
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _reduction(header: ImageHeader, max_side: int | None) -> int:
+    """The largest factor (1, 2, 4 or 8) by which the decoder can shrink the image and still
+    leave at least the size `max_side` asks for: JPEG only."""
+    if header.format != "JPEG" or not max_side:
+        return 1
+    height, width = fitted_size(header.height, header.width, max_side)
+    fits = [
+        f for f in (8, 4, 2) if -(-header.height // f) >= height and -(-header.width // f) >= width
+    ]
+    return fits[0] if fits else 1
+
+
+def check_decodable(path: PathLike, header: ImageHeader, factor: int = 1) -> None:
+    """Refuse, before decoding, an image of more than `max_pixels()` decoded pixels (DataError)
+    or one whose decoding would not fit in the free memory (MemoryError)."""
+    pixels = -(-header.height // factor) * -(-header.width // factor)
+    if pixels > max_pixels():
+        raise DataError(
+            f"{path}: {header.width}x{header.height} pixels declared, more than the "
+            f"{max_pixels() / 1e6:.0f} MP one image may have; shrink it with another tool first"
+        )
+    # The file's bytes, the decoded samples, and the 8-bit RGB result with one working copy.
+    decoded = pixels * max(header.channels, 3) * (header.bits // 8)
+    need = os.path.getsize(path) + decoded + 2 * pixels * 3
+    if need > available_memory("cpu"):
+        raise MemoryError(
+            f"{path}: {header.width}x{header.height} pixels ({header.pixels / 1e6:.0f} MP): "
+            f"decoding it needs about {need / 2**30:.1f} GiB, more than is free"
+        )
+
+
+def read_rgb(path: PathLike, max_side: int | None = None) -> np.ndarray:
+    """Read an image file as an (H, W, 3) uint8 RGB array (see the module docstring), shrunk so
+    its longer side is at most `max_side` (decoded at reduced size where the format allows)."""
+    path = Path(path)
+    header = read_header(path)
+    factor = _reduction(header, max_side)
+    check_decodable(path, header, factor)
     # np.fromfile + imdecode also handles non-ASCII paths, which cv2.imread does not everywhere.
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size == 0:
         raise DataError(f"image file is empty: {path}")
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    flags = cv2.IMREAD_UNCHANGED if factor == 1 else _REDUCED[factor, header.channels >= 3]
+    img = cv2.imdecode(data, flags)
+    del data
     if img is None:
         raise DataError(f"cannot decode image file (corrupt or unsupported format): {path}")
 
     if img.dtype == np.uint16:
         warnings.warn(f"{path}: 16-bit image converted to 8 bits", stacklevel=2)
-        img = np.round(img.astype(np.float32) / 257.0).astype(np.uint8)
+        img = _to_8_bits(img)
     elif img.dtype != np.uint8:
         raise DataError(f"{path}: unsupported pixel type {img.dtype} (expected 8 or 16 bit)")
 
-    return _upright(_to_rgb(img, path), data)
+    img = _to_rgb(img, path)
+    if header.orientation != 1:
+        img = np.ascontiguousarray(_UPRIGHT[header.orientation](img))
+    return downscale(img, *fitted_size(header.height, header.width, max_side))
+
+
+def _to_8_bits(img: np.ndarray) -> np.ndarray:
+    """round(value / 257), which maps 65535 to 255 exactly, a band of rows at a time."""
+    out = np.empty(img.shape, np.uint8)
+    for r in range(0, img.shape[0], _CONVERT_ROWS):
+        rows = img[r : r + _CONVERT_ROWS].astype(np.uint32)
+        out[r : r + _CONVERT_ROWS] = (rows + 128) // 257  # never a tie: equals rounding
+    return out
 
 
 def _to_rgb(img: np.ndarray, path: Path) -> np.ndarray:
