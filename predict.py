@@ -28,6 +28,7 @@ from utils.cli import add_checkpoint_args, is_override, positive_int, run
 from utils.clip_domains import classify, load_classifier, text_features
 from utils.config import Config
 from utils.errors import OutputError, OutputExistsError, UserError
+from utils.files import existing
 from utils.image import (
     PathLike,
     fitted_size,
@@ -119,7 +120,7 @@ def plan_outputs(inputs: list[Path], out: Path, compare: bool, overwrite: bool) 
     clashes = sorted(str(t) for t, n in Counter(targets).items() if n > 1)
     if clashes:
         raise OutputError(f"two outputs would share a file name: {', '.join(clashes)}")
-    earlier = [t for t in targets if t.exists()]
+    earlier = existing(targets)  # a dangling link too: it would be replaced
     if earlier and not overwrite:
         shown = ", ".join(t.name for t in earlier[:5]) + (" ..." if len(earlier) > 5 else "")
         raise OutputExistsError(

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -25,7 +26,7 @@ from utils.config import ConfigError, load_config
 from utils.errors import WeightsError
 from utils.image import read_rgb, write_rgb
 
-from .helpers import REPO, load_entry, train_args
+from .helpers import REPO, bomb_png, load_entry, train_args
 
 train, evaluate, predict = load_entry("train"), load_entry("test"), load_entry("predict")
 
@@ -351,6 +352,36 @@ def test_predict_never_touches_an_input_nor_writes_two_outputs_to_one_file(train
     assert len(predict.main([*args, "--overwrite"])) == 2
     assert read_rgb(out / "photo.png.png").shape == (24, 28, 3)
     assert {p: p.read_bytes() for p in photos.iterdir() if p.is_file()} == before
+
+
+def test_predict_never_writes_through_a_link_in_its_output_folder(trained, tmp_path):
+    photo, out, outside = tmp_path / "photo.png", tmp_path / "out", tmp_path / "elsewhere.png"
+    write_rgb(photo, np.full((20, 30, 3), 90, np.uint8))
+    out.mkdir()
+    (out / "photo.png").symlink_to(outside)  # dangling: Path.exists() is False for it
+    args = ["--ckpt", str(trained / "last.pth"), str(photo), "--out", str(out)]
+    with pytest.raises(FileExistsError, match=r"1 output.*photo\.png.*--overwrite"):
+        predict.main(args)
+    predict.main([*args, "--overwrite"])
+    assert not os.path.lexists(outside)
+    assert not (out / "photo.png").is_symlink() and read_rgb(out / "photo.png").shape == (20, 30, 3)
+
+
+def test_predict_refuses_a_decompression_bomb_by_its_header(trained, tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    write_rgb(photos / "fine.png", np.full((20, 30, 3), 90, np.uint8))
+    bomb_png(photos / "bomb.png", 12000, 12000, rgb=True)  # 144 MP, 430 MB decoded
+    decoded = []
+    decode = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda data, f: decoded.append(f) or decode(data, f))
+    args = ["--ckpt", str(trained / "last.pth"), str(photos), "--out", str(tmp_path / "out")]
+    with (
+        pytest.warns(UserWarning, match="skipping"),
+        pytest.raises(predict.PredictError, match=r"bomb\.png: 12000x12000 pixels.*--max-side"),
+    ):
+        predict.main(args)
+    assert len(decoded) == 1  # fine.png only
+    assert read_rgb(tmp_path / "out" / "fine.png").shape == (20, 30, 3)
 
 
 def test_a_moved_clip_file_is_overridden_and_the_network_settings_are_not(

@@ -24,7 +24,6 @@ import io
 import os
 import pickle
 import re
-import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import IO, Any
 import torch
 
 from utils.errors import CheckpointError
+from utils.files import Temporaries, create_synced
 
 FORMAT = "mixcldehazenet-checkpoint"
 FORMAT_VERSION = 1
@@ -60,31 +60,6 @@ def digest_path(path: Path) -> Path:
     return path.with_name(path.name + DIGEST_SUFFIX)
 
 
-class _Temporaries:
-    """Hidden files beside the targets, named *.tmp (nothing globbing for checkpoints picks up
-    one that a SIGKILL left behind), removed when the save ends."""
-
-    def __init__(self) -> None:
-        self.token, self.paths = secrets.token_hex(4), []
-
-    def new(self, target: Path) -> Path:
-        self.paths.append(target.parent / f".{target.name}.{self.token}.{len(self.paths)}.tmp")
-        return self.paths[-1]
-
-    def remove(self) -> None:
-        for path in self.paths:
-            path.unlink(missing_ok=True)
-
-
-def _write_synced(path: Path, write: Any) -> None:
-    """Create `path` (the umask's permissions), `write(f)` into it, then fsync."""
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    with open(path, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _listed(text: str) -> list[str]:
     """The digests of a file in the `sha256sum` format (one `<digest>  <name>` a line)."""
     return [line.split()[0] for line in text.splitlines() if line.strip()]
@@ -98,15 +73,15 @@ def _digests(path: Path) -> list[str] | None:
         return None
 
 
-def _put_digests(path: Path, digests: list[str], tmp: _Temporaries) -> None:
+def _put_digests(path: Path, digests: list[str], tmp: Temporaries) -> None:
     """Replace `path`'s digest file (atomically) by one listing `digests`."""
     lines = "".join(f"{d}  {path.name}\n" for d in dict.fromkeys(digests))
     staged = tmp.new(digest_path(path))
-    _write_synced(staged, lambda f: f.write(lines.encode()))
+    create_synced(staged, lambda f: f.write(lines.encode()))
     os.replace(staged, digest_path(path))
 
 
-def _install(staged: Path, digests: list[str] | None, path: Path, tmp: _Temporaries) -> None:
+def _install(staged: Path, digests: list[str] | None, path: Path, tmp: Temporaries) -> None:
     """Rename `staged` (a complete file with these digests, None: none) over `path`, the digest
     file listing the digest of whichever of the two `path` names at every instant."""
     current = _digests(path)
@@ -130,7 +105,7 @@ def save_atomic(obj: Any, path: str | Path, keep: int = 1) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _Temporaries()
+    tmp = Temporaries()
     try:
         hashing: list[_HashingWriter] = []
 
@@ -139,7 +114,7 @@ def save_atomic(obj: Any, path: str | Path, keep: int = 1) -> None:
             torch.save(obj, hashing[0])
 
         staged = tmp.new(path)
-        _write_synced(staged, save)
+        create_synced(staged, save)
         _rotate(path, keep, tmp)
         _install(staged, [hashing[0].sha.hexdigest()], path, tmp)
     finally:
@@ -156,10 +131,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:  # a file system without hard links
         with open(src, "rb") as f:
-            _write_synced(dst, lambda out: shutil.copyfileobj(f, out))
+            create_synced(dst, lambda out: shutil.copyfileobj(f, out))
 
 
-def _rotate(path: Path, keep: int, tmp: _Temporaries) -> None:
+def _rotate(path: Path, keep: int, tmp: Temporaries) -> None:
     """Shift `path` and its kept previous versions (with their digests) one place back."""
     if not path.exists():
         return

@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from utils.errors import DataError
+from utils.files import write_atomic
 from utils.memory import available_memory
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -318,7 +319,9 @@ def _to_uint8_hwc(img: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def write_rgb(path: PathLike, img: np.ndarray | torch.Tensor) -> None:
-    """Write an RGB image, creating parent folders; the format follows the file extension.
+    """Write an RGB image, creating parent folders; the format follows the file extension. The
+    file is complete at every instant, and a link at `path` is replaced, not written through
+    (utils/files.py).
 
     Accepts a uint8 (H, W, 3) array or a float tensor (3, H, W) / (1, 3, H, W) in [0, 1]
     (clamped, then rounded to the nearest 8-bit value).
@@ -330,5 +333,4 @@ def write_rgb(path: PathLike, img: np.ndarray | torch.Tensor) -> None:
     ok, buf = cv2.imencode(path.suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise ValueError(f"cannot encode image for {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf.tofile(str(path))
+    write_atomic(path, lambda f: f.write(buf.data))
