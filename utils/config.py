@@ -356,7 +356,7 @@ class Config:
         return Path(self.output_dir) / f"{self.exp_name}-seed{self.train.seed}"
 
 
-class KeyValueError(ConfigError):
+class ConfigKeyError(ConfigError):
     """A bad value (or name) of the dotted key `key` (empty: the whole config); the message
     starts with the key. load_config names where it came from: an override or the file."""
 
@@ -376,11 +376,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return _convert_union(value, tp, key)
     if origin is Literal:
         if value not in args:
-            raise KeyValueError(key, f"{key}: {value!r} is not one of {list(args)}")
+            raise ConfigKeyError(key, f"{key}: {value!r} is not one of {list(args)}")
         return value
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise KeyValueError(key, f"{key}: expected a list, got {value!r}")
+            raise ConfigKeyError(key, f"{key}: expected a list, got {value!r}")
         return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
@@ -389,7 +389,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp not in _PLAIN_TYPES:
         raise TypeError(f"unsupported config type {tp} for {key}")
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise KeyValueError(key, f"{key}: expected {_PLAIN_TYPES[tp]}, got {value!r}")
+        raise ConfigKeyError(key, f"{key}: expected {_PLAIN_TYPES[tp]}, got {value!r}")
     return value
 
 
@@ -398,15 +398,15 @@ def _convert_union(value: Any, tp: Any, key: str) -> Any:
     args = typing.get_args(tp)
     if value is None and type(None) in args:
         return None
-    errors: list[KeyValueError] = []
+    errors: list[ConfigKeyError] = []
     for arg in (a for a in args if a is not type(None)):
         try:
             return _convert(value, arg, key)
-        except KeyValueError as e:
+        except ConfigKeyError as e:
             errors.append(e)
     if len(errors) == 1:
         raise errors[0]
-    raise KeyValueError(key, f"{key}: {value!r} fits none of {tp}")
+    raise ConfigKeyError(key, f"{key}: {value!r} fits none of {tp}")
 
 
 def _number(value: Any, key: str) -> float:
@@ -416,13 +416,13 @@ def _number(value: Any, key: str) -> float:
         except ValueError:
             pass
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise KeyValueError(key, f"{key}: expected a number, got {value!r}")
+        raise ConfigKeyError(key, f"{key}: expected a number, got {value!r}")
     return float(value)
 
 
 def _build(cls: type, data: Any, prefix: str = "") -> Any:
     if not isinstance(data, dict):
-        raise KeyValueError(prefix, f"{prefix or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigKeyError(prefix, f"{prefix or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(str(k) for k in set(data) - set(names))  # YAML allows `1:` as a key
@@ -430,9 +430,9 @@ def _build(cls: type, data: Any, prefix: str = "") -> Any:
     for key in unknown:
         if where + key in RENAMED_KEYS:
             old = where + key
-            raise KeyValueError(old, f"{old} was renamed: use {RENAMED_KEYS[old]}")
+            raise ConfigKeyError(old, f"{old} was renamed: use {RENAMED_KEYS[old]}")
     if unknown:
-        raise KeyValueError(
+        raise ConfigKeyError(
             where + unknown[0],
             f"unknown config key {', '.join(where + k for k in unknown)} "
             f"(known keys{' of ' + prefix if prefix else ''}: {', '.join(names)})",
@@ -504,7 +504,7 @@ def config_from_dict(data: dict) -> Config:
     cfg = _build(Config, _null_to_auto(data))
     depths, stages = cfg.model.depths, split_name(cfg.model.name)[0].stages
     if depths is not None and len(depths) != stages:
-        raise KeyValueError(
+        raise ConfigKeyError(
             "model.depths",
             f"model.depths: one number of blocks per stage, {stages} in all for "
             f"{cfg.model.name}, got {list(depths)}",
@@ -557,7 +557,7 @@ def _with_overrides(data: dict, overrides: Sequence[str], source: str) -> Config
     given = parse_overrides(overrides)
     try:
         return config_from_dict(_merge(data, given))
-    except KeyValueError as e:
+    except ConfigKeyError as e:
         overridden = flatten(given)
         if any(e.key == k or e.key.startswith((f"{k}.", f"{k}[")) for k in overridden):
             source = "command line"
