@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from utils.cli import run
+from utils.cli import entry_parser, run, setup_logging
 from utils.comparison import (
     Bootstrap,
     ComparisonError,
@@ -37,7 +37,7 @@ from utils.quality import METRICS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = entry_parser(__doc__)
     p.add_argument(
         "results", nargs="+", help="result folders of test.py; the first is the baseline"
     )
@@ -368,6 +368,7 @@ def plot_curves(report: dict, out_dir: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> dict:
     """Compare; returns the report written to compare.json."""
     args = parse_args(argv)
+    setup_logging(args.quiet)
     results = load_results([Path(f) for f in args.results])
     report, rows = build_report(results, Bootstrap(args.confidence, args.resamples, args.seed))
     report["validation_psnr"], report["notes"] = validation_curves(results)

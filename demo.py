@@ -24,7 +24,15 @@ import torch
 
 from datasets.synthetic import synthetic_pair
 from predict import Dehazer
-from utils.cli import add_checkpoint_args, check_overrides, positive_int, run
+from utils.cli import (
+    add_checkpoint_args,
+    add_overrides,
+    entry_parser,
+    parse_with_overrides,
+    positive_int,
+    run,
+    setup_logging,
+)
 from utils.errors import UserError
 from utils.extras import require
 from utils.image import read_rgb, write_rgb
@@ -41,15 +49,13 @@ MONO_FONTS = ["ui-monospace", "monospace"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides (as predict.py)")
+    p = entry_parser(__doc__)
+    add_overrides(p)
     add_checkpoint_args(p)
     p.add_argument("--max-side", type=positive_int, help="as predict.py --max-side")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: local)")
     p.add_argument("--port", type=int, default=7860)
-    args = p.parse_args(argv)
-    check_overrides(p, args.overrides)
-    return args
+    return parse_with_overrides(p, argv)
 
 
 def write_examples(folder: Path) -> list[Path]:
@@ -170,7 +176,9 @@ def launch(args: argparse.Namespace, block: bool = True):
 
 def main(argv: list[str] | None = None) -> None:
     require("gradio", "demo.py")
-    launch(parse_args(argv))
+    args = parse_args(argv)
+    setup_logging(args.quiet)
+    launch(args)
 
 
 if __name__ == "__main__":

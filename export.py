@@ -30,7 +30,14 @@ from models.text_fusion import TEXT_BRANCH_MODULES, TextImageFusion
 from networks import build_network, model_from_checkpoint
 from predict import Dehazer
 from utils.checkpoint import save_atomic
-from utils.cli import add_checkpoint_args, check_overrides, run
+from utils.cli import (
+    add_checkpoint_args,
+    add_overrides,
+    entry_parser,
+    parse_with_overrides,
+    run,
+    setup_logging,
+)
 from utils.clip_domains import text_features
 from utils.extras import require
 from utils.image import from_model_range, to_model_range, uint8_to_tensor
@@ -63,15 +70,14 @@ class Deployable(nn.Module):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides (as predict.py)")
+    p = entry_parser(__doc__)
+    add_overrides(p)
     add_checkpoint_args(p)
     p.add_argument("--onnx", type=Path, help="write the checked ONNX graph here")
     p.add_argument("--state-dict", type=Path, help="write the bare network weights here")
-    args = p.parse_args(argv)
+    args = parse_with_overrides(p, argv)
     if args.onnx is None and args.state_dict is None:
         p.error("nothing to do: pass --onnx OUT.onnx and/or --state-dict OUT.pth")
-    check_overrides(p, args.overrides)
     return args
 
 
@@ -201,6 +207,7 @@ def export_onnx(dehazer: Dehazer, out: Path) -> list[tuple[tuple[int, int], floa
 def main(argv: list[str] | None = None) -> list[tuple[tuple[int, int], float]]:
     """Export; returns the ONNX check's (size, max |diff|) per image (empty without --onnx)."""
     args = parse_args(argv)
+    setup_logging(args.quiet)
     if args.onnx is None:
         net, _, _ = model_from_checkpoint(args.ckpt, args.model, args.config, args.overrides)
         export_state_dict(net, args.state_dict)

@@ -48,13 +48,7 @@ def build_network(cfg: Config, text_dim: int | None, speed: SpeedSettings) -> nn
     overrides: dict = {k: v for k, v in speed.network_args().items() if k in takes}
     if cfg.model.fusion is not None:
         overrides["fusion"] = cfg.model.fusion
-    if cfg.model.depths is not None:
-        stages = split_name(cfg.model.name)[0].stages
-        if len(cfg.model.depths) != stages:
-            raise ConfigError(
-                f"model.depths: one number of blocks per stage, {stages} in all, "
-                f"got {list(cfg.model.depths)}"
-            )
+    if cfg.model.depths is not None:  # one number per stage (the config checks it)
         overrides["depths"] = cfg.model.depths
     if text_dim is not None:
         overrides["text_dim"] = text_dim

@@ -24,7 +24,15 @@ from tqdm import tqdm
 from datasets import input_images
 from models.registry import memory_scale
 from networks import inference_network, model_from_checkpoint, pick_device
-from utils.cli import add_checkpoint_args, is_override, positive_int, run
+from utils.cli import (
+    add_checkpoint_args,
+    add_overrides,
+    entry_parser,
+    parse_with_overrides,
+    positive_int,
+    run,
+    setup_logging,
+)
 from utils.clip_domains import classify, load_classifier, text_features
 from utils.config import Config
 from utils.errors import OutputError, OutputExistsError, UserError
@@ -58,13 +66,9 @@ BYTES_PER_PIXEL: dict[tuple[str, str], int] = {
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument(
-        "inputs",
-        nargs="+",
-        help="image files and/or folders, and section.key=value overrides of the checkpoint's "
-        "paths, speed and precision (an existing file is always an input)",
-    )
+    p = entry_parser(__doc__)
+    p.add_argument("inputs", nargs="+", help="image files and/or folders")
+    add_overrides(p)
     add_checkpoint_args(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--compare", action="store_true", help="also write hazy|dehazed side by side")
@@ -75,9 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="downscale images whose longer side exceeds this before dehazing",
     )
-    args = p.parse_intermixed_args(argv)
-    args.overrides = [a for a in args.inputs if is_override(a)]
-    args.inputs = [a for a in args.inputs if not is_override(a)]
+    args = parse_with_overrides(p, argv, "inputs")
     if not args.inputs:
         p.error("no input images given")
     return args
@@ -197,6 +199,7 @@ class Dehazer:
 def main(argv: list[str] | None = None) -> list[Path]:
     """Dehaze every input image; returns the written output paths."""
     args = parse_args(argv)
+    setup_logging(args.quiet)
     out_dir = Path(args.out)
     inputs = input_images(args.inputs)
     plan = plan_outputs(inputs, out_dir, args.compare, args.overwrite)

@@ -27,19 +27,27 @@ from tqdm import tqdm
 
 from datasets import PairedDataset
 from networks import inference_network, model_from_checkpoint, pick_device
-from utils.cli import add_checkpoint_args, run
+from utils.cli import (
+    add_checkpoint_args,
+    add_overrides,
+    entry_parser,
+    parse_with_overrides,
+    run,
+    setup_logging,
+)
 from utils.clip_domains import split_text_features
-from utils.config import LOCATION_KEYS, Config, config_to_dict, covers
+from utils.config import LOCATION_KEYS, WEIGHTS_KEYS, Config, config_to_dict, covers
 from utils.domain_labels import domain_confusion, labels_file, read_domain_labels
 from utils.errors import DataError, OutputExistsError
 from utils.image import from_model_range, png_names, write_rgb
 from utils.quality import METRICS, Scorer, default_metrics, load_metrics, parse_metric_names
+from utils.weights import weights_id
 
 RESULT_FILES = ("per_image.csv", "metrics.json", "images")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = entry_parser(__doc__)
     add_checkpoint_args(p, "YAML config for released weights (CLIP and data settings)")
     data = p.add_mutually_exclusive_group()
     data.add_argument("--data-dir", help="dataset root holding <split>/GT and <split>/hazy")
@@ -63,12 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--save-images", action="store_true", help="also write the dehazed PNGs")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        help="section.key=value overrides of the checkpoint's paths, speed and precision",
-    )
-    return p.parse_intermixed_args(argv)
+    add_overrides(p)
+    return parse_with_overrides(p, argv)
 
 
 def _metric_names(text: str) -> list[str]:
@@ -94,16 +98,19 @@ def data_to_test(args: argparse.Namespace, cfg: Config) -> tuple[Path, str]:
 
 
 def results_dir(args: argparse.Namespace, root: Path, split: str, changes: dict) -> Path:
-    """--out, or a folder per checkpoint, dataset and the settings the overrides change."""
+    """--out, or a folder per checkpoint, dataset and the settings the overrides change: file
+    locations are left out, but weights other than the checkpoint's are named by identity."""
     if args.out:
         return Path(args.out)
     ckpt = Path(args.ckpt).resolve()
     name = f"{root.resolve().name}-{split}"
-    settings = [
-        f"{key}={new}"
-        for key, (_, new) in sorted(changes.items())
-        if not covers(LOCATION_KEYS, key)
-    ]
+    settings = []
+    for key, (old, new) in sorted(changes.items()):
+        if covers(WEIGHTS_KEYS, key):
+            if weights_id(key, new) != weights_id(key, old):
+                settings.append(f"{key}={weights_id(key, new)}")
+        elif not covers(LOCATION_KEYS, key):
+            settings.append(f"{key}={new}")
     if settings:
         name += "_" + re.sub(r"[^\w.=-]+", "-", "_".join(settings))
     return Path("results") / f"{ckpt.parent.name}_{ckpt.stem}" / name
@@ -255,6 +262,7 @@ def open_test_split(
 def main(argv: list[str] | None = None) -> dict:
     """Evaluate; returns the summary written to metrics.json."""
     args = parse_args(argv)
+    setup_logging(args.quiet)
     net, cfg, changes = model_from_checkpoint(args.ckpt, args.model, args.config, args.overrides)
     root, split = data_to_test(args, cfg)
     out_dir = results_dir(args, root, split, changes)

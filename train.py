@@ -53,14 +53,21 @@ from training_run import (
     training_speed,
 )
 from utils.checkpoint import read_file
-from utils.cli import positive_int, run
+from utils.cli import (
+    add_overrides,
+    entry_parser,
+    parse_with_overrides,
+    positive_int,
+    run,
+    setup_logging,
+)
 from utils.clip_domains import embedding_width, split_text_features
 from utils.config import Config, dump_config, load_config
 from utils.devices import autocast
 from utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from utils.errors import ConfigError, DataError
 from utils.image import from_model_range, write_rgb
-from utils.losses import Criterion, build_criterion
+from utils.losses import Criterion, build_criterion, loss_weights
 from utils.metrics import psnr, ssim
 from utils.signals import catch_stop_signals
 from utils.speed import SpeedSettings
@@ -69,9 +76,9 @@ DEFAULT_CONFIG = "configs/reside6k/mixcl-s.yaml"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="YAML config file")
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=2e-4")
+    p = entry_parser(__doc__)
+    p.add_argument("config", nargs="?", help=f"YAML config file (default: {DEFAULT_CONFIG})")
+    add_overrides(p)
     p.add_argument(
         "--resume",
         type=resume_mode,
@@ -98,11 +105,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="check the data and build the CLIP domain caches of both splits, then exit",
     )
-    args = p.parse_intermixed_args(spell_resume(sys.argv[1:] if argv is None else argv))
-    if args.config and "=" in args.config:  # only overrides given: keep the default config
-        args.overrides.insert(0, args.config)
-        args.config = DEFAULT_CONFIG
+    args = parse_with_overrides(p, spell_resume(sys.argv[1:] if argv is None else argv), "config")
+    if len(args.config) > 1:
+        p.error(f"one config file, got {len(args.config)}: {' '.join(args.config)}")
+    args.config = args.config[0] if args.config else DEFAULT_CONFIG
     return args
+
+
+def check_config(cfg: Config) -> None:
+    """Every problem the config shows by itself, before the run folder or the data are read."""
+    check_names(cfg)
+    check_checkpointing(cfg)
+    loss_weights(cfg.loss)
 
 
 def open_splits(cfg: Config) -> tuple[PairedDataset, PairedDataset]:
@@ -346,7 +360,6 @@ def fit(setup: RunSetup, state: TrainState, end_epoch: int) -> dict[str, Any]:
 def train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str] | None) -> dict:
     """One run, step by step; returns the best validation PSNR/SSIM and the run folder."""
     device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
-    check_checkpointing(cfg)
     mode = cfg.train.resume if args.resume is None else args.resume
     resume = prepare_run_folder(cfg, mode, info)
     if resume is not None and resume[0]["epoch"] == total_epochs(cfg):
@@ -403,8 +416,9 @@ def train(cfg: Config, args: argparse.Namespace, info: DistInfo, argv: list[str]
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train; returns the best validation PSNR/SSIM and the run folder's checkpoints."""
     args = parse_args(argv)
+    setup_logging(args.quiet)
     cfg = load_config(args.config, args.overrides)
-    check_names(cfg)
+    check_config(cfg)
     if args.print_config:
         print(dump_config(cfg), end="")
         return {}

@@ -28,6 +28,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from utils.config import DataConfig
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = (
     "torch",
@@ -51,7 +53,7 @@ TRAIN_SPEEDUP_TARGET = 2.0
 TRAIN_MEMORY_TARGET = 0.5
 LARGE_FP16_BYTES_TARGET = 8e9
 LARGE_SIZE = "3840x2160"
-TRAIN_WORKERS = 8  # data.num_workers, the training default
+TRAIN_WORKERS = DataConfig.num_workers  # train.py's loader workers
 ABSENT = "not in this tree"  # gpu_check.sh's note on a step whose script is missing
 
 

@@ -125,8 +125,10 @@ main() {
   local train=(--models mixcl-s --shapes 16x256 --option-shape 16x256 --cr --compile --repeats 8
     --warmup 2)
   local auto=(--model mixcl-s --shape 16x256 --precision fp16 --inference --repeats 5 --warmup 2)
+  local default_workers  # data.num_workers, train.py's loader workers
+  default_workers=$("$py" -c "from utils.config import DataConfig; print(DataConfig.num_workers)")
   local data=(--size 620x460 --pairs 512 --patch 256 --batch 16 --pin-memory --repeats 3
-    --workers $(printf '%s\n' 4 8 "$(nproc)" | sort -nu))
+    --workers $(printf '%s\n' 4 "$default_workers" "$(nproc)" | sort -nu))
   local checkpoint=(--repeats 5)
   local e2e=()
   if ((rehearse)); then

@@ -7,12 +7,17 @@ element-wise ops, BatchNorm, softmax, pooling, padding or PixelShuffle. The mode
 with the separate depthwise convs and the explicit attention, so the count is the
 architecture's work, not the zero taps of the fused depthwise kernel.
 
-Usage: python -m bench.params [--markdown] [--size 256]
+Usage: python -m bench.params [--markdown] [--size 256] [--json docs/results/params.json]
+
+docs/results/params.json, written by the last form, is what docs/BASELINES.md's table is
+generated from (python -m scripts.docs).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -41,33 +46,36 @@ def count_macs(name: str, size: int) -> int:
     return counter.get_total_flops() // 2
 
 
-def rows(size: int) -> list[dict[str, str]]:
-    table = []
-    for name in MODEL_NAMES:
+def row(name: str, size: int) -> dict[str, str]:
+    """One model's row of the table (built on the meta device: shapes only, no weights)."""
+    with torch.device("meta"):
         model = build_model(name)
-        with_branch = ""
-        if model.needs_text:
-            full = build_model(name, text_branch=True)
-            with_branch = f"{sum(p.numel() for p in full.parameters()):,}"
-        table.append(
-            {
-                "model": name,
-                "fusion": model.fusion,
-                "params": f"{sum(p.numel() for p in model.parameters()):,}",
-                "params with unused text branch": with_branch,
-                macs_column(size): f"{count_macs(name, size) / 1e9:.2f}",
-            }
-        )
-    return table
+        full = build_model(name, text_branch=True) if model.needs_text else None
+    with_branch = "" if full is None else f"{sum(p.numel() for p in full.parameters()):,}"
+    return {
+        "model": name,
+        "fusion": model.fusion,
+        "params": f"{sum(p.numel() for p in model.parameters()):,}",
+        "params with unused text branch": with_branch,
+        macs_column(size): f"{count_macs(name, size) / 1e9:.2f}",
+    }
+
+
+def rows(size: int) -> list[dict[str, str]]:
+    return [row(name, size) for name in MODEL_NAMES]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     parser.add_argument("--size", type=positive_int, default=256, help="image side for MACs")
+    parser.add_argument("--json", type=Path, help="also write the table to this JSON file")
     args = parser.parse_args(argv)
     columns = (*COLUMNS, macs_column(args.size))
-    print(format_table(rows(args.size), columns, markdown=args.markdown))
+    table = rows(args.size)
+    print(format_table(table, columns, markdown=args.markdown))
+    if args.json:
+        args.json.write_text(json.dumps({"size": args.size, "rows": table}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -151,6 +151,30 @@ def test_runs_repeated_with_other_seeds_are_grouped_with_their_spread(tmp_path, 
     assert "| q (best.pth) | 0, 1, 2 |" in capsys.readouterr().out
 
 
+def test_repeats_are_grouped_by_the_weights_they_read_not_by_the_path(tmp_path):
+    clip = tmp_path / "ViT-B-32.pt"
+    clip.write_bytes(b"CLIP weights")
+    moved = tmp_path / "elsewhere" / "ViT-B-32.pt"
+    moved.parent.mkdir()
+    moved.write_bytes(clip.read_bytes())
+
+    def metrics(seed: int, pretrained: str | None, workers: int = 16) -> dict:
+        config = {
+            "exp_name": "q",
+            "train": {"seed": seed},
+            "clip": {"pretrained": pretrained},
+            "data": {"num_workers": workers},
+        }
+        return {"checkpoint": f"{tmp_path}/runs/q-seed{seed}/best.pth", "config": config}
+
+    a = write_result(tmp_path / "s0", metrics=metrics(0, str(clip)))
+    b = write_result(tmp_path / "s1", BASE_PSNR + 0.3, metrics=metrics(1, str(moved), 4))
+    random = write_result(tmp_path / "s2", BASE_PSNR + 0.1, metrics=metrics(2, None))
+    report = run_compare(tmp_path, a, b, random)
+    (group,) = report["seed_groups"]
+    assert group["runs"] == ["s0", "s1"]
+
+
 def test_clip_accuracy_is_shown_against_the_true_domains(tmp_path, capsys):
     predicted = ["indoor"] * N  # right on the 20 indoor images, wrong on the 10 outdoor ones
     a = write_result(tmp_path / "a", predicted=predicted)

@@ -12,8 +12,10 @@ from utils.config import (
     EVALUATION_KEYS,
     KEY_ROLES,
     LOCATION_KEYS,
+    REPEAT_IGNORES,
     RESULT_KEYS,
     RESUME_KEYS,
+    WEIGHTS_KEYS,
     Config,
     ConfigError,
     _convert,
@@ -217,15 +219,15 @@ def test_errors_in_a_file_name_the_file_and_the_key(tmp_path, yaml_text, message
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("model.depths=abc", r"^model\.depths: expected a list, got 'abc'$"),
-        ("train.lr=abc", r"^train\.lr: expected a number, got 'abc'$"),
-        ("train=5", r"^train: expected a mapping, got 5$"),
-        ("model.depths=[1,2.5]", r"^model\.depths\[1\]: expected an integer, got 2\.5$"),
+        ("model.depths=abc", r"^command line: model\.depths: expected a list, got 'abc'$"),
+        ("train.lr=abc", r"^command line: train\.lr: expected a number, got 'abc'$"),
+        ("train=5", r"^command line: train: expected a mapping, got 5$"),
+        ("model.depths=[1,2.5]", r"^command line: model\.depths\[1\]: expected an integer"),
         ("lr", r"^override 'lr' is not of the form section\.key=value$"),
         ("=1", r"^override '=1' is not of the form section\.key=value$"),
         (".lr=1", r"override '\.lr=1' is not of the form"),
         ("train..lr=1", r"override 'train\.\.lr=1' is not of the form"),
-        ("train.lrr=1,x=2", r"^unknown config key train\.lrr "),
+        ("train.lrr=1,x=2", r"^command line: unknown config key train\.lrr "),
     ],
 )
 def test_errors_in_an_override_name_the_key(override, message):
@@ -235,11 +237,36 @@ def test_errors_in_an_override_name_the_key(override, message):
         override_config(Config(), [override])
 
 
+def test_an_error_names_where_the_bad_value_came_from(tmp_path):
+    """A bad override is the command line's, a bad value of the file the file's, even when
+    both are given."""
+    quickstart = REPO / "configs" / "quickstart.yaml"
+    with pytest.raises(ConfigError, match=r"^command line: model\.name: 'plainunet-b' is not"):
+        load_config(quickstart, ["model.name=plainunet-b"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"base: {quickstart}\ntrain:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: train\.lr: expected a number, got 'fast'"):
+        load_config(bad, ["train.epochs=3"])
+    load_config(bad, ["train.lr=1e-3"])  # the override replaces the bad value
+    with pytest.raises(ConfigError, match=r"^command line: model\.depths: one number of blocks"):
+        load_config(quickstart, ["model.depths=[1,1,1]"])
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.stem)
+def test_a_config_file_holds_only_what_differs_from_its_base(path):
+    own = yaml.safe_load(path.read_text())
+    base = own.pop("base", None)
+    inherited = flatten(config_to_dict(load_config(path.parent / base if base else None)))
+    assert [k for k, v in flatten(own).items() if k in inherited and inherited[k] == v] == []
+
+
 def test_unknown_keys_are_all_listed_with_the_known_ones():
     with pytest.raises(ConfigError) as info:
         load_config(None, ["train.zz=1", "train.aa=2"])
     message = str(info.value)
-    assert message.startswith("unknown config key train.aa, train.zz (known keys of train: ")
+    assert message.startswith(
+        "command line: unknown config key train.aa, train.zz (known keys of train: "
+    )
     assert "batch_size, epochs" in message
 
 
@@ -376,7 +403,7 @@ def test_refuse_changes_names_each_refused_key_with_both_values():
     assert refuse_changes(old, new, allowed, "a.pth") == {
         "train.lr": (0.5, 0.25),
         "train.epochs": (3, 4),
-        "data.num_workers": (8, 1),
+        "data.num_workers": (16, 1),
     }
     assert config_changes(new, old)["train.lr"] == (0.25, 0.5)
 
@@ -441,3 +468,8 @@ def test_the_key_lists_follow_the_roles():
     assert covers(RESULT_KEYS, "model.init_from") and covers(RESUME_KEYS, "model.init_from")
     assert covers(RESUME_KEYS, "speed.strips") and not covers(LOCATION_KEYS, "speed.strips")
     assert not any(covers(keys, "train.lr") for keys in (RESUME_KEYS, EVALUATION_KEYS))
+    # The number of loader workers draws the augmentations: compared, yet another draw.
+    assert covers(RESULT_KEYS, "data.num_workers") and covers(REPEAT_IGNORES, "data.num_workers")
+    assert covers(RESULT_KEYS, "train.nonfinite") and covers(RESUME_KEYS, "train.nonfinite")
+    assert WEIGHTS_KEYS == ("clip.pretrained", "loss.resnet_weights")
+    assert all(covers(RESULT_KEYS, k) and covers(LOCATION_KEYS, k) for k in WEIGHTS_KEYS)

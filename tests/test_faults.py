@@ -3,7 +3,7 @@ node of a 2-node run among them: each run ends by itself, or with the same comma
 weights of the uninterrupted run.
 
 Minutes, not seconds: marked `faults`, left out of the default `pytest` run and run by the
-second step of .ci/run (`python -m pytest -m "faults or e2e"`).
+second pytest of .ci/run (`python -m pytest -m "faults or e2e or browser"`).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 
 import pytest
@@ -12,10 +13,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from models import MODEL_NAMES, TextImageFusion, build_model, load_pretrained
 from models.common import pad_bottom_right, padded_size
+from models.registry import split_name
 from models.text_fusion import fused_attention, pixel_text_attention
 
-from .helpers import TINY, image, randomize, text
+from .helpers import REPO, TINY, image, randomize, text
 
+MIXDEHAZENET = split_name("mixcl-s")[0]  # the paper's backbone
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 # SDPA's fused kernels: with only these allowed, a fallback to the math path raises.
 FUSED_CUDA_BACKENDS = [
@@ -23,33 +26,47 @@ FUSED_CUDA_BACKENDS = [
     SDPBackend.EFFICIENT_ATTENTION,
     SDPBackend.CUDNN_ATTENTION,
 ]
-PLAIN_PARAMS = {"t": 1_622_950, "s": 3_164_944, "b": 6_248_932, "l": 12_416_908}
-# The paper's concat fusion, counting upstream's unused text branch.
-WITH_TEXT_BRANCH_PARAMS = {"t": 1_623_712, "s": 3_165_706, "b": 6_249_694, "l": 12_417_670}
-# The same without that branch (q2, k1, v1, postProj_t: 56 parameters).
-CONCAT_PARAMS = {"t": 1_623_656, "s": 3_165_650, "b": 6_249_638, "l": 12_417_614}
+# What bench/params.py measured, which docs/BASELINES.md shows: {model name: its row}.
+MEASURED = {
+    r["model"]: r for r in json.loads((REPO / "docs/results/params.json").read_text())["rows"]
+}
 
 
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("size", ["t", "s", "b", "l"])
+def count(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+@pytest.mark.parametrize("size", MIXDEHAZENET.sizes)
 def test_parameter_counts(size):
-    plain = build_model(f"mixdehazenet-{size}")
+    """Those of docs/BASELINES.md; the paper's concat fusion leaves out upstream's unused text
+    branch (q2, k1, v1, postProj_t: 56 parameters)."""
+    plain = build_model(f"{MIXDEHAZENET.plain}-{size}")
     assert not plain.needs_text
-    assert n_params(plain) == PLAIN_PARAMS[size]
-    mixcl = build_model(f"mixcl-{size}")
+    assert n_params(plain) == count(MEASURED[f"{MIXDEHAZENET.plain}-{size}"]["params"])
+    mixcl = build_model(f"{MIXDEHAZENET.guided}-{size}")
+    measured = MEASURED[f"{MIXDEHAZENET.guided}-{size}"]
     assert mixcl.needs_text
-    assert n_params(mixcl) == CONCAT_PARAMS[size]
-    assert n_params(build_model(f"mixcl-{size}", text_branch=True)) == WITH_TEXT_BRANCH_PARAMS[size]
+    assert n_params(mixcl) == count(measured["params"])
+    with_branch = build_model(f"{MIXDEHAZENET.guided}-{size}", text_branch=True)
+    assert n_params(with_branch) == count(measured["params with unused text branch"])
+    assert n_params(with_branch) - n_params(mixcl) == 56
 
 
-def test_model_names_and_unknown_name():
-    mixdehazenet = {f"{f}-{s}" for f in ("mixdehazenet", "mixcl") for s in "tsbl"}
-    dehazeformer = {f"{f}-{s}" for f in ("dehazeformer", "clipdehazeformer") for s in "tsbml"}
-    assert set(MODEL_NAMES) == mixdehazenet | dehazeformer
-    with pytest.raises(ValueError, match="mixcl-t"):
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_name_of_the_registry_builds_its_variant(name):
+    backbone, size, fusion = split_name(name)
+    with torch.device("meta"):  # shapes only
+        model = build_model(name, depths=[1] * backbone.stages)
+    assert model.fusion == fusion and model.needs_text == (fusion != "none")
+    assert name in (f"{backbone.plain}-{size}", f"{backbone.guided}-{size}")
+
+
+def test_an_unknown_name_lists_the_known_ones():
+    with pytest.raises(ValueError, match=", ".join(MODEL_NAMES)):
         build_model("mixcl-xl")
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from utils import weights
 from utils.config import load_config
 from utils.losses import LOSS_TERMS
 from utils.protocol import (
@@ -128,3 +129,40 @@ def test_every_loss_weight_is_in_the_protocol_report(term):
     key = f"loss.{LOSS_TERMS[term].weight_key}"
     report = protocol_report(load_config(CONFIGS / "reside6k/mixcl-s.yaml", [f"{key}=0.75"]))
     assert f"  {key}=0.75 (paper: " in report.splitlines()[1]
+
+
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        ("clip.pretrained=null", "clip.pretrained=null (random; paper: openai)"),
+        ("clip.pretrained=laion2b_s34b_b79k", "clip.pretrained=laion2b_s34b_b79k (paper: openai)"),
+        ("data.num_workers=7", "data.num_workers=7 (paper: 16)"),
+        ("train.nonfinite=skip", "train.nonfinite=skip (paper: stop)"),
+    ],
+)
+def test_each_other_key_that_changes_the_numbers_is_named_alone(override, line):
+    report = protocol_report(load_config(CONFIGS / "reside6k/mixcl-s.yaml", [override]))
+    assert report.splitlines()[1:] == [f"  {line}"]
+
+
+def test_other_weights_files_are_named_by_digest_and_a_copy_of_the_papers_is_not(
+    tmp_path, monkeypatch
+):
+    resnet = tmp_path / "my-resnet152.pth"
+    resnet.write_bytes(b"other ImageNet weights")
+    digest = weights.sha256(resnet)
+    report = protocol_report(
+        load_config(CONFIGS / "reside6k/mixcl-s.yaml", [f"loss.resnet_weights={resnet}"])
+    )
+    assert report.splitlines()[1:] == [
+        f"  loss.resnet_weights={resnet} (sha256:{digest[:16]}; paper: torchvision:IMAGENET1K_V1)"
+    ]
+    # A local copy of the published weights, known by the digest of their download.
+    monkeypatch.setattr(weights, "_torchvision_resnet152", lambda: {digest[:8]: "tv"})
+    monkeypatch.setattr(weights, "TORCHVISION_RESNET152", "tv")
+    monkeypatch.setattr(weights, "_openai_clip_files", lambda: {digest: "openai"})
+    cfg = load_config(
+        CONFIGS / "reside6k/mixcl-s.yaml",
+        [f"loss.resnet_weights={resnet}", f"clip.pretrained={resnet}"],
+    )
+    assert protocol_report(cfg).endswith(": no differences\n")

@@ -20,7 +20,7 @@ from utils.errors import DataError, MissingPackageError, WeightsError
 from utils.image import read_rgb, write_rgb
 from utils.quality import ALEXNET, METRICS, load_metric
 
-from .helpers import REPO, load_entry
+from .helpers import load_entry
 
 evaluate = load_entry("test")
 
@@ -207,15 +207,6 @@ def test_piqe_from_pyiqa_needs_no_file_stays_offline_and_scores_as_pyiqa_does(
     for name in names:
         image = torch.from_numpy(read_rgb(tmp_path / name)).permute(2, 0, 1)[None] / 255.0
         assert mine(image, None) == pytest.approx(theirs(str(tmp_path / name)).item(), rel=1e-6)
-
-
-def test_the_evaluation_page_shows_every_metric_with_its_meaning_and_direction():
-    page = (REPO / "docs" / "EVALUATION.md").read_text()
-    for m in METRICS.values():
-        rows = [line for line in page.splitlines() if line.startswith(f"| `{m.name}` |")]
-        assert len(rows) == 1, m.name
-        cells = [c.strip() for c in rows[0].split("|")[1:-1]]
-        assert cells[1:4] == [m.meaning, m.better, "yes" if m.needs_gt else "no"], m.name
 
 
 def test_the_metrics_bench_times_what_loads_and_says_why_the_rest_is_not_timed(

@@ -74,19 +74,6 @@ def test_the_readme_is_a_front_door_with_the_reproduction_status_on_top():
     assert {"First two commands", "Data", "Train, test, predict", "Results"} <= sections
 
 
-def test_the_readmes_test_command_is_what_ci_runs():
-    """ruff, the suite (pyproject's default selection) and the faults, end-to-end and browser
-    tests."""
-    ci = (REPO / ".ci" / "run").read_text()
-    readme = readme_section("First two commands")
-    assert "ruff check ." in ci and "ruff check ." in readme
-    addopts = (REPO / "pyproject.toml").read_text()
-    suite = "not faults and not e2e and not browser"
-    assert f"-m '{suite}'" in addopts and f'"{suite}"' in ci
-    assert '"faults or e2e or browser"' in ci
-    assert 'python -m pytest -q && python -m pytest -q -m "faults or e2e or browser"' in readme
-
-
 @pytest.mark.parametrize(
     "page", sorted(set(re.findall(r"\]\((docs/[\w./-]+\.md)", (REPO / "README.md").read_text())))
 )

@@ -11,7 +11,6 @@ hard/soft never needs CLIP again.
 
 import difflib
 import hashlib
-import os
 import re
 import zipfile
 from collections.abc import Callable, Sequence
@@ -37,6 +36,7 @@ from utils.config import (
 from utils.domain_labels import labels_file, read_domain_labels
 from utils.errors import ConfigError, WeightsError
 from utils.image import PathLike, read_rgb
+from utils.weights import names_a_file, sha256
 
 # Fixed softmax temperature of the protocol (equal to OpenAI CLIP's learned logit scale).
 LOGIT_SCALE = 100.0
@@ -45,8 +45,6 @@ RANDOM_INIT_SEED = 0
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "clip"
 # 2: images read upright (EXIF orientation), activation and precision recorded; 3: "prompt_emb"
 CACHE_FORMAT = 3
-
-_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
 
 
 def register_model_configs() -> None:
@@ -72,11 +70,6 @@ def embedding_width(arch: str) -> int:
     """D, the width of the prompt embeddings (and text features) of `arch`, from its config."""
     check_arch(arch)
     return int(open_clip.get_model_config(arch)["embed_dim"])
-
-
-def _is_file_spec(pretrained: str) -> bool:
-    p = Path(pretrained).expanduser()
-    return p.exists() or "/" in pretrained or os.sep in pretrained or p.suffix in _WEIGHT_SUFFIXES
 
 
 def _is_torchscript_archive(path: Path) -> bool:
@@ -125,7 +118,7 @@ def quick_gelu_for(arch: str, pretrained: str | None, setting: bool | str = "aut
         return bool(setting) or own
     if not pretrained:
         return own
-    if _is_file_spec(pretrained):
+    if names_a_file(pretrained):
         path = Path(pretrained).expanduser()
         return own or _is_torchscript_archive(path) or _has_openai_weights(arch)
     return own or bool(open_clip.get_pretrained_cfg(arch, pretrained).get("quick_gelu", False))
@@ -160,7 +153,7 @@ def load_clip(
             model, _, preprocess = open_clip.create_model_and_transforms(
                 arch, device=device, **options
             )
-    elif _is_file_spec(pretrained):
+    elif names_a_file(pretrained):
         path = Path(pretrained).expanduser()
         model, preprocess = _load_from_file(arch, path, device, options)
         if quick_gelu == "auto" and not _is_torchscript_archive(path):
@@ -369,9 +362,8 @@ def weights_id(pretrained: str | None) -> str:
     if not pretrained:
         return f"random-init(seed={RANDOM_INIT_SEED})"
     path = Path(pretrained).expanduser()
-    if _is_file_spec(pretrained) and path.is_file():
-        with open(path, "rb") as f:
-            return f"sha256:{hashlib.file_digest(f, 'sha256').hexdigest()}"
+    if names_a_file(pretrained) and path.is_file():
+        return f"sha256:{sha256(path)}"
     return f"open_clip:{pretrained}"
 
 

@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import DegenerateDataWarning, bootstrap
 
-from utils.config import REPEAT_IGNORES, covers, flatten
+from utils.config import REPEAT_IGNORES, WEIGHTS_KEYS, covers, flatten
 from utils.domain_labels import domain_confusion
 from utils.errors import UserError
 from utils.quality import METRICS
+from utils.weights import weights_id
 
 COLUMNS = ("name", "domain")  # test.py's per_image.csv, then each metric and hazy_<metric>
 # Two results of the same images agree on the hazy input's scores to float rounding (PSNR in
@@ -327,11 +328,16 @@ def paired_differences(
 
 
 def repeat_key(result: Result) -> str | None:
-    """What a run computes (its config without REPEAT_IGNORES, and which checkpoint was tested),
-    or None when its metrics.json records no config."""
+    """What a run computes (its config without REPEAT_IGNORES, the weights its keys name rather
+    than their paths, and which checkpoint was tested), or None when its metrics.json records
+    no config."""
     if result.config is None:
         return None
-    kept = {k: v for k, v in flatten(result.config).items() if not covers(REPEAT_IGNORES, k)}
+    kept = {
+        k: weights_id(k, v) if covers(WEIGHTS_KEYS, k) else v
+        for k, v in flatten(result.config).items()
+        if not covers(REPEAT_IGNORES, k)
+    }
     return json.dumps([kept, Path(result.metrics.get("checkpoint", "")).name], sort_keys=True)
 
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from models.registry import FUSION_MODES, MODEL_NAMES, default_fusion
+from models.registry import FUSION_MODES, MODEL_NAMES, default_fusion, split_name
 from utils.errors import ConfigError
 
 # The domain ids (labels files, caches, reports) and the paper's prompt wording for a domain
@@ -71,6 +71,9 @@ class Role:
     evaluation: bool  # may differ from the checkpoint's config in test.py and predict.py
     location: bool  # where files are or how they are read: kept out of results folder names
     repeat: bool  # runs that differ only in such keys repeat one configuration (compare.py)
+    # names weights (a tag, a file or null): compared, named in results folders and grouped by
+    # which weights they are, never by the path (utils/weights.py)
+    weights: bool = False
 
 
 # The method and how it is trained: a different value is another experiment.
@@ -83,9 +86,19 @@ TEXT_FEATURES = Role("text-features", True, False, True, False, False)
 EVALUATION = Role("evaluation", True, True, True, False, False)
 # The weights the first step starts from: changes the numbers, says nothing once trained.
 WARM_START = Role("warm-start", True, True, True, True, False)
+# Pretrained weights a run reads (CLIP, the CR ResNet): other weights are another run, while a
+# copy of the same weights elsewhere is the same (the path may change, with --resume too).
+WEIGHTS = Role("weights", True, True, True, True, False, weights=True)
+# What a non-finite loss does: skipped steps change the numbers (the published setting trains
+# every step); switching to skip on --resume is the way on after a stop.
+NONFINITE = Role("nonfinite", True, True, False, False, False)
+# How many loader workers make the training batches: each draws the crops and flips of its
+# batches from its own random stream (datasets/resumable.py), as the authors' loader does, so
+# another count draws other augmentations, as another seed does; in test.py it only reads.
+LOADER_WORKERS = Role("loader-workers", True, True, True, True, True)
 # One draw of the same protocol.
 SEED = Role("seed", False, False, False, False, True)
-# Logging, checkpointing and what to do on a fault or a signal.
+# Logging, checkpointing and what to do on a signal.
 RUN = Role("run", False, True, False, False, False)
 # The run's name and folder.
 NAME = Role("name", False, True, True, True, True)
@@ -112,11 +125,11 @@ KEY_ROLES: dict[str, Role] = {
     "data.edge_decay": PROTOCOL,
     "data.only_h_flip": PROTOCOL,
     "data.valid_mode": PROTOCOL,
-    "data.num_workers": READING,
+    "data.num_workers": LOADER_WORKERS,
     "data.verify_images": READING,
     "data.synthetic": INPUT,
     "clip.arch": PROTOCOL,
-    "clip.pretrained": INPUT,  # a local file of OpenAI's weights is as good as the tag
+    "clip.pretrained": WEIGHTS,
     "clip.domains": PROTOCOL,
     "clip.template": PROTOCOL,
     "clip.prompts": PROTOCOL,
@@ -133,7 +146,7 @@ KEY_ROLES: dict[str, Role] = {
     "train.lr_min_ratio": PROTOCOL,
     "train.weight_decay": PROTOCOL,
     "train.eval_freq": SCHEDULE,
-    "train.nonfinite": RUN,
+    "train.nonfinite": NONFINITE,
     "train.seed": SEED,
     "train.log_images": RUN,
     "train.sync_batchnorm": PROTOCOL,
@@ -144,11 +157,12 @@ KEY_ROLES: dict[str, Role] = {
     "train.requeue": RUN,
     "loss.l1_weight": PROTOCOL,
     "loss.cr_weight": PROTOCOL,
-    "loss.resnet_weights": INPUT,
+    "loss.resnet_weights": WEIGHTS,
     "loss.resnet_imagenet_norm": PROTOCOL,
     "loss.resnet_batchnorm": PROTOCOL,
     "precision.train": PROTOCOL,
     "precision.eval": EVALUATION,
+    "speed.cache_dir": READING,  # before its section: role_of takes the first entry that fits
     "speed": SPEED,
 }
 
@@ -173,6 +187,8 @@ RESUME_KEYS = keys_where(lambda role: role.resume)
 RESULT_KEYS = keys_where(lambda role: role.changes_results)
 # Keys in which runs may differ and still repeat one configuration (utils/comparison.py).
 REPEAT_IGNORES = keys_where(lambda role: role.repeat)
+# Keys that name weights, compared by which weights they name (utils/weights.py).
+WEIGHTS_KEYS = keys_where(lambda role: role.weights)
 
 
 @dataclass(frozen=True)
@@ -217,7 +233,7 @@ class DataConfig:
     edge_decay: float = 0.0
     only_h_flip: bool = True
     valid_mode: Literal["valid", "test"] = "valid"  # validation on centre crops or whole images
-    num_workers: int = 8
+    num_workers: int = 16  # the authors' train.py's; each worker seeds its own augmentations
     verify_images: bool = True  # decode every image before training, to fail early on bad files
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -340,6 +356,15 @@ class Config:
         return Path(self.output_dir) / f"{self.exp_name}-seed{self.train.seed}"
 
 
+class ConfigKeyError(ConfigError):
+    """A bad value (or name) of the dotted key `key` (empty: the whole config); the message
+    starts with the key. load_config names where it came from: an override or the file."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 # What a value of each plain type must be, as an error message says it (bool is not an int).
 _PLAIN_TYPES = {bool: "true or false", int: "an integer", str: "a string"}
 
@@ -351,11 +376,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return _convert_union(value, tp, key)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+            raise ConfigKeyError(key, f"{key}: {value!r} is not one of {list(args)}")
         return value
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigKeyError(key, f"{key}: expected a list, got {value!r}")
         return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
@@ -364,7 +389,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp not in _PLAIN_TYPES:
         raise TypeError(f"unsupported config type {tp} for {key}")
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ConfigError(f"{key}: expected {_PLAIN_TYPES[tp]}, got {value!r}")
+        raise ConfigKeyError(key, f"{key}: expected {_PLAIN_TYPES[tp]}, got {value!r}")
     return value
 
 
@@ -373,13 +398,15 @@ def _convert_union(value: Any, tp: Any, key: str) -> Any:
     args = typing.get_args(tp)
     if value is None and type(None) in args:
         return None
-    errors = []
+    errors: list[ConfigKeyError] = []
     for arg in (a for a in args if a is not type(None)):
         try:
             return _convert(value, arg, key)
-        except ConfigError as e:
-            errors.append(str(e))
-    raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {tp}")
+        except ConfigKeyError as e:
+            errors.append(e)
+    if len(errors) == 1:
+        raise errors[0]
+    raise ConfigKeyError(key, f"{key}: {value!r} fits none of {tp}")
 
 
 def _number(value: Any, key: str) -> float:
@@ -389,24 +416,26 @@ def _number(value: Any, key: str) -> float:
         except ValueError:
             pass
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        raise ConfigKeyError(key, f"{key}: expected a number, got {value!r}")
     return float(value)
 
 
 def _build(cls: type, data: Any, prefix: str = "") -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigKeyError(prefix, f"{prefix or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(str(k) for k in set(data) - set(names))  # YAML allows `1:` as a key
     where = f"{prefix}." if prefix else ""
     for key in unknown:
         if where + key in RENAMED_KEYS:
-            raise ConfigError(f"{where}{key} was renamed: use {RENAMED_KEYS[where + key]}")
+            old = where + key
+            raise ConfigKeyError(old, f"{old} was renamed: use {RENAMED_KEYS[old]}")
     if unknown:
-        raise ConfigError(
+        raise ConfigKeyError(
+            where + unknown[0],
             f"unknown config key {', '.join(where + k for k in unknown)} "
-            f"(known keys{' of ' + prefix if prefix else ''}: {', '.join(names)})"
+            f"(known keys{' of ' + prefix if prefix else ''}: {', '.join(names)})",
         )
     kwargs = {k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
     return cls(**kwargs)
@@ -472,7 +501,15 @@ def unalias(data: dict, source: str) -> dict:
 
 def config_from_dict(data: dict) -> Config:
     """Build a checked `Config` from plain data (a parsed YAML file or a checkpoint's copy)."""
-    return _build(Config, _null_to_auto(data))
+    cfg = _build(Config, _null_to_auto(data))
+    depths, stages = cfg.model.depths, split_name(cfg.model.name)[0].stages
+    if depths is not None and len(depths) != stages:
+        raise ConfigKeyError(
+            "model.depths",
+            f"model.depths: one number of blocks per stage, {stages} in all for "
+            f"{cfg.model.name}, got {list(depths)}",
+        )
+    return cfg
 
 
 def _null_to_auto(data: Any) -> Any:
@@ -502,21 +539,29 @@ def config_from_checkpoint(data: dict) -> Config:
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Read a YAML config (and its bases), apply overrides, and check every key and type."""
+    """Read a YAML config (and its bases), apply overrides, and check every key and type; an
+    error names where the bad value came from, the command line or the file."""
     data = _read_yaml(Path(path)) if path is not None else {}
-    data = _merge(data, parse_overrides(overrides))
-    try:
-        return config_from_dict(data)
-    except ConfigError as e:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}{e}") from None
+    return _with_overrides(data, overrides, "" if path is None else str(path))
 
 
 def override_config(cfg: Config, overrides: Sequence[str]) -> Config:
     """A copy of `cfg` with `section.key=value` overrides applied and checked."""
     if not overrides:
         return cfg
-    return config_from_dict(_merge(config_to_dict(cfg), parse_overrides(overrides)))
+    return _with_overrides(config_to_dict(cfg), overrides, "")
+
+
+def _with_overrides(data: dict, overrides: Sequence[str], source: str) -> Config:
+    """The config of `data` (read from `source`, a file or nothing) and `overrides`."""
+    given = parse_overrides(overrides)
+    try:
+        return config_from_dict(_merge(data, given))
+    except ConfigKeyError as e:
+        overridden = flatten(given)
+        if any(e.key == k or e.key.startswith((f"{k}.", f"{k}[")) for k in overridden):
+            source = "command line"
+        raise ConfigError(f"{source}: {e}" if source else str(e)) from None
 
 
 def config_to_dict(cfg: Config) -> dict:

@@ -17,6 +17,7 @@ from utils.config import CRBatchNorm, LossConfig
 from utils.distributed import all_reduce_sum_with_grad
 from utils.errors import ConfigError, WeightsError
 from utils.image import from_model_range
+from utils.weights import RESNET152_WEIGHTS
 
 CR_LAYER_WEIGHTS = (1 / 16, 1 / 8, 1 / 4, 1.0)
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -101,7 +102,7 @@ def build_contrastive_loss(
     else:
         try:
             resnet = torchvision.models.resnet152(
-                weights=torchvision.models.ResNet152_Weights.IMAGENET1K_V1
+                weights=torchvision.models.ResNet152_Weights[RESNET152_WEIGHTS]
             )
         except Exception as e:
             raise WeightsError(
@@ -146,7 +147,9 @@ LOSS_TERMS: dict[str, LossTerm] = {
 
 
 class Criterion(nn.Module):
-    """The training loss, the weighted sum of named terms, in fp32 whatever the autocast."""
+    """The training loss, the weighted sum of named terms. It runs inside the training
+    autocast, as the authors' loss does: under fp16 the CR ResNet's convolutions compute in fp16
+    (its distances are summed in fp32) and L1 in fp32, as autocast runs it."""
 
     def __init__(self, terms: dict[str, nn.Module], weights: dict[str, float]) -> None:
         super().__init__()
@@ -169,13 +172,20 @@ class Criterion(nn.Module):
         return self.total(self.values(output, gt, hazy))
 
 
-def build_criterion(cfg: LossConfig, device: torch.device) -> Criterion:
-    """The loss the `loss` section asks for: each term whose weight is not 0 (so the ResNet is
-    built only when cr_weight > 0)."""
+def loss_weights(cfg: LossConfig) -> dict[str, float]:
+    """The weight of each term the `loss` section asks for (those not 0), checked before
+    anything is built: no term at all is an error."""
     weights = {name: getattr(cfg, term.weight_key) for name, term in LOSS_TERMS.items()}
     weights = {name: w for name, w in weights.items() if w != 0}
     if not weights:
         keys = ", ".join(f"loss.{term.weight_key}" for term in LOSS_TERMS.values())
         raise ConfigError(f"loss: every term's weight is 0 ({keys}); give at least one a weight")
+    return weights
+
+
+def build_criterion(cfg: LossConfig, device: torch.device) -> Criterion:
+    """The loss the `loss` section asks for: each term whose weight is not 0 (so the ResNet is
+    built only when cr_weight > 0)."""
+    weights = loss_weights(cfg)
     terms = {name: LOSS_TERMS[name].build(cfg) for name in weights}
     return Criterion(terms, weights).to(device)

@@ -17,11 +17,13 @@ from utils.config import (
     DEFAULT_DOMAINS,
     DEFAULT_TEMPLATE,
     RESULT_KEYS,
+    WEIGHTS_KEYS,
     Config,
     config_to_dict,
     covers,
     flatten,
 )
+from utils.weights import weights_id
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class PublishedSetting:
 
 # Every key that changes the numbers (RESULT_KEYS, by the roles in utils/config.py), as the
 # authors' train.py sets it on every dataset, but those the datasets' settings below differ in.
-_AUTHORS_TRAIN_PY: dict[str, Any] = {
+AUTHORS_TRAIN_PY: dict[str, Any] = {
     "model.name": "mixcl-s",
     "model.fusion": None,
     "model.depths": None,
@@ -45,7 +47,9 @@ _AUTHORS_TRAIN_PY: dict[str, Any] = {
     "data.test_split": "test",
     "data.patch_size": 256,
     "data.edge_decay": 0.0,
+    "data.num_workers": 16,
     "clip.arch": "ViT-B-32",
+    "clip.pretrained": "openai",
     "clip.domains": list(DEFAULT_DOMAINS),
     "clip.template": DEFAULT_TEMPLATE,
     "clip.prompts": [],
@@ -58,8 +62,12 @@ _AUTHORS_TRAIN_PY: dict[str, Any] = {
     "train.weight_decay": 0.01,
     "train.eval_freq": 1,
     "train.sync_batchnorm": True,
+    # Under fp16 the authors' scaler skips a step whose gradients overflow, as here in both
+    # modes; a non-finite loss stops a run here, so a finished run skipped no other step.
+    "train.nonfinite": "stop",
     "loss.l1_weight": 1.0,
     "loss.cr_weight": 0.1,
+    "loss.resnet_weights": None,  # torchvision's ImageNet weights
     "loss.resnet_imagenet_norm": False,
     "loss.resnet_batchnorm": "batch",
     "precision.train": "fp16",
@@ -68,7 +76,7 @@ _AUTHORS_TRAIN_PY: dict[str, Any] = {
 
 
 def _setting(source: str, **values: Any) -> PublishedSetting:
-    return PublishedSetting(source, {**_AUTHORS_TRAIN_PY, **values})
+    return PublishedSetting(source, {**AUTHORS_TRAIN_PY, **values})
 
 
 # Dataset (the folder name of data.root) -> the authors' setting for MixCLDehazeNet-S on it.
@@ -109,8 +117,9 @@ PUBLISHED_SETTINGS: dict[str, PublishedSetting] = {
 def _dehazeformer_setting(size: str, batch_size: int, lr: float) -> PublishedSetting:
     """DehazeFormer's RESIDE-6K run: the same loop as the authors' train.py above (which is
     DehazeFormer's), L1 only, validation every 10 epochs."""
-    loss_keys = ("loss.resnet_imagenet_norm", "loss.resnet_batchnorm")  # no CR: nothing to set
-    values = {k: v for k, v in _AUTHORS_TRAIN_PY.items() if k not in loss_keys}
+    # no CR, so no ResNet: nothing to set
+    loss_keys = ("loss.resnet_weights", "loss.resnet_imagenet_norm", "loss.resnet_batchnorm")
+    values = {k: v for k, v in AUTHORS_TRAIN_PY.items() if k not in loss_keys}
     values.update(
         {
             "model.name": f"dehazeformer-{size}",
@@ -174,15 +183,16 @@ def published_setting(
     return None if setting is None else (dataset, setting)
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A value as the report shows it (as YAML writes it)."""
     if isinstance(value, bool):
         return str(value).lower()
     if value is None:
         return "null"
     if isinstance(value, list):
-        return "[" + ", ".join(map(_show, value)) + "]"
+        return "[" + ", ".join(map(show_value, value)) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{k}: {show_value(v)}" for k, v in value.items()) + "}"
     return str(value)
 
 
@@ -196,13 +206,20 @@ def compared_keys(setting: PublishedSetting) -> list[str]:
 
 
 def differences(cfg: Config, setting: PublishedSetting) -> list[str]:
-    """`key=value (paper: value)` for every key that changes the numbers and differs."""
+    """`key=value (paper: value)` for every key that changes the numbers and differs; a key
+    that names weights differs when the weights do (`key=value (weights; paper: weights)`)."""
     resolved = flatten(config_to_dict(cfg))
-    return [
-        f"{key}={_show(resolved[key])} (paper: {_show(setting.values[key])})"
-        for key in compared_keys(setting)
-        if resolved[key] != setting.values[key]
-    ]
+    lines = []
+    for key in compared_keys(setting):
+        value, paper = resolved[key], setting.values[key]
+        if covers(WEIGHTS_KEYS, key):
+            mine, theirs = weights_id(key, value), weights_id(key, paper)
+            if mine != theirs:
+                which = "" if mine == value else f"{mine}; "
+                lines.append(f"{key}={show_value(value)} ({which}paper: {theirs})")
+        elif value != paper:
+            lines.append(f"{key}={show_value(value)} (paper: {show_value(paper)})")
+    return lines
 
 
 def protocol_report(cfg: Config) -> str:
