@@ -87,6 +87,21 @@ def _is_torchscript_archive(path: Path) -> bool:
         return any(n.rsplit("/", 1)[-1] == "constants.pkl" for n in z.namelist())
 
 
+def refuse_code_weights(pretrained: str | None, source: str) -> None:
+    """Refuse CLIP weights named by `source` (a checkpoint: data, not instructions) that would
+    run code when loaded: a TorchScript file (OpenAI's original format), which torch.jit.load
+    runs in TorchScript's interpreter. Tags and other weight files are loaded weights-only."""
+    if not pretrained or not _is_file_spec(pretrained):
+        return
+    path = Path(pretrained).expanduser()
+    if path.is_file() and _is_torchscript_archive(path):
+        raise WeightsError(
+            f"{source} names clip.pretrained={pretrained}, a TorchScript file, which runs code "
+            "when loaded: not loaded on a checkpoint's word; pass "
+            f"clip.pretrained={pretrained} on the command line to load it"
+        )
+
+
 def _weights_help(arch: str) -> str:
     return (
         "Without internet access, download the weights on another machine (for OpenAI "
