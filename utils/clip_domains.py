@@ -9,12 +9,16 @@ probability. Classification is run once per dataset split and cached on disk
 hard/soft never needs CLIP again.
 """
 
+import contextlib
 import difflib
 import hashlib
 import os
 import re
+import socket
+import urllib.parse
+import urllib.request
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +51,9 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "clip"
 CACHE_FORMAT = 3
 
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
+# Seconds to wait for a connection to the Hugging Face Hub before weights missing from its cache
+# are called impossible to download (open_clip's download would retry for about a minute).
+HUB_TIMEOUT_S = 5.0
 
 
 def register_model_configs() -> None:
@@ -228,17 +235,82 @@ def _load_from_file(arch: str, path: Path, device: str | torch.device, options: 
     return model, preprocess
 
 
+def _hub_files(arch: str, tag: str) -> tuple[str, list[str]]:
+    """The Hugging Face repository of the weights `tag` of `arch` and the files open_clip tries
+    in it, in its order (a safetensors file first, as open_clip.pretrained does)."""
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    repo, name = os.path.split(open_clip.get_pretrained_cfg(arch, tag).get("hf_hub", ""))
+    name = name or HF_WEIGHTS_NAME
+    if name == HF_WEIGHTS_NAME:
+        return repo, [HF_SAFE_WEIGHTS_NAME, name]
+    if name.endswith((".bin", ".pth")):
+        return repo, [f"{name[:-4]}.safetensors", name]
+    return repo, [name]
+
+
+def _hub_cached(repo: str, files: list[str]) -> bool:
+    """Whether one of `files` of `repo` is in the Hugging Face cache (no network used)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in files)
+
+
+def _hub_unreachable() -> str | None:
+    """Why no connection to the Hugging Face Hub (or the https proxy) opens within
+    HUB_TIMEOUT_S; None when one does."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urllib.parse.urlsplit(urllib.request.getproxies().get("https") or constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=HUB_TIMEOUT_S).close()
+    except OSError as e:
+        return f"no connection to {url.hostname}:{port}: {e}"
+    return None
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """Hugging Face downloads in offline mode while the block runs, if `offline`: a cached file
+    is then used without asking the Hub for a newer one (which waits for its timeouts when
+    the network drops packets)."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = saved or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
 def _load_from_tag(arch: str, tag: str, device: str | torch.device, options: dict) -> tuple:
+    """open_clip's weights `tag`: from the Hugging Face cache without the network, else
+    downloaded; when the Hub cannot be reached, a WeightsError at once."""
     tags = open_clip.list_pretrained_tags_by_model(arch)
     if tag not in tags:
         raise WeightsError(
             f"{tag!r} is neither an existing weights file nor an open_clip weights tag for "
             f"{arch} (known tags: {', '.join(tags) or 'none'}). {_weights_help(arch)}"
         )
-    try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            arch, pretrained=tag, device=device, **options
+    repo, files = _hub_files(arch, tag)  # (no repo: open_clip downloads from its URL)
+    cached = bool(repo) and _hub_cached(repo, files)
+    why = _hub_unreachable() if repo and not cached else None
+    if why is not None:
+        from huggingface_hub import constants
+
+        raise WeightsError(
+            f"CLIP weights {arch}/{tag} are not in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}) and cannot be downloaded ({why}). {_weights_help(arch)}"
         )
+    try:
+        with _hub_offline(cached):
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=tag, device=device, **options
+            )
     except Exception as e:
         raise WeightsError(
             f"cannot download CLIP weights {arch}/{tag} ({type(e).__name__}: {e}). "
