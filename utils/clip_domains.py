@@ -27,6 +27,9 @@ from typing import get_args
 import open_clip
 import torch
 import torch.nn.functional as F
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import try_to_load_from_cache
+from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from PIL import Image
 from tqdm import tqdm
 
@@ -238,8 +241,6 @@ def _load_from_file(arch: str, path: Path, device: str | torch.device, options: 
 def _hub_files(arch: str, tag: str) -> tuple[str, list[str]]:
     """The Hugging Face repository of the weights `tag` of `arch` and the files open_clip tries
     in it, in its order (a safetensors file first, as open_clip.pretrained does)."""
-    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
-
     repo, name = os.path.split(open_clip.get_pretrained_cfg(arch, tag).get("hf_hub", ""))
     name = name or HF_WEIGHTS_NAME
     if name == HF_WEIGHTS_NAME:
@@ -251,19 +252,15 @@ def _hub_files(arch: str, tag: str) -> tuple[str, list[str]]:
 
 def _hub_cached(repo: str, files: list[str]) -> bool:
     """Whether one of `files` of `repo` is in the Hugging Face cache (no network used)."""
-    from huggingface_hub import try_to_load_from_cache
-
     return any(isinstance(try_to_load_from_cache(repo, f), str) for f in files)
 
 
 def _hub_unreachable() -> str | None:
     """Why no connection to the Hugging Face Hub (or the https proxy) opens within
     HUB_TIMEOUT_S; None when one does."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
+    if hf_constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
-    url = urllib.parse.urlsplit(urllib.request.getproxies().get("https") or constants.ENDPOINT)
+    url = urllib.parse.urlsplit(urllib.request.getproxies().get("https") or hf_constants.ENDPOINT)
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         socket.create_connection((url.hostname, port), timeout=HUB_TIMEOUT_S).close()
@@ -277,14 +274,12 @@ def _hub_offline(offline: bool) -> Iterator[None]:
     """Hugging Face downloads in offline mode while the block runs, if `offline`: a cached file
     is then used without asking the Hub for a newer one (which waits for its timeouts when
     the network drops packets)."""
-    from huggingface_hub import constants
-
-    saved = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = saved or offline
+    saved = hf_constants.HF_HUB_OFFLINE
+    hf_constants.HF_HUB_OFFLINE = saved or offline
     try:
         yield
     finally:
-        constants.HF_HUB_OFFLINE = saved
+        hf_constants.HF_HUB_OFFLINE = saved
 
 
 def _load_from_tag(arch: str, tag: str, device: str | torch.device, options: dict) -> tuple:
@@ -300,11 +295,9 @@ def _load_from_tag(arch: str, tag: str, device: str | torch.device, options: dic
     cached = bool(repo) and _hub_cached(repo, files)
     why = _hub_unreachable() if repo and not cached else None
     if why is not None:
-        from huggingface_hub import constants
-
         raise WeightsError(
             f"CLIP weights {arch}/{tag} are not in the Hugging Face cache "
-            f"({constants.HF_HUB_CACHE}) and cannot be downloaded ({why}). {_weights_help(arch)}"
+            f"({hf_constants.HF_HUB_CACHE}) and cannot be downloaded ({why}). {_weights_help(arch)}"
         )
     try:
         with _hub_offline(cached):
