@@ -9,6 +9,10 @@ by default, e.g. CLIP's or [[1, 0]] for indoor); it returns `dehazed` (1x3xHxW i
 The graph is checked before it is kept: ONNX Runtime against predict.py's computation at three
 odd sizes (docs/DEPLOYMENT.md). The state dict holds the network's weights under the authors'
 parameter names, as their scripts save them ({"state_dict": ...}).
+
+An existing file is replaced only with --overwrite, and never the checkpoint read (nor a link
+to it) or its digest; each file is written beside its target under a unique temporary name and
+renamed into place, which replaces a link there instead of writing where it points.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from models.mixdehazenet import MixDehazeNet
 from models.text_fusion import TEXT_BRANCH_MODULES, TextImageFusion
 from networks import build_network, model_from_checkpoint
 from predict import Dehazer
-from utils.checkpoint import save_atomic
+from utils.checkpoint import digest_path, save_atomic
 from utils.cli import (
     add_checkpoint_args,
     add_overrides,
@@ -39,7 +43,9 @@ from utils.cli import (
     setup_logging,
 )
 from utils.clip_domains import text_features
+from utils.errors import OutputError, OutputExistsError
 from utils.extras import require
+from utils.files import Temporaries, create_synced, existing
 from utils.image import from_model_range, to_model_range, uint8_to_tensor
 from utils.speed import speed_for
 
@@ -75,10 +81,56 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_checkpoint_args(p)
     p.add_argument("--onnx", type=Path, help="write the checked ONNX graph here")
     p.add_argument("--state-dict", type=Path, help="write the bare network weights here")
+    p.add_argument("--overwrite", action="store_true", help="replace files already there")
     args = parse_with_overrides(p, argv)
     if args.onnx is None and args.state_dict is None:
         p.error("nothing to do: pass --onnx OUT.onnx and/or --state-dict OUT.pth")
     return args
+
+
+def targets(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """Every file the export writes, with the flag that names it."""
+    files = []
+    if args.state_dict is not None:
+        files += [("--state-dict", args.state_dict), ("--state-dict", digest_path(args.state_dict))]
+    if args.onnx is not None:
+        files.append(("--onnx", args.onnx))
+    return files
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` name one file (through links and hard links)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either is missing, or a dangling link
+        return False
+
+
+def check_targets(args: argparse.Namespace) -> None:
+    """Before anything is loaded, refuse a target that is a folder, one that is the checkpoint
+    read or its digest (a link or a hard link to them too: even with --overwrite), one file
+    named twice, and an existing file (a dangling link included) without --overwrite."""
+    files = targets(args)
+    if len({os.path.abspath(p) for _, p in files}) < len(files):
+        raise OutputError("--onnx and --state-dict name the same file: give each its own name")
+    ckpt = Path(args.ckpt)
+    for flag, path in files:
+        if path.is_dir():
+            raise OutputError(f"{flag}: {path} is a folder; name the file to write in it")
+        read = next((p for p in (ckpt, digest_path(ckpt)) if _same_file(path, p)), None)
+        if read is not None:
+            raise OutputError(
+                f"{flag}: {path} is the checkpoint read ({read}), which export.py never writes "
+                "over, even with --overwrite; choose another name"
+            )
+    earlier = existing(p for _, p in files)
+    if earlier and not args.overwrite:
+        raise OutputExistsError(
+            f"{', '.join(map(str, earlier))} already exist{'s' if len(earlier) == 1 else ''}: "
+            "pass --overwrite to replace, or choose another name"
+        )
+    for path in earlier:
+        print(f"replacing {path}")
 
 
 def authors_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
@@ -103,7 +155,7 @@ def authors_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
 
 def export_state_dict(net: nn.Module, out: Path) -> None:
     """The weights as the authors' scripts save them, with `<out>.sha256` beside them."""
-    save_atomic({"state_dict": authors_state_dict(net)}, out)
+    save_atomic({"state_dict": authors_state_dict(net)}, out, keep=None)
     print(f"wrote {out} and {out.name}.sha256")
 
 
@@ -143,8 +195,8 @@ def write_onnx(model: Deployable, out: Path) -> None:
 
 
 def finish(traced: Path, out: Path, dehazer: Dehazer) -> None:
-    """The exporter's graph as one file (weights inside), recording what its inputs mean for
-    whoever runs it without this code."""
+    """The exporter's graph as one new file `out` (weights inside), recording what its inputs
+    mean for whoever runs it without this code."""
     onnx = require("onnx", "the ONNX export")
     model = onnx.load(str(traced))  # with the weights the exporter may have put beside it
     info = {"model": dehazer.cfg.model.name, "input_range": "[0, 1] RGB"}
@@ -153,7 +205,7 @@ def finish(traced: Path, out: Path, dehazer: Dehazer) -> None:
         info |= {"domains": list(clip.domains), "clip_arch": clip.arch, "text_feature": clip.mode}
     onnx.helper.set_model_props(model, {"mixcldehazenet": json.dumps(info)})
     onnx.checker.check_model(model)
-    onnx.save(model, str(out), save_as_external_data=False)
+    create_synced(out, lambda f: onnx.save(model, f))
 
 
 def check_onnx(path: Path, dehazer: Dehazer) -> list[tuple[tuple[int, int], float]]:
@@ -187,19 +239,20 @@ def check_onnx(path: Path, dehazer: Dehazer) -> list[tuple[tuple[int, int], floa
 
 
 def export_onnx(dehazer: Dehazer, out: Path) -> list[tuple[tuple[int, int], float]]:
-    """Write the graph beside `out`, check it, then move it into place (nothing unchecked is
-    left at `out`)."""
+    """Write the graph beside `out` under a name no other export uses, check it, then rename it
+    into place (nothing unchecked is ever at `out`)."""
     require("onnxscript", "the ONNX export")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
+    tmp = Temporaries()
     try:
-        with tempfile.TemporaryDirectory(dir=out.parent) as traced:
+        staged = tmp.new(out)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as traced:
             write_onnx(exportable(dehazer), Path(traced) / "model.onnx")
-            finish(Path(traced) / "model.onnx", tmp, dehazer)
-        results = check_onnx(tmp, dehazer)
-        os.replace(tmp, out)
+            finish(Path(traced) / "model.onnx", staged, dehazer)
+        results = check_onnx(staged, dehazer)
+        os.replace(staged, out)
     finally:
-        tmp.unlink(missing_ok=True)
+        tmp.remove()
     print(f"wrote {out}")
     return results
 
@@ -208,6 +261,7 @@ def main(argv: list[str] | None = None) -> list[tuple[tuple[int, int], float]]:
     """Export; returns the ONNX check's (size, max |diff|) per image (empty without --onnx)."""
     args = parse_args(argv)
     setup_logging(args.quiet)
+    check_targets(args)
     if args.onnx is None:
         net, _, _ = model_from_checkpoint(args.ckpt, args.model, args.config, args.overrides)
         export_state_dict(net, args.state_dict)

@@ -7,7 +7,8 @@ built exactly as it was for training.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -18,20 +19,30 @@ from models import build_model, load_pretrained
 from models.registry import speed_options, split_name
 from utils.autotune import StepMaker, Tuning
 from utils.checkpoint import is_project_checkpoint, read_file
-from utils.clip_domains import check_arch, embedding_width
+from utils.clip_domains import check_arch, embedding_width, refuse_code_weights
 from utils.config import (
     EVALUATION_KEYS,
+    ClipConfig,
     Config,
     Precision,
+    SpeedConfig,
     config_changes,
     config_from_checkpoint,
+    config_to_dict,
+    flatten,
     load_config,
     override_config,
+    parse_overrides,
     refuse_changes,
 )
 from utils.devices import autocast
 from utils.errors import CheckpointError, ConfigError
 from utils.speed import Phase, Probe, SpeedSettings, speed_for, with_speed
+
+# The folders the entry points write caches to, and what they use instead when a checkpoint
+# names others: a checkpoint is data, so the folders it names are written only when the
+# command line names them too.
+CACHE_FOLDERS = {"clip.cache_dir": ClipConfig.cache_dir, "speed.cache_dir": SpeedConfig.cache_dir}
 
 
 def check_names(cfg: Config) -> None:
@@ -95,6 +106,7 @@ def model_from_checkpoint(
         saved = config_from_checkpoint(obj["config"])
         cfg = override_config(saved, overrides)
         changes = refuse_changes(saved, cfg, EVALUATION_KEYS, str(ckpt_path))
+        cfg = paths_as_data(cfg, overrides, str(ckpt_path))
         text_dim = obj["text_dim"]
     else:
         if model_name is None:
@@ -117,6 +129,24 @@ def model_from_checkpoint(
         net = build_network(cfg, text_dim, speed)
         net.load_state_dict(weights)
     return net.eval(), with_speed(cfg, speed), changes
+
+
+def paths_as_data(cfg: Config, overrides: Sequence[str], source: str) -> Config:
+    """The config of the checkpoint `source` with its paths taken as data: cache folders that
+    the command line (`overrides`) does not name are CACHE_FOLDERS (said when they differ),
+    and CLIP weights it does not name must not run code when loaded (refuse_code_weights)."""
+    given = flatten(parse_overrides(overrides))
+    values = flatten(config_to_dict(cfg))
+    moved = [k for k, d in CACHE_FOLDERS.items() if k not in given and values[k] != d]
+    for key in moved:
+        print(
+            f"{source} names {key}={values[key]}: a checkpoint's folders are not written to; "
+            f"using {CACHE_FOLDERS[key]} (pass {key}={values[key]} to use it)"
+        )
+    cfg = override_config(cfg, [f"{k}={json.dumps(CACHE_FOLDERS[k])}" for k in moved])
+    if cfg.model.needs_text and "clip.pretrained" not in given:
+        refuse_code_weights(cfg.clip.pretrained, source)
+    return cfg
 
 
 def inference_network(

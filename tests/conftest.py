@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import networks
 from datasets.synthetic import make_synthetic_dataset
 from utils.clip_domains import load_clip
 
@@ -18,8 +19,12 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session", autouse=True)
 def speed_cache(tmp_path_factory) -> Path:
-    """The session's folder of measured speed settings (helpers.SPEED_CACHE)."""
+    """The session's folder of measured speed settings (helpers.SPEED_CACHE); the entry points
+    keep their caches in the session's folders, not in the repository, also where they set
+    aside the folders a checkpoint names (networks.CACHE_FOLDERS)."""
     helpers.SPEED_CACHE = tmp_path_factory.mktemp("speed-cache")
+    networks.CACHE_FOLDERS["speed.cache_dir"] = str(helpers.SPEED_CACHE)
+    networks.CACHE_FOLDERS["clip.cache_dir"] = str(tmp_path_factory.mktemp("clip-cache"))
     return helpers.SPEED_CACHE
 
 

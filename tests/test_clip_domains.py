@@ -1,4 +1,6 @@
 import os
+import shutil
+import socket
 import zipfile
 
 import open_clip
@@ -324,3 +326,57 @@ def test_openai_weights_as_a_state_dict_keep_quick_gelu(tmp_path, monkeypatch, c
     torch.testing.assert_close(model.encode_image(images), expected)
     gelu, _, _ = load_clip("tiny-clip", str(path), quick_gelu=False)
     assert not torch.allclose(gelu.encode_image(images), expected, atol=1e-3)
+
+
+@pytest.fixture
+def unreachable_hub(tmp_path, monkeypatch):
+    """An empty Hugging Face cache, and a Hub at a closed port of this machine (a connection
+    is refused at once), whatever network the machine has."""
+    from huggingface_hub import constants
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        hub = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "ENDPOINT", hub)
+    template = f"{hub}/{{repo_id}}/resolve/{{revision}}/{{filename}}"
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    for proxy in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    return tmp_path / "hub"
+
+
+def test_weights_neither_cached_nor_downloadable_fail_at_once(unreachable_hub):
+    """No download is tried (open_clip's retries took 47 s offline): the error comes from
+    looking in the cache and one refused connection."""
+    with pytest.raises(
+        WeightsError,
+        match=r"ViT-B-32/openai are not in the Hugging Face cache .*hub\) and cannot be "
+        r"downloaded \(no connection to 127\.0\.0\.1:\d+: .*clip\.pretrained",
+    ):
+        load_clip("ViT-B-32", "openai")
+
+
+def test_weights_in_the_hugging_face_cache_load_without_the_network(
+    unreachable_hub, tiny_clip, tiny_clip_weights, monkeypatch
+):
+    """A tag's file in the cache is used as it is: no connection is tried (open_clip asked
+    the Hub for its safetensors file first, for 24 s offline)."""
+    tags = {"cached": {"hf_hub": "someone/tiny-clip/"}}
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, "tiny-clip", tags)
+    repo = unreachable_hub / "models--someone--tiny-clip"
+    commit = "0" * 40
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copy(tiny_clip_weights, repo / "snapshots" / commit / "open_clip_pytorch_model.bin")
+    tried = []
+
+    def connect(sock, address):
+        tried.append(address)
+        raise ConnectionRefusedError(111, "refused")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    model, _, _ = load_clip("tiny-clip", "cached")
+    assert _states_equal(model, tiny_clip[0])
+    assert tried == []

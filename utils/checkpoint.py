@@ -95,13 +95,15 @@ def _install(staged: Path, digests: list[str] | None, path: Path, tmp: Temporari
     _put_digests(path, digests, tmp)
 
 
-def save_atomic(obj: Any, path: str | Path, keep: int = 1) -> None:
+def save_atomic(obj: Any, path: str | Path, keep: int | None = 1) -> None:
     """Write with torch.save to a temporary file beside `path`, fsync, then rename over it;
     its digest goes to `<path>.sha256` the same way.
 
     A crash, SIGKILL or full disk mid-write leaves the previous file untouched. With `keep` > 1
-    the previous files are kept as `<stem>.1<suffix>` (newest) ... `<stem>.<keep-1><suffix>`.
-    The file gets the permissions of any other new file (the umask's), like the run folder.
+    the previous files are kept as `<stem>.1<suffix>` (newest) ... `<stem>.<keep-1><suffix>`,
+    and older ones removed; `keep=None` touches no file but `path` and its digest (a file
+    written for the user, in a folder that may hold anything). The file gets the permissions of
+    any other new file (the umask's), like the run folder.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +117,8 @@ def save_atomic(obj: Any, path: str | Path, keep: int = 1) -> None:
 
         staged = tmp.new(path)
         create_synced(staged, save)
-        _rotate(path, keep, tmp)
+        if keep is not None:
+            _rotate(path, keep, tmp)
         _install(staged, [hashing[0].sha.hexdigest()], path, tmp)
     finally:
         tmp.remove()

@@ -9,11 +9,16 @@ probability. Classification is run once per dataset split and cached on disk
 hard/soft never needs CLIP again.
 """
 
+import contextlib
 import difflib
 import hashlib
+import os
 import re
+import socket
+import urllib.parse
+import urllib.request
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +27,9 @@ from typing import get_args
 import open_clip
 import torch
 import torch.nn.functional as F
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import try_to_load_from_cache
+from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from PIL import Image
 from tqdm import tqdm
 
@@ -45,6 +53,10 @@ RANDOM_INIT_SEED = 0
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "clip"
 # 2: images read upright (EXIF orientation), activation and precision recorded; 3: "prompt_emb"
 CACHE_FORMAT = 3
+
+# Seconds to wait for a connection to the Hugging Face Hub before weights missing from its cache
+# are called impossible to download (open_clip's download would retry for about a minute).
+HUB_TIMEOUT_S = 5.0
 
 
 def register_model_configs() -> None:
@@ -78,6 +90,21 @@ def _is_torchscript_archive(path: Path) -> bool:
         return False
     with zipfile.ZipFile(path) as z:
         return any(n.rsplit("/", 1)[-1] == "constants.pkl" for n in z.namelist())
+
+
+def refuse_code_weights(pretrained: str | None, source: str) -> None:
+    """Refuse CLIP weights named by `source` (a checkpoint: data, not instructions) that would
+    run code when loaded: a TorchScript file (OpenAI's original format), which torch.jit.load
+    runs in TorchScript's interpreter. Tags and other weight files are loaded weights-only."""
+    if not pretrained or not names_a_file(pretrained):
+        return
+    path = Path(pretrained).expanduser()
+    if path.is_file() and _is_torchscript_archive(path):
+        raise WeightsError(
+            f"{source} names clip.pretrained={pretrained}, a TorchScript file, which runs code "
+            "when loaded: not loaded on a checkpoint's word; pass "
+            f"clip.pretrained={pretrained} on the command line to load it"
+        )
 
 
 def _weights_help(arch: str) -> str:
@@ -206,17 +233,72 @@ def _load_from_file(arch: str, path: Path, device: str | torch.device, options: 
     return model, preprocess
 
 
+def _hub_files(arch: str, tag: str) -> tuple[str, list[str]]:
+    """The Hugging Face repository of the weights `tag` of `arch` and the files open_clip tries
+    in it, in its order (a safetensors file first, as open_clip.pretrained does)."""
+    repo, name = os.path.split(open_clip.get_pretrained_cfg(arch, tag).get("hf_hub", ""))
+    name = name or HF_WEIGHTS_NAME
+    if name == HF_WEIGHTS_NAME:
+        return repo, [HF_SAFE_WEIGHTS_NAME, name]
+    if name.endswith((".bin", ".pth")):
+        return repo, [f"{name[:-4]}.safetensors", name]
+    return repo, [name]
+
+
+def _hub_cached(repo: str, files: list[str]) -> bool:
+    """Whether one of `files` of `repo` is in the Hugging Face cache (no network used)."""
+    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in files)
+
+
+def _hub_unreachable() -> str | None:
+    """Why no connection to the Hugging Face Hub (or the https proxy) opens within
+    HUB_TIMEOUT_S; None when one does."""
+    if hf_constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urllib.parse.urlsplit(urllib.request.getproxies().get("https") or hf_constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=HUB_TIMEOUT_S).close()
+    except OSError as e:
+        return f"no connection to {url.hostname}:{port}: {e}"
+    return None
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """Hugging Face downloads in offline mode while the block runs, if `offline`: a cached file
+    is then used without asking the Hub for a newer one (which waits for its timeouts when
+    the network drops packets)."""
+    saved = hf_constants.HF_HUB_OFFLINE
+    hf_constants.HF_HUB_OFFLINE = saved or offline
+    try:
+        yield
+    finally:
+        hf_constants.HF_HUB_OFFLINE = saved
+
+
 def _load_from_tag(arch: str, tag: str, device: str | torch.device, options: dict) -> tuple:
+    """open_clip's weights `tag`: from the Hugging Face cache without the network, else
+    downloaded; when the Hub cannot be reached, a WeightsError at once."""
     tags = open_clip.list_pretrained_tags_by_model(arch)
     if tag not in tags:
         raise WeightsError(
             f"{tag!r} is neither an existing weights file nor an open_clip weights tag for "
             f"{arch} (known tags: {', '.join(tags) or 'none'}). {_weights_help(arch)}"
         )
-    try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            arch, pretrained=tag, device=device, **options
+    repo, files = _hub_files(arch, tag)  # (no repo: open_clip downloads from its URL)
+    cached = bool(repo) and _hub_cached(repo, files)
+    why = _hub_unreachable() if repo and not cached else None
+    if why is not None:
+        raise WeightsError(
+            f"CLIP weights {arch}/{tag} are not in the Hugging Face cache "
+            f"({hf_constants.HF_HUB_CACHE}) and cannot be downloaded ({why}). {_weights_help(arch)}"
         )
+    try:
+        with _hub_offline(cached):
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=tag, device=device, **options
+            )
     except Exception as e:
         raise WeightsError(
             f"cannot download CLIP weights {arch}/{tag} ({type(e).__name__}: {e}). "
