@@ -130,6 +130,10 @@ class AuthError(UserError, ValueError):
     """A login given to demo.py is not USER:PASSWORD, or its file cannot be read."""
 
 
+class ServeError(UserError, OSError):
+    """The page cannot listen where --host and --port say."""
+
+
 def _login(text: str, source: str) -> tuple[str, str]:
     user, sep, password = text.partition(":")
     if not (sep and user and password):
@@ -369,21 +373,27 @@ class Service:
         examples = write_examples(self.work / "examples")
         self.blocks = build_page(page, examples, args.keep_seconds)
         self.blocks.queue(max_size=args.queue_size, default_concurrency_limit=1)
-        every = cleaning_period(args.keep_seconds)
-        _, self.url, _ = self.blocks.launch(
-            server_name=args.host,
-            server_port=args.port,
-            share=args.share,
-            auth=logins,
-            max_file_size=args.max_upload_mb * 2**20,
-            show_error=False,  # other exceptions show as "Error", never their text
-            prevent_thread_lock=True,
-            allowed_paths=[str(self.work / "examples")],
-            app_kwargs={"lifespan": sweeper(self.cache, every, args.keep_seconds)},
-            theme=theme(),
-            footer_links=[],
-            quiet=True,  # Gradio's hints name its own arguments, not demo.py's flags
-        )
+        sweeping = sweeper(self.cache, cleaning_period(args.keep_seconds), args.keep_seconds)
+        try:
+            _, self.url, _ = self.blocks.launch(
+                server_name=args.host,
+                server_port=args.port,
+                share=args.share,
+                auth=logins,
+                max_file_size=args.max_upload_mb * 2**20,
+                show_error=False,  # other exceptions show as "Error", never their text
+                prevent_thread_lock=True,
+                allowed_paths=[str(self.work / "examples")],
+                app_kwargs={"lifespan": sweeping},
+                theme=theme(),
+                footer_links=[],
+                quiet=True,  # Gradio's hints name its own arguments, not demo.py's flags
+            )
+        except OSError as e:  # Gradio's message names its own arguments too
+            raise ServeError(
+                f"cannot serve on {args.host}:{args.port}: the port is taken or the address is "
+                "not this machine's; choose another --port or --host"
+            ) from e
         shared = f" and {self.blocks.share_url}" if self.blocks.share_url else ""
         print(f"demo.py: serving on {self.url}{shared}", flush=True)
 
@@ -424,17 +434,22 @@ def _interrupt(signum: int, _frame: object) -> None:
 def main(argv: list[str] | None = None) -> None:
     require("gradio", "demo.py")
     args = parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # stop as on Ctrl-C, cleaning up
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in stops}
+    signal.signal(signal.SIGTERM, _interrupt)  # stop as on Ctrl-C, cleaning up
     try:
         service = launch(args)
         try:
             service.wait()
         finally:
+            for s in stops:  # a second Ctrl-C must not cut the cleaning short
+                signal.signal(s, signal.SIG_IGN)
             service.close()
     except KeyboardInterrupt:
         print("demo.py stopped")
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ what it takes to serve it on a network (tests/test_demo_service.py runs it as a 
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import tempfile
 import time
 import warnings
 
@@ -149,6 +151,20 @@ def test_a_served_page_has_no_public_link_a_login_and_bounds(service, monkeypatc
 
     service.close()
     assert not service.work.exists()
+    assert demo.TEMP_ENV not in os.environ
+
+
+def test_a_taken_port_is_one_line_and_leaves_no_work_folder(trained, tmp_path, monkeypatch):
+    pytest.importorskip("gradio")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv(demo.TEMP_ENV, raising=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(demo.ServeError, match=f"127.0.0.1:{port}: the port is taken"):
+            demo.main(["--ckpt", str(trained / "last.pth"), "--port", str(port)])
+    assert not list(tmp_path.glob("dehaze-demo-*"))
     assert demo.TEMP_ENV not in os.environ
 
 
