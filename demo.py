@@ -148,7 +148,8 @@ def read_logins(auth: str | None, auth_file: str | None) -> Logins | None:
         try:
             lines = Path(auth_file).read_text().splitlines()
         except (OSError, UnicodeDecodeError) as e:
-            raise AuthError(f"cannot read --auth-file {auth_file}: {e}") from e
+            reason = e.strerror if isinstance(e, OSError) else "not a text file"
+            raise AuthError(f"cannot read --auth-file {auth_file}: {reason}") from e
         logins = [
             _login(line.strip(), f"{auth_file} line {n}")
             for n, line in enumerate(lines, 1)
