@@ -1,6 +1,7 @@
 """Helpers shared by test modules: tiny networks and inputs, entry-point scripts, short runs."""
 
 import importlib.util
+import socket
 import struct
 import zlib
 from pathlib import Path
@@ -102,3 +103,10 @@ def bomb_png(path: Path, width: int, height: int, rgb: bool = False) -> Path:
     chunks = _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server the test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

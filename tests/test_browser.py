@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from PIL import Image
 
 from utils.image import EXIF_ORIENTATION, read_rgb
 
-from .helpers import load_entry
+from .helpers import free_port, load_entry
 
 pytestmark = pytest.mark.browser
 playwright = pytest.importorskip("playwright.sync_api")
@@ -30,19 +29,13 @@ CHROMIUM_ARGS = [
 TIMEOUT_MS = 60_000  # a busy 2-core machine
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def demo_url(trained):
     """The page of the tiny trained run, served in this process."""
     args = demo.parse_args(["--ckpt", str(trained / "last.pth"), "--port", str(free_port())])
-    blocks, url = demo.launch(args, block=False)
-    yield url
-    blocks.close()
+    service = demo.launch(args)
+    yield service.url
+    service.close()
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,10 @@ class DataError(UserError, ValueError):
     """A dataset or input image is missing, unreadable or of the wrong shape."""
 
 
+class TooManyPixelsError(DataError):
+    """An image's header declares more pixels than may be decoded (a decompression bomb)."""
+
+
 class CheckpointError(UserError, ValueError):
     """A file is missing, unreadable or not a checkpoint of this project."""
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils.errors import DataError
+from utils.errors import DataError, TooManyPixelsError
 from utils.files import write_atomic
 from utils.memory import available_memory
 
@@ -166,8 +166,8 @@ def _depth(im: Image.Image, path: Path) -> tuple[int, int]:
 def read_header(path: PathLike) -> ImageHeader:
     """The image's size, depth and orientation from the file header only: cheap enough to check
     thousands of files, and never the pixels' memory. DataError naming the file when the file
-    is missing or its header cannot be read, or declares more than `max_pixels()` (Pillow's
-    limit, which it enforces on opening)."""
+    is missing or its header cannot be read; TooManyPixelsError when it declares more than
+    `max_pixels()` (Pillow's limit, which it enforces on opening)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image file not found: {path}")
@@ -180,7 +180,7 @@ def read_header(path: PathLike) -> ImageHeader:
                 bits, channels = _depth(im, path)
                 fmt = im.format or ""
     except Image.DecompressionBombError as e:
-        raise DataError(
+        raise TooManyPixelsError(
             f"{path}: refused before decoding, its header declares too many pixels ({e}); "
             "shrink it with another tool first"
         ) from None
@@ -227,11 +227,11 @@ def _reduction(header: ImageHeader, max_side: int | None) -> int:
 
 
 def check_decodable(path: PathLike, header: ImageHeader, factor: int = 1) -> None:
-    """Refuse, before decoding, an image of more than `max_pixels()` decoded pixels (DataError)
-    or one whose decoding would not fit in the free memory (MemoryError)."""
+    """Refuse, before decoding, an image of more than `max_pixels()` decoded pixels
+    (TooManyPixelsError) or one whose decoding would not fit in the free memory (MemoryError)."""
     pixels = -(-header.height // factor) * -(-header.width // factor)
     if pixels > max_pixels():
-        raise DataError(
+        raise TooManyPixelsError(
             f"{path}: {header.width}x{header.height} pixels declared, more than the "
             f"{max_pixels() / 1e6:.0f} MP one image may have; shrink it with another tool first"
         )
