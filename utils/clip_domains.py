@@ -11,6 +11,7 @@ hard/soft never needs CLIP again.
 
 import contextlib
 import difflib
+import functools
 import hashlib
 import os
 import re
@@ -22,14 +23,13 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import get_args
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import try_to_load_from_cache
-from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from PIL import Image
 from tqdm import tqdm
 
@@ -59,18 +59,22 @@ CACHE_FORMAT = 3
 HUB_TIMEOUT_S = 5.0
 
 
-def register_model_configs() -> None:
-    """Make the repository's model configs (configs/clip/*.json, e.g. tiny-clip) known to
-    open_clip; safe to call repeatedly."""
+@functools.cache
+def _open_clip() -> ModuleType:
+    """open_clip, imported when a CLIP is first needed (its import takes seconds: torchvision,
+    transformers), with the repository's model configs (configs/clip/*.json, e.g. tiny-clip)
+    known to it; networks without CLIP guidance never import it."""
+    import open_clip
+
     names = {p.stem for p in CONFIG_DIR.glob("*.json")}
     if not names <= set(open_clip.list_models()):
         open_clip.add_model_config(CONFIG_DIR)
+    return open_clip
 
 
 def check_arch(arch: str) -> None:
     """Refuse a CLIP architecture open_clip does not know, naming the closest known ones."""
-    register_model_configs()
-    known = {name.lower(): name for name in open_clip.list_models()}
+    known = {name.lower(): name for name in _open_clip().list_models()}
     if arch in known.values():
         return
     close = [known[n] for n in difflib.get_close_matches(arch.lower(), known, n=4, cutoff=0.6)]
@@ -81,7 +85,7 @@ def check_arch(arch: str) -> None:
 def embedding_width(arch: str) -> int:
     """D, the width of the prompt embeddings (and text features) of `arch`, from its config."""
     check_arch(arch)
-    return int(open_clip.get_model_config(arch)["embed_dim"])
+    return int(_open_clip().get_model_config(arch)["embed_dim"])
 
 
 def _is_torchscript_archive(path: Path) -> bool:
@@ -128,7 +132,7 @@ def clip_precision(setting: str, device: str | torch.device) -> str:
 
 
 def _has_openai_weights(arch: str) -> bool:
-    return "openai" in open_clip.list_pretrained_tags_by_model(arch)
+    return "openai" in _open_clip().list_pretrained_tags_by_model(arch)
 
 
 def quick_gelu_for(arch: str, pretrained: str | None, setting: bool | str = "auto") -> bool:
@@ -139,8 +143,7 @@ def quick_gelu_for(arch: str, pretrained: str | None, setting: bool | str = "aut
     knows OpenAI weights for `arch` (the "openai" tag). Random weights, and `False`, keep the
     architecture's own activation (GELU, unless its name ends in -quickgelu).
     """
-    register_model_configs()
-    own = bool((open_clip.get_model_config(arch) or {}).get("quick_gelu", False))
+    own = bool((_open_clip().get_model_config(arch) or {}).get("quick_gelu", False))
     if setting != "auto":
         return bool(setting) or own
     if not pretrained:
@@ -148,7 +151,7 @@ def quick_gelu_for(arch: str, pretrained: str | None, setting: bool | str = "aut
     if names_a_file(pretrained):
         path = Path(pretrained).expanduser()
         return own or _is_torchscript_archive(path) or _has_openai_weights(arch)
-    return own or bool(open_clip.get_pretrained_cfg(arch, pretrained).get("quick_gelu", False))
+    return own or bool(_open_clip().get_pretrained_cfg(arch, pretrained).get("quick_gelu", False))
 
 
 def load_clip(
@@ -177,7 +180,7 @@ def load_clip(
     if not pretrained:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
-            model, _, preprocess = open_clip.create_model_and_transforms(
+            model, _, preprocess = _open_clip().create_model_and_transforms(
                 arch, device=device, **options
             )
     elif names_a_file(pretrained):
@@ -188,7 +191,7 @@ def load_clip(
     else:
         model, preprocess = _load_from_tag(arch, pretrained, device, options)
     model.eval().requires_grad_(False)
-    return model, preprocess, open_clip.get_tokenizer(arch)
+    return model, preprocess, _open_clip().get_tokenizer(arch)
 
 
 def _activation_note(arch: str, path: Path, quick: bool) -> str:
@@ -213,7 +216,7 @@ def _load_from_file(arch: str, path: Path, device: str | torch.device, options: 
     try:
         if _is_torchscript_archive(path):
             # OpenAI's files: TorchScript, not loadable with weights_only.
-            model, _, preprocess = open_clip.create_model_and_transforms(arch, **options)
+            model, _, preprocess = _open_clip().create_model_and_transforms(arch, **options)
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
             # TorchScript also saves metadata and non-persistent buffers (e.g. attn_mask).
             non_persistent = {n for n, _ in model.named_buffers()} - set(model.state_dict())
@@ -222,7 +225,7 @@ def _load_from_file(arch: str, path: Path, device: str | torch.device, options: 
             model.load_state_dict(state)
             model.to(device)
         else:
-            model, _, preprocess = open_clip.create_model_and_transforms(
+            model, _, preprocess = _open_clip().create_model_and_transforms(
                 arch, pretrained=str(path), device=device, **options
             )
     except Exception as e:
@@ -236,7 +239,9 @@ def _load_from_file(arch: str, path: Path, device: str | torch.device, options: 
 def _hub_files(arch: str, tag: str) -> tuple[str, list[str]]:
     """The Hugging Face repository of the weights `tag` of `arch` and the files open_clip tries
     in it, in its order (a safetensors file first, as open_clip.pretrained does)."""
-    repo, name = os.path.split(open_clip.get_pretrained_cfg(arch, tag).get("hf_hub", ""))
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    repo, name = os.path.split(_open_clip().get_pretrained_cfg(arch, tag).get("hf_hub", ""))
     name = name or HF_WEIGHTS_NAME
     if name == HF_WEIGHTS_NAME:
         return repo, [HF_SAFE_WEIGHTS_NAME, name]
@@ -280,7 +285,7 @@ def _hub_offline(offline: bool) -> Iterator[None]:
 def _load_from_tag(arch: str, tag: str, device: str | torch.device, options: dict) -> tuple:
     """open_clip's weights `tag`: from the Hugging Face cache without the network, else
     downloaded; when the Hub cannot be reached, a WeightsError at once."""
-    tags = open_clip.list_pretrained_tags_by_model(arch)
+    tags = _open_clip().list_pretrained_tags_by_model(arch)
     if tag not in tags:
         raise WeightsError(
             f"{tag!r} is neither an existing weights file nor an open_clip weights tag for "
@@ -296,7 +301,7 @@ def _load_from_tag(arch: str, tag: str, device: str | torch.device, options: dic
         )
     try:
         with _hub_offline(cached):
-            model, _, preprocess = open_clip.create_model_and_transforms(
+            model, _, preprocess = _open_clip().create_model_and_transforms(
                 arch, pretrained=tag, device=device, **options
             )
     except Exception as e:
