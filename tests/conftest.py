@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from datasets.synthetic import make_synthetic_dataset
+from utils import scoring
 from utils.clip_domains import load_clip
 
 from . import helpers
@@ -21,6 +22,13 @@ def speed_cache(tmp_path_factory) -> Path:
     """The session's folder of measured speed settings (helpers.SPEED_CACHE)."""
     helpers.SPEED_CACHE = tmp_path_factory.mktemp("speed-cache")
     return helpers.SPEED_CACHE
+
+
+@pytest.fixture(scope="session", autouse=True)
+def score_cache(tmp_path_factory) -> Path:
+    """The session's cache of the hazy inputs' scores (test.py's default is in the repository)."""
+    scoring.DEFAULT_CACHE = tmp_path_factory.mktemp("score-cache")
+    return scoring.DEFAULT_CACHE
 
 
 @pytest.fixture
