@@ -7,11 +7,16 @@ import csv
 import dataclasses
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from datasets.synthetic import make_synthetic_dataset
 from utils import scoring
 from utils.errors import DataError, OutputError, OutputExistsError
 from utils.evaluation import PROGRESS, RowLog, read_rows
@@ -19,7 +24,7 @@ from utils.files import unescape_name
 from utils.image import write_rgb
 from utils.quality import METRICS
 
-from .helpers import bomb_png, load_entry
+from .helpers import REPO, bomb_png, load_entry
 from .test_quality import needs
 
 evaluate = load_entry("test")
@@ -208,3 +213,73 @@ def test_a_progress_file_cut_off_mid_row_keeps_its_complete_rows(tmp_path):
     log.close()
     rows = read_rows(path)[0]
     assert [r["name"] for r in rows] == ["a.png", "b.png"] and rows[1]["psnr"] == float("inf")
+
+
+def _session(sid: int) -> list[str]:
+    """The live processes of session `sid` (zombies left out)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, _, session = stat.read_text().rsplit(")", 1)[1].split()[:4]
+        except (OSError, ValueError):
+            continue
+        if int(session) == sid and state != "Z":
+            found.append(stat.parent.name)
+    return found
+
+
+def _wait_for(condition, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+@pytest.mark.faults
+def test_an_evaluation_killed_mid_split_continues_to_the_uninterrupted_results(trained, tmp_path):
+    needs("skimage")  # CIEDE2000: scored in a worker process, which must end with test.py
+    root = make_synthetic_dataset(tmp_path / "data", n_train=1, n_test=40, size=(64, 64), seed=1)
+    common = ["--data-dir", str(root), "--metrics", "psnr,ciede2000", "--metric-workers", "1"]
+    common += [f"clip.cache_dir={tmp_path / 'clip'}", "speed.autotune=false"]
+    reference = tmp_path / "reference"
+    evaluate.main(run_args(trained, reference, *common, "--score-cache", str(tmp_path / "a")))
+
+    out = tmp_path / "result"
+    argv = run_args(trained, out, *common, "--score-cache", str(tmp_path / "b"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.Popen(
+        [sys.executable, "test.py", *argv], cwd=REPO, env=env, start_new_session=True
+    )
+    rows = out / PROGRESS / "rows.0.jsonl"
+    _wait_for(lambda: rows.exists() and read_rows(rows)[0], "the first scored rows", 120)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 0 < len(read_rows(rows)[0]) < 40  # killed mid-split
+    _wait_for(lambda: not _session(proc.pid), "test.py's worker processes to end", 30)
+
+    evaluate.main(argv)
+    assert results_of(out) == results_of(reference)
+
+
+@pytest.mark.faults
+def test_torchrun_splits_the_images_and_writes_what_one_process_writes(
+    trained, data_root, tmp_path
+):
+    ckpt = ["--ckpt", str(trained / "best.pth"), "speed.autotune=false"]
+    evaluate.main([*ckpt, "--out", str(tmp_path / "one"), "--save-images"])
+    photos = data_root / "test" / "hazy"
+    load_entry("predict").main([*ckpt, str(photos), "--out", str(tmp_path / "one_png")])
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    for cmd, said_once in (
+        (["test.py", *ckpt, "--out", str(tmp_path / "two"), "--save-images"], "results in"),
+        (["predict.py", *ckpt, str(photos), "--out", str(tmp_path / "two_png")], "wrote 3"),
+    ):
+        proc = subprocess.run(
+            [*torchrun, *cmd], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.count(said_once) == 1  # by rank 0, of every rank's images
+    assert results_of(tmp_path / "two") == results_of(tmp_path / "one")
+    assert results_of(tmp_path / "two_png") == results_of(tmp_path / "one_png")

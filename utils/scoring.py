@@ -21,6 +21,8 @@ import importlib.metadata
 import json
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -166,9 +168,18 @@ class _Pending:
 _WORKER_SCORERS: dict[str, Scorer] = {}
 
 
-def _start_worker(names: list[str], weights_dir: Path | None) -> None:
+def _start_worker(names: list[str], weights_dir: Path | None, parent: int) -> None:
     torch.set_num_threads(1)
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     _WORKER_SCORERS.update(load_metrics(names, weights_dir, torch.device("cpu")))
+
+
+def _exit_with(parent: int) -> None:
+    """End this worker once its parent is gone (killed, say): the pool's queue would keep it
+    waiting for work forever."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _score_in_worker(
@@ -214,7 +225,10 @@ class Scoring:
         if offloaded:
             context = multiprocessing.get_context("spawn")  # torch is not fork-safe
             self.pool = ProcessPoolExecutor(
-                workers, context, initializer=_start_worker, initargs=(offloaded, weights_dir)
+                workers,
+                context,
+                initializer=_start_worker,
+                initargs=(offloaded, weights_dir, os.getpid()),
             )
             for _ in range(workers):
                 self.pool.submit(_ready)
