@@ -27,7 +27,7 @@ from tqdm import tqdm
 from datasets import PairedDataset
 from networks import inference_network, model_from_checkpoint, pick_device
 from predict import check_memory
-from utils.cli import add_checkpoint_args, run
+from utils.cli import add_checkpoint_args, non_negative_int, run
 from utils.clip_domains import split_text_features
 from utils.config import LOCATION_KEYS, Config, config_to_dict, covers
 from utils.distributed import DistInfo, barrier, cleanup, init_distributed, main_first
@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--metric-workers",
-        type=int,
+        type=non_negative_int,
         default=default_workers(),
         help="processes that compute the CPU-side metrics (FADE, CIEDE2000) while the network "
         "runs (default: the CPUs less one, %(default)s here; 0: in this process)",
@@ -319,7 +319,7 @@ class Evaluation(NamedTuple):
     pngs: dict[str, str]
 
 
-def set_up(args: argparse.Namespace, info: DistInfo) -> tuple[Evaluation, dict]:
+def set_up(args: argparse.Namespace, info: DistInfo) -> tuple[Evaluation, Scoring]:
     """The network, the split (judged by its file headers), the metrics' scorers and the
     results folder ready to continue or start this evaluation; refuses what would be lost."""
     load = partial(model_from_checkpoint, args.ckpt, args.model, args.config, args.overrides)
@@ -329,7 +329,7 @@ def set_up(args: argparse.Namespace, info: DistInfo) -> tuple[Evaluation, dict]:
     has_gt = (root / split / "GT").is_dir()  # no GT folder: real haze, no-reference metrics
     metrics = metrics_to_compute(args, root / split, has_gt)
     device = pick_device()
-    workers = max(0, args.metric_workers)
+    workers = args.metric_workers
     scorers = load_scorers(metrics, args.metric_weights, device, workers)  # a missing file: here
     dataset = PairedDataset(root, split, "test", ground_truth=has_gt)
     check_memory_of(dataset, cfg, device)
@@ -349,9 +349,9 @@ def set_up(args: argparse.Namespace, info: DistInfo) -> tuple[Evaluation, dict]:
 
 def score_remaining(
     ev: Evaluation, scoring: Scoring, info: DistInfo, save_images: bool
-) -> tuple[dict, dict]:
+) -> dict[str, str]:
     """Score this rank's share of the images not scored yet, each row logged as it is scored;
-    returns CLIP's domain and the true domain of each image."""
+    returns the true domain of each image (empty without a labels file)."""
     domains, true_domains = attach_domains(ev.cfg, ev.dataset, info, ev.device)
     scored = ev.folder.scored()
     todo = [i for i, n in enumerate(ev.dataset.names) if n not in scored]
@@ -377,7 +377,7 @@ def score_remaining(
             )
     finally:
         log.close()
-    return domains, true_domains
+    return true_domains
 
 
 def write_results(args: argparse.Namespace, ev: Evaluation, true_domains: dict) -> dict:
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         ev, scoring = set_up(args, info)
         with scoring:
-            _, true_domains = score_remaining(ev, scoring, info, args.save_images)
+            true_domains = score_remaining(ev, scoring, info, args.save_images)
         barrier(info)
         return write_results(args, ev, true_domains) if info.is_main else {}
     finally:

@@ -68,7 +68,7 @@ def identity(
         "config": config,
         "metrics": metrics,
         "split": str(split_dir.resolve()),
-        "files": files.hexdigest(),
+        "split_files": files.hexdigest(),
         "labels": file_sha256(labels) if labels else None,
         "save_images": save_images,
     }
@@ -137,8 +137,8 @@ class ResultsFolder:
         if other and not overwrite:
             differs = ", ".join(k for k in wanted if found.get(k) != wanted[k])
             raise OutputExistsError(
-                f"{self.out} holds an unfinished evaluation with another {differs}: repeat its "
-                "command to finish it, pass --overwrite to discard it, or choose another --out"
+                f"{self.out} holds an unfinished evaluation that differs in {differs}: repeat "
+                "its command to finish it, pass --overwrite to discard it, or choose another --out"
             )
         if not other and (self.progress / FINISHING).exists():
             return False  # every image is scored, the results were being installed

@@ -7,11 +7,12 @@ scorers once, while the network runs on the next images; at most two images per 
 flight, so memory stays bounded. A value is the same wherever it is computed: the same function
 on the same tensors.
 
-The hazy input's score does not depend on the checkpoint, so it is cached: one small JSON file
-per metric, metric version (`metric_version`), device, and sha256 of the hazy file (and of the
-GT file for a metric that compares with it), written through a temporary file and a rename and
-checked against its key when read. A second checkpoint evaluated on the same images scores only
-its outputs; a changed file, library or weight file is another key, scored again.
+The hazy input's score does not depend on the checkpoint, so a library's metric caches it: one
+small JSON file per metric, metric version (`metric_version`), device, and sha256 of the hazy
+file (and of the GT file for a metric that compares with it), written through a temporary file
+and a rename and checked against its key when read. A second checkpoint evaluated on the same
+images scores only its outputs; a changed file, library or weight file is another key, scored
+again. This project's own metrics (PSNR, SSIM: cheap) are not cached: their code has no version.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -52,8 +53,8 @@ def default_workers() -> int:
 
 def metric_version(name: str, weights_dir: Path | None) -> str:
     """What a metric's scores depend on besides the images: its library (this project's PSNR
-    and SSIM: pytorch-msssim), torch, NumPy and OpenCV (the decoder), its weight files (name and
-    size) and how this project feeds it (CACHE_FORMAT)."""
+    and SSIM: pytorch-msssim's), torch, NumPy and OpenCV (the decoder), its weight files (name
+    and size) and how this project feeds it (CACHE_FORMAT)."""
     metric = METRICS[name]
     package = metric.package or "pytorch-msssim"
     parts = [f"{package} {importlib.metadata.version(package)}"]
@@ -107,7 +108,10 @@ class ScoreCache:
         return self.folder / key["metric"] / digest[:2] / f"{digest}.json"
 
     def get(self, metric: str, hazy: str, gt: str | None) -> float | None:
-        """The cached score, or None (never scored, or a file that is not this key's)."""
+        """The cached score, or None (not a library's metric, never scored, or a file that is
+        not this key's)."""
+        if METRICS[metric].package is None:
+            return None
         key = self._key(metric, hazy, gt)
         try:
             entry = json.loads(self._path(key).read_text())
@@ -119,6 +123,8 @@ class ScoreCache:
         return float(score) if isinstance(score, int | float) else None
 
     def put(self, metric: str, hazy: str, gt: str | None, score: float) -> None:
+        if METRICS[metric].package is None:
+            return
         key = self._key(metric, hazy, gt)
         entry = json.dumps({"key": key, "score": score}).encode()
         write_atomic(self._path(key), lambda f: f.write(entry))
@@ -160,9 +166,9 @@ class _Pending:
     """An image whose worker-side scores are not back yet."""
 
     name: str
-    scores: dict[str, float]
-    computed_hazy: list[str] = field(default_factory=list)  # to cache once complete
-    digests: tuple[str, str | None] = ("", None)
+    scores: dict[str, float]  # those computed in this process, and those from the cache
+    computed_hazy: list[str]  # metrics of the hazy input to cache once complete
+    digests: tuple[str, str | None]  # the sha256 of the hazy and the GT file
 
 
 _WORKER_SCORERS: dict[str, Scorer] = {}
