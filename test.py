@@ -80,9 +80,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--metric-workers",
         type=non_negative_int,
-        default=default_workers(),
         help="processes that compute the CPU-side metrics (FADE, CIEDE2000) while the network "
-        "runs (default: the CPUs less one, %(default)s here; 0: in this process)",
+        "runs (default: with a GPU the CPUs less one, at most 8; on the CPU those torch's "
+        "threads leave free, usually none; 0: in this process)",
     )
     p.add_argument(
         "--score-cache",
@@ -329,7 +329,7 @@ def set_up(args: argparse.Namespace, info: DistInfo) -> tuple[Evaluation, Scorin
     has_gt = (root / split / "GT").is_dir()  # no GT folder: real haze, no-reference metrics
     metrics = metrics_to_compute(args, root / split, has_gt)
     device = pick_device()
-    workers = args.metric_workers
+    workers = default_workers(device) if args.metric_workers is None else args.metric_workers
     scorers = load_scorers(metrics, args.metric_weights, device, workers)  # a missing file: here
     dataset = PairedDataset(root, split, "test", ground_truth=has_gt)
     check_memory_of(dataset, cfg, device)

@@ -39,16 +39,21 @@ from utils.quality import METRICS, Scorer, load_metrics, metric_files
 
 DEFAULT_CACHE = Path("cache/scores")  # beside the other caches (clip.cache_dir, speed.cache_dir)
 CACHE_FORMAT = 1  # bump when what a score is computed from changes (the 8-bit conversion, say)
+MAX_WORKERS = 8  # each holds its own interpreter, torch and metric libraries
 HAZY = "hazy_"  # the column prefix of the hazy input's scores
 Job = tuple[str, str]  # (metric, "" for the output or HAZY for the hazy input)
 
 
-def default_workers() -> int:
-    """Processes for the CPU-side metrics: this process's CPUs shared among the node's ranks
-    (torchrun's LOCAL_WORLD_SIZE), less one for the network; at least one."""
+def default_workers(device: torch.device) -> int:
+    """Processes for the NumPy metrics, from this process's share of the CPUs (shared among the
+    node's torchrun ranks): with the network on a GPU, all but one (which feeds the GPU), at
+    most MAX_WORKERS; on the CPU, those that torch's threads leave free (by default none: the
+    network already keeps every core busy, and a worker would only compete with it)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, (cpus or 1) // ranks - 1)
+    mine = (cpus or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if device.type == "cpu":
+        return max(0, mine - torch.get_num_threads())
+    return max(1, min(MAX_WORKERS, mine - 1))
 
 
 def metric_version(name: str, weights_dir: Path | None) -> str:
