@@ -97,42 +97,53 @@ def timed_loop(test: ModuleType) -> list[float]:
 
 def network_and_metrics(
     test: ModuleType, ckpt: Path, model: str, overrides: list[str], root: Path
-) -> tuple[Callable[[], None], Callable[[], None]]:
-    """Calls that run the network alone, and FADE alone, on every image, as test.py does."""
-    net, cfg, _ = test.model_from_checkpoint(ckpt, model, None, overrides)
-    device = test.pick_device()
-    run_net = test.inference_network(net, cfg, device)
+) -> tuple[Callable[[], float], Callable[[], float]]:
+    """Calls that run the network alone, and FADE alone, on every image as test.py does, and
+    return their seconds. The network is built afresh for each call (untimed), as each test.py
+    run builds it: one kept for the whole benchmark ran up to 1.7x slower in later calls."""
     dataset = test.PairedDataset(root, "test", "test", ground_truth=False)
-    features, _ = test.split_text_features(cfg.clip, dataset.split_dir, dataset.names)
-    samples = []
-    for i, name in enumerate(dataset.names):
-        text = features[name][None].to(device) if cfg.model.needs_text else None
-        samples.append((dataset[i]["hazy"][None].to(device), text))
+    device = test.pick_device()
 
-    def network() -> None:
-        with torch.no_grad():
-            for hazy, text in samples:
-                run_net(hazy, text)
+    def load() -> tuple[Callable, list[tuple]]:
+        net, cfg, _ = test.model_from_checkpoint(ckpt, model, None, overrides)
+        features, _ = test.split_text_features(cfg.clip, dataset.split_dir, dataset.names)
+        samples = []
+        for i, name in enumerate(dataset.names):
+            text = features[name][None].to(device) if cfg.model.needs_text else None
+            samples.append((dataset[i]["hazy"][None].to(device), text))
+        return test.inference_network(net, cfg, device), samples
+
+    @torch.no_grad()
+    def network() -> float:
+        run_net, samples = load()
+        start = time.perf_counter()
+        for hazy, text in samples:
+            run_net(hazy, text)
+        return time.perf_counter() - start
 
     with torch.no_grad():
+        run_net, samples = load()
         outputs = [from_model_range(run_net(hazy, text)) for hazy, text in samples]
     fade = {"fade": load_metric("fade", None, torch.device("cpu"))}
     jobs = [("fade", ""), ("fade", "hazy_")]
 
-    def metrics() -> None:
+    def metrics() -> float:
+        start = time.perf_counter()
         for out, (hazy, _) in zip(outputs, samples, strict=True):
             score(fade, jobs, {"": out, "hazy_": from_model_range(hazy)}, None)
+        return time.perf_counter() - start
 
     return network, metrics
 
 
 def _run(fn: Callable[[], Any], loads: list[float]) -> float:
+    """Seconds of `fn()`: those it returns, or the whole call's."""
     loads.append(os.getloadavg()[0])
     start = time.perf_counter()
-    fn()
+    measured = fn()
     seconds = time.perf_counter() - start
     loads.append(os.getloadavg()[0])
-    return seconds
+    return measured if isinstance(measured, float) else seconds
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -167,13 +167,18 @@ class ResultsFolder:
         """The evaluation in progress (None: none); a hidden folder test.py did not make is
         refused."""
         try:
-            return json.loads((self.progress / IDENTITY).read_text())
+            found = json.loads((self.progress / IDENTITY).read_text())
         except FileNotFoundError:
-            if self.progress.is_dir() and any(self.progress.iterdir()):
-                raise OutputError(
-                    f"{self.progress} was not written by test.py: move it, or choose another --out"
-                ) from None
-            return None
+            if not (self.progress.is_dir() and any(self.progress.iterdir())):
+                return None
+            found = None
+        except ValueError:
+            found = None
+        if not isinstance(found, dict):
+            raise OutputError(
+                f"{self.progress} was not written by test.py: move it, or choose another --out"
+            )
+        return found
 
     def start(self, wanted: dict, discard: bool) -> None:
         """Make the folder ready (one process): another evaluation's progress removed when
@@ -185,6 +190,8 @@ class ResultsFolder:
             self.progress.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OutputError(f"cannot create results folder {self.out}: {e.strerror}") from e
+        if not os.access(self.progress, os.W_OK):
+            raise OutputError(f"results folder {self.out} is not writable: choose another --out")
         if not (self.progress / IDENTITY).exists():
             write_atomic(self.progress / IDENTITY, lambda f: f.write(json.dumps(wanted).encode()))
 
