@@ -355,6 +355,8 @@ def score_remaining(
     domains, true_domains = attach_domains(ev.cfg, ev.dataset, info, ev.device)
     scored = ev.folder.scored()
     todo = [i for i, n in enumerate(ev.dataset.names) if n not in scored]
+    if scored and info.is_main:
+        print(f"continuing in {ev.folder.out}: {len(scored)} of {len(ev.dataset)} images scored")
     mine = WithDigests(ev.dataset, todo[info.rank :: info.world_size])
     loader = DataLoader(mine, batch_size=1, num_workers=min(4, ev.cfg.data.num_workers))
     split = ev.dataset.split_dir
