@@ -14,6 +14,7 @@ import os
 import warnings
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from utils.cli import (
 )
 from utils.clip_domains import classify, load_classifier, text_features
 from utils.config import Config
+from utils.distributed import DistInfo, barrier, cleanup, gather_lists, init_distributed, main_first
 from utils.errors import OutputError, OutputExistsError, UserError
 from utils.files import existing
 from utils.image import (
@@ -197,19 +199,32 @@ class Dehazer:
 
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> list[Path]:
-    """Dehaze every input image; returns the written output paths."""
+    """Dehaze every input image; returns the written output paths (under torchrun the ranks
+    share the images, and each returns them all)."""
     args = parse_args(argv)
     setup_logging(args.quiet)
+    info = init_distributed()
+    try:
+        return _dehaze_all(args, info)
+    finally:
+        cleanup(info)
+
+
+def _dehaze_all(args: argparse.Namespace, info: DistInfo) -> list[Path]:
+    """This rank's share of the inputs, dehazed and written; the written paths of all ranks."""
     out_dir = Path(args.out)
     inputs = input_images(args.inputs)
     plan = plan_outputs(inputs, out_dir, args.compare, args.overwrite)
     _check_out_dir(out_dir)
-    dehazer = Dehazer.load(args.ckpt, args.model, args.config, args.overrides)
+    barrier(info)  # every rank has checked the outputs before any writes one
+    load = partial(Dehazer.load, args.ckpt, args.model, args.config, args.overrides)
+    dehazer = main_first(info, load)
 
     written: list[Path] = []
     failed: list[str] = []
-    jobs = zip(inputs, plan, strict=True)
-    for path, targets in tqdm(jobs, "dehazing", len(plan), disable=None):
+    jobs = list(zip(inputs, plan, strict=True))[info.rank :: info.world_size]
+    shown = None if info.is_main else True
+    for path, targets in tqdm(jobs, "dehazing", len(jobs), disable=shown):
         try:
             img = dehazer.read(path, args.max_side)
         except (ValueError, MemoryError) as e:
@@ -221,7 +236,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
         written.append(targets[0])
         if args.compare:
             write_rgb(targets[1], torch.cat([uint8_to_tensor(img), out01], dim=-1))
-    print(f"wrote {len(written)} image(s) to {out_dir}")
+    order = {targets[0]: i for i, targets in enumerate(plan)}
+    written = sorted(gather_lists(written, info), key=order.__getitem__)
+    failed = gather_lists(failed, info)
+    if info.is_main:
+        print(f"wrote {len(written)} image(s) to {out_dir}")
     if failed:
         raise PredictError(f"{len(failed)} image(s) not dehazed:\n  " + "\n  ".join(failed))
     return written

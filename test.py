@@ -12,14 +12,13 @@ A split without a GT folder (real hazy photos) is scored with no-reference metri
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
 import re
-import shutil
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import DataLoader
@@ -27,23 +26,34 @@ from tqdm import tqdm
 
 from datasets import PairedDataset
 from networks import inference_network, model_from_checkpoint, pick_device
+from predict import check_memory
 from utils.cli import (
     add_checkpoint_args,
     add_overrides,
     entry_parser,
+    non_negative_int,
     parse_with_overrides,
     run,
     setup_logging,
 )
 from utils.clip_domains import split_text_features
 from utils.config import LOCATION_KEYS, WEIGHTS_KEYS, Config, config_to_dict, covers
+from utils.distributed import DistInfo, barrier, cleanup, init_distributed, main_first
 from utils.domain_labels import domain_confusion, labels_file, read_domain_labels
-from utils.errors import DataError, OutputExistsError
-from utils.image import from_model_range, png_names, write_rgb
-from utils.quality import METRICS, Scorer, default_metrics, load_metrics, parse_metric_names
+from utils.errors import DataError, name_list
+from utils.evaluation import ResultsFolder, identity
+from utils.image import from_model_range, png_names
+from utils.quality import METRICS, default_metrics, parse_metric_names
+from utils.scoring import (
+    Images,
+    ScoreCache,
+    Scoring,
+    WithDigests,
+    default_workers,
+    load_scorers,
+    metric_version,
+)
 from utils.weights import weights_id
-
-RESULT_FILES = ("per_image.csv", "metrics.json", "images")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -70,7 +80,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="folder of the metrics' weight files (default: each library's own cache folder)",
     )
     p.add_argument("--save-images", action="store_true", help="also write the dehazed PNGs")
-    p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace earlier results in --out (other files there are kept), or discard "
+        "another evaluation's unfinished progress there",
+    )
+    p.add_argument(
+        "--metric-workers",
+        type=non_negative_int,
+        help="processes that compute the CPU-side metrics (FADE, CIEDE2000) while the network "
+        "runs (default: with a GPU the CPUs less one, at most 8; on the CPU those torch's "
+        "threads leave free, usually none; 0: in this process)",
+    )
+    p.add_argument(
+        "--score-cache",
+        type=Path,
+        help="folder of the hazy inputs' cached scores (default: cache/scores)",
+    )
     add_overrides(p)
     return parse_with_overrides(p, argv)
 
@@ -116,22 +143,6 @@ def results_dir(args: argparse.Namespace, root: Path, split: str, changes: dict)
     return Path("results") / f"{ckpt.parent.name}_{ckpt.stem}" / name
 
 
-def clear_results(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to mix with earlier results in `out_dir`, or remove them with --overwrite."""
-    earlier = [out_dir / f for f in RESULT_FILES if (out_dir / f).exists()]
-    if earlier and not overwrite:
-        raise OutputExistsError(
-            f"{out_dir} already holds results ({', '.join(p.name for p in earlier)}): pass "
-            "--overwrite to replace them, or --out DIR"
-        )
-    for path in earlier:
-        print(f"replacing {path}")
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-
-
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
@@ -160,25 +171,6 @@ def summarise(rows: list[dict], metrics: Sequence[str]) -> dict:
         "better": {m: METRICS[m].better for m in metrics},
         "per_domain": _per_domain(rows, "domain", metrics),
     }
-
-
-def score_images(
-    scorers: dict[str, Scorer], output: torch.Tensor, hazy: torch.Tensor, gt: torch.Tensor | None
-) -> dict[str, float]:
-    """Every metric of the output, then of the hazy input (`hazy_<metric>`, the baseline).
-    Metrics other than PSNR/SSIM see the 8-bit images, as saved (docs/PROTOCOL.md)."""
-    scores: dict[str, dict[str, float]] = {"": {}, "hazy_": {}}
-    for name, scorer in scorers.items():
-        as_saved = _eight_bit if METRICS[name].eight_bit else lambda x: x
-        ref = None if gt is None else as_saved(gt)
-        for prefix, image in (("", output), ("hazy_", hazy)):
-            scores[prefix][prefix + name] = scorer(as_saved(image), ref)
-    return {**scores[""], **scores["hazy_"]}
-
-
-def _eight_bit(image: torch.Tensor) -> torch.Tensor:
-    """The image as an 8-bit file holds it (write_rgb's rounding), in [0, 1]."""
-    return (image.clamp(0, 1) * 255).round() / 255
 
 
 def label_summary(
@@ -240,75 +232,196 @@ def metrics_to_compute(args: argparse.Namespace, split_dir: Path, has_gt: bool) 
     return metrics
 
 
-def open_test_split(
-    cfg: Config, root: Path, split: str, device: torch.device, has_gt: bool
-) -> tuple[PairedDataset, dict[str, str], dict[str, str]]:
-    """The split (hazy images only, without ground truth) with its CLIP text features (if
-    the network takes them), CLIP's domain of each image, and the true domains of the split's
-    labels file (empty without one)."""
-    dataset, domains = PairedDataset(root, split, "test", ground_truth=has_gt), {}
+def check_memory_of(dataset: PairedDataset, cfg: Config, device: torch.device) -> None:
+    """Refuse, from the file headers and before any image is decoded, images too large to
+    dehaze whole in the free memory (the protocol evaluates whole images)."""
+    too_large = []
+    by_size = sorted(dataset.sizes.items(), key=lambda item: -item[1][0] * item[1][1])
+    for name, (h, w) in by_size:
+        try:
+            check_memory(h, w, cfg.model.name, device, cfg.precision.eval)
+        except MemoryError:
+            too_large.append(f"{name} ({w}x{h})")
+            continue
+        break  # the others are smaller
+    if too_large:
+        raise DataError(
+            f"{len(too_large)} image(s) in {dataset.split_dir / 'hazy'} too large to dehaze "
+            f"whole in the free {device.type} memory: {name_list(too_large)}; the protocol "
+            "evaluates whole images: free memory, use a larger machine, or move them out of "
+            "the split"
+        )
+
+
+def attach_domains(
+    cfg: Config, dataset: PairedDataset, info: DistInfo, device: torch.device
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Give the split its CLIP text features (if the network takes them; rank 0 classifies,
+    the others read its cache); returns CLIP's domain of each image and the true domains of the
+    split's labels file (empty without one)."""
+    domains = {}
     if cfg.model.needs_text:
-        features, cache = split_text_features(cfg.clip, root / split, dataset.names, str(device))
+        args = (cfg.clip, dataset.split_dir, dataset.names, str(device))
+        features, cache = main_first(info, lambda: split_text_features(*args))
         dataset.set_text_features(features)
         domains = cache.domains
-    labels_path = labels_file(root / split)
+    labels_path = labels_file(dataset.split_dir)
     true_domains = {}
     if labels_path.is_file():
         true_domains = read_domain_labels(labels_path, cfg.clip.domains, dataset.names)
-    return dataset, domains, true_domains
+    return domains, true_domains
 
 
-@torch.no_grad()
-def main(argv: list[str] | None = None) -> dict:
-    """Evaluate; returns the summary written to metrics.json."""
-    args = parse_args(argv)
-    setup_logging(args.quiet)
-    net, cfg, changes = model_from_checkpoint(args.ckpt, args.model, args.config, args.overrides)
-    root, split = data_to_test(args, cfg)
-    out_dir = results_dir(args, root, split, changes)
-    has_gt = (root / split / "GT").is_dir()  # no GT folder: real haze, no-reference metrics
-    metrics = metrics_to_compute(args, root / split, has_gt)
-    device = pick_device()
-    scorers = load_metrics(metrics, args.metric_weights, device)  # a missing file fails here
-    clear_results(out_dir, args.overwrite)
-    run_net = inference_network(net, cfg, device)
-    dataset, domains, true_domains = open_test_split(cfg, root, split, device, has_gt)
-    loader = DataLoader(dataset, batch_size=1, num_workers=min(4, cfg.data.num_workers))
+def evaluation_of(
+    args: argparse.Namespace, cfg: Config, dataset: PairedDataset, versions: dict[str, str]
+) -> dict:
+    """What this evaluation is of (utils.evaluation.identity)."""
+    labels = labels_file(dataset.split_dir)
+    return identity(
+        Path(args.ckpt),
+        config_to_dict(cfg),
+        versions,
+        dataset.split_dir,
+        dataset.folders,
+        dataset.names,
+        labels if labels.is_file() else None,
+        args.save_images,
+    )
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    output_names = png_names(dataset.names)
-    rows = []
-    for batch in tqdm(loader, f"testing {root.name}/{split}", disable=None, dynamic_ncols=True):
+
+def score_split(
+    run_net: Callable,
+    batches: Iterable[dict],
+    scoring: Scoring,
+    stage: Callable[[str, torch.Tensor], None] | None,
+    device: torch.device,
+) -> Iterator[tuple[str, dict]]:
+    """Dehaze every image of `batches`; yields (name, scores) of each as soon as it is scored.
+    `stage` writes the dehazed image, before its scores say that the image is done."""
+    for batch in batches:
         hazy = batch["hazy"].to(device)
         text = batch["text"].to(device) if "text" in batch else None
         out01 = from_model_range(run_net(hazy, text))
         gt01 = from_model_range(batch["gt"].to(device)) if "gt" in batch else None
         name = batch["name"][0]
-        scores = score_images(scorers, out01, from_model_range(hazy), gt01)
-        rows.append(
-            {
-                "name": name,
-                "domain": domains.get(name, ""),
-                **scores,
-                "true_domain": true_domains.get(name, ""),
-            }
+        if stage is not None:
+            stage(name, out01[0].cpu())
+        gt_sha = batch["gt_sha256"][0] if "gt_sha256" in batch else None
+        hazy_sha = batch["hazy_sha256"][0]
+        yield from scoring.submit(
+            Images(name, out01, from_model_range(hazy), gt01, hazy_sha, gt_sha)
         )
-        if args.save_images:
-            write_rgb(out_dir / "images" / output_names[name], out01[0].cpu())
+    yield from scoring.drain()
 
-    with open(out_dir / "per_image.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    summary = summarise(rows, metrics)
+
+class Evaluation(NamedTuple):
+    """One evaluation's network, data and results folder, as every rank sets them up (a named
+    tuple: test.py is loaded by path in the tests, where a dataclass cannot find its module)."""
+
+    net: torch.nn.Module
+    cfg: Config
+    device: torch.device
+    metrics: list[str]
+    dataset: PairedDataset
+    folder: ResultsFolder
+    pngs: dict[str, str]
+
+
+def set_up(args: argparse.Namespace, info: DistInfo) -> tuple[Evaluation, Scoring]:
+    """The network, the split (judged by its file headers), the metrics' scorers and the
+    results folder ready to continue or start this evaluation; refuses what would be lost."""
+    load = partial(model_from_checkpoint, args.ckpt, args.model, args.config, args.overrides)
+    net, cfg, changes = main_first(info, load)
+    root, split = data_to_test(args, cfg)
+    out_dir = results_dir(args, root, split, changes)
+    has_gt = (root / split / "GT").is_dir()  # no GT folder: real haze, no-reference metrics
+    metrics = metrics_to_compute(args, root / split, has_gt)
+    device = pick_device()
+    workers = default_workers(device) if args.metric_workers is None else args.metric_workers
+    scorers = load_scorers(metrics, args.metric_weights, device, workers)  # a missing file: here
+    dataset = PairedDataset(root, split, "test", ground_truth=has_gt)
+    check_memory_of(dataset, cfg, device)
+    pngs = png_names(dataset.names)
+    folder = ResultsFolder(out_dir, pngs.values() if args.save_images else ())
+    versions = {m: metric_version(m, args.metric_weights) for m in metrics}
+    wanted = evaluation_of(args, cfg, dataset, versions)
+    discard = folder.check(wanted, args.overwrite)
+    barrier(info)  # every rank has looked before rank 0 changes anything
+    if info.is_main:
+        folder.start(wanted, discard)
+    barrier(info)
+    cache = ScoreCache(args.score_cache, versions, device)
+    scoring = Scoring(metrics, scorers, args.metric_weights, workers, cache)
+    return Evaluation(net, cfg, device, metrics, dataset, folder, pngs), scoring
+
+
+def score_remaining(
+    ev: Evaluation, scoring: Scoring, info: DistInfo, save_images: bool
+) -> dict[str, str]:
+    """Score this rank's share of the images not scored yet, each row logged as it is scored;
+    returns the true domain of each image (empty without a labels file)."""
+    domains, true_domains = attach_domains(ev.cfg, ev.dataset, info, ev.device)
+    scored = ev.folder.scored()
+    todo = [i for i, n in enumerate(ev.dataset.names) if n not in scored]
+    if scored and info.is_main:
+        print(f"continuing in {ev.folder.out}: {len(scored)} of {len(ev.dataset)} images scored")
+    mine = WithDigests(ev.dataset, todo[info.rank :: info.world_size])
+    loader = DataLoader(mine, batch_size=1, num_workers=min(4, ev.cfg.data.num_workers))
+    split = ev.dataset.split_dir
+    shown = tqdm(
+        loader,
+        f"testing {split.parent.name}/{split.name}",
+        disable=None if info.is_main else True,
+        dynamic_ncols=True,
+    )
+    stage = None
+    if save_images:
+        stage = lambda name, image: ev.folder.stage_image(ev.pngs[name], image)  # noqa: E731
+    log = ev.folder.row_log(info.rank)
+    try:
+        run_net = inference_network(ev.net, ev.cfg, ev.device)
+        for name, scores in score_split(run_net, shown, scoring, stage, ev.device):
+            true = true_domains.get(name, "")
+            log.append(
+                {"name": name, "domain": domains.get(name, ""), **scores, "true_domain": true}
+            )
+    finally:
+        log.close()
+    return true_domains
+
+
+def write_results(args: argparse.Namespace, ev: Evaluation, true_domains: dict) -> dict:
+    """metrics.json and per_image.csv from every image's logged row, installed in the results
+    folder; returns the summary."""
+    scored = ev.folder.scored()
+    rows = [scored[n] for n in ev.dataset.names]
+    summary = summarise(rows, ev.metrics)
+    split_dir = ev.dataset.split_dir
     if true_domains:
-        labels = labels_file(root / split)
-        summary.update(label_summary(rows, metrics, cfg.clip.domains, labels))
-    summary.update(checkpoint=str(args.ckpt), model=cfg.model.name, data=str(root / split))
-    summary.update(overrides=list(args.overrides), config=config_to_dict(cfg))
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print_summary(summary, f"{root.name}/{split}", out_dir)
+        labels = labels_file(split_dir)
+        summary.update(label_summary(rows, ev.metrics, ev.cfg.clip.domains, labels))
+    summary.update(checkpoint=str(args.ckpt), model=ev.cfg.model.name, data=str(split_dir))
+    summary.update(overrides=list(args.overrides), config=config_to_dict(ev.cfg))
+    ev.folder.finish(rows, summary)
+    print_summary(summary, f"{split_dir.parent.name}/{split_dir.name}", ev.folder.out)
     return summary
+
+
+@torch.no_grad()
+def main(argv: list[str] | None = None) -> dict:
+    """Evaluate; returns the summary written to metrics.json (under torchrun the ranks share
+    the images, and rank 0 writes and returns it; the others return an empty dict)."""
+    args = parse_args(argv)
+    setup_logging(args.quiet)
+    info = init_distributed()
+    try:
+        ev, scoring = set_up(args, info)
+        with scoring:
+            true_domains = score_remaining(ev, scoring, info, args.save_images)
+        barrier(info)
+        return write_results(args, ev, true_domains) if info.is_main else {}
+    finally:
+        cleanup(info)
 
 
 if __name__ == "__main__":

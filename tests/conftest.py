@@ -7,6 +7,7 @@ import torch
 
 import networks
 from datasets.synthetic import make_synthetic_dataset
+from utils import scoring
 from utils.clip_domains import load_clip
 
 from . import helpers
@@ -26,6 +27,13 @@ def speed_cache(tmp_path_factory) -> Path:
     networks.CACHE_FOLDERS["speed.cache_dir"] = str(helpers.SPEED_CACHE)
     networks.CACHE_FOLDERS["clip.cache_dir"] = str(tmp_path_factory.mktemp("clip-cache"))
     return helpers.SPEED_CACHE
+
+
+@pytest.fixture(scope="session", autouse=True)
+def score_cache(tmp_path_factory) -> Path:
+    """The session's cache of the hazy inputs' scores (test.py's default is in the repository)."""
+    scoring.DEFAULT_CACHE = tmp_path_factory.mktemp("score-cache")
+    return scoring.DEFAULT_CACHE
 
 
 @pytest.fixture

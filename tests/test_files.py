@@ -6,7 +6,7 @@ import stat
 import numpy as np
 import pytest
 
-from utils.files import existing, write_atomic
+from utils.files import escape_name, existing, unescape_name, write_atomic
 from utils.image import write_rgb
 
 
@@ -50,3 +50,14 @@ def test_a_written_file_gets_the_permissions_of_any_new_file(tmp_path):
     (tmp_path / "b.bin").write_bytes(b"x")
     mode = stat.S_IMODE
     assert mode((tmp_path / "a.bin").stat().st_mode) == mode((tmp_path / "b.bin").stat().st_mode)
+
+
+def test_file_names_are_escaped_into_utf8_and_back():
+    names = ["a.png", "é.png", "a\\xff.png", "x\\\\y", "line\nbreak.png"]
+    names += [os.fsdecode(b"caf\xe9.png"), os.fsdecode(b"\xff\xfe\\x41")]
+    for name in names:
+        text = escape_name(name)
+        text.encode("utf-8")  # valid UTF-8: no surrogate left
+        assert unescape_name(text) == name
+    assert escape_name(os.fsdecode(b"caf\xe9.png")) == "caf\\xe9.png"
+    assert escape_name("é.png") == "é.png"

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,26 @@ def restart_store(world_size: int) -> dist.Store | None:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def main_first(info: DistInfo, fn: Callable[[], T]) -> T:
+    """`fn()` on rank 0, then on the other ranks, which read what it cached (measured speed
+    settings, CLIP's domains) instead of computing it at the same time."""
+    if info.is_main:
+        result = fn()
+    barrier(info)
+    if not info.is_main:
+        result = fn()
+    return result
+
+
+def gather_lists(items: list[T], info: DistInfo) -> list[T]:
+    """Every rank's `items`, concatenated in rank order (picklable items)."""
+    if not info.enabled:
+        return list(items)
+    everyone: list[list[T] | None] = [None] * info.world_size
+    dist.all_gather_object(everyone, items)
+    return [item for part in everyone for item in part or []]
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:

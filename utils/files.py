@@ -9,7 +9,9 @@ writing where it points, so nothing outside the chosen folder is written.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -59,3 +61,30 @@ def write_atomic(target: str | os.PathLike, write: Callable[[BinaryIO], object])
 def existing(paths: Iterable[Path]) -> list[Path]:
     """The paths that name something, a dangling link included (`Path.exists` follows links)."""
     return [p for p in paths if os.path.lexists(p)]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's bytes, read in blocks."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def escape_name(name: str) -> str:
+    """A file name as valid UTF-8 text for a table: a byte of the name that is not UTF-8 (Python's
+    surrogate escape) as `\\xNN`, a backslash doubled; other names are unchanged.
+    `unescape_name` gives the name back."""
+    doubled = name.replace("\\", "\\\\")
+    return doubled.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def unescape_name(text: str) -> str:
+    """The file name that `escape_name` wrote as `text`."""
+    raw = re.sub(
+        rb"\\(\\|x([0-9a-f]{2}))",
+        lambda m: b"\\" if m[2] is None else bytes([int(m[2], 16)]),
+        text.encode("utf-8"),
+    )
+    return raw.decode("utf-8", "surrogateescape")

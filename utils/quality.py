@@ -95,6 +95,7 @@ class Metric:
     meaning: str
     files: tuple[WeightFile | HubWeights, ...] = ()
     eight_bit: bool = True  # computed on the 8-bit image as saved (False: the float output)
+    numpy: bool = False  # computed in NumPy on the CPU whatever the device (test.py's workers)
 
     @property
     def better(self) -> str:
@@ -221,9 +222,10 @@ METRICS: dict[str, Metric] = {
                meaning="perceptual distance to the ground truth (AlexNet, v0.1)",
                files=(ALEXNET,)),
         Metric("ciede2000", "CIEDE2000", True, True, "scikit-image", "skimage", _ciede2000,
-               digits=3, meaning="mean colour difference to the ground truth (CIE Lab)"),
+               digits=3, meaning="mean colour difference to the ground truth (CIE Lab)",
+               numpy=True),
         Metric("fade", "FADE", True, False, "fade-python", "pyfade", _fade, digits=4,
-               meaning="perceptual fog density"),
+               meaning="perceptual fog density", numpy=True),
         Metric("brisque", "BRISQUE", True, False, **_PYIQA, build=_pyiqa("brisque", _PATH),
                digits=2, meaning="distortion seen in natural-scene statistics",
                files=(_pyiqa_file("brisque_svm_weights.pth"),)),
@@ -263,6 +265,12 @@ def default_metrics(has_gt: bool) -> list[str]:
 
 def load_metric(name: str, weights_dir: Path | None, device: torch.device) -> Scorer:
     """The scorer of metric `name`; a missing library or weight file is a one-line error."""
+    return METRICS[name].build(metric_files(name, weights_dir), device)
+
+
+def metric_files(name: str, weights_dir: Path | None) -> list[Path]:
+    """The weight files of metric `name`, after checking that its library is installed: a
+    missing library or file is a one-line error (the library is not imported here)."""
     metric = METRICS[name]
     if metric.module and importlib.util.find_spec(metric.module) is None:
         raise MissingPackageError(
@@ -275,7 +283,7 @@ def load_metric(name: str, weights_dir: Path | None, device: torch.device) -> Sc
         if found is None:
             raise WeightsError(file.missing(name, weights_dir))
         paths.append(found)
-    return metric.build(paths, device)
+    return paths
 
 
 def load_metrics(
