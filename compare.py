@@ -20,20 +20,7 @@ import math
 import re
 from pathlib import Path
 
-import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-from utils.cli import entry_parser, run, setup_logging
-from utils.comparison import (
-    Bootstrap,
-    ComparisonError,
-    Result,
-    build_report,
-    load_results,
-)
-from utils.quality import METRICS
+from utils.cli import entry_parser, parse_before_imports, run, setup_logging
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,6 +40,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.resamples < 1:
         p.error("--resamples must be positive")
     return args
+
+
+# The arguments are read first (utils.cli.parse_before_imports), then the machinery.
+parse_before_imports(__name__, parse_args)
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from utils.comparison import (
+    Bootstrap,
+    ComparisonError,
+    Result,
+    build_report,
+    load_results,
+)
+from utils.quality import METRICS
 
 
 def validation_curves(results: list[Result]) -> tuple[dict[str, list], list[str]]:

@@ -37,15 +37,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from datasets.synthetic import synthetic_pair
-from predict import Dehazer
 from utils.cli import (
     add_checkpoint_args,
     add_overrides,
     entry_parser,
+    parse_before_imports,
     parse_with_overrides,
     positive_int,
     run,
@@ -53,7 +49,6 @@ from utils.cli import (
 )
 from utils.errors import TooManyPixelsError, UserError
 from utils.extras import require
-from utils.image import read_header, read_rgb, write_rgb
 
 # Gradio would otherwise report usage and look for a newer version online.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -129,6 +124,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"(default: {KEEP_SECONDS})",
     )
     return parse_with_overrides(p, argv)
+
+
+# The arguments are read first (utils.cli.parse_before_imports), then the machinery.
+parse_before_imports(__name__, parse_args)
+
+import numpy as np
+import torch
+
+from datasets.synthetic import synthetic_pair
+from predict import Dehazer
+from utils.image import read_header, read_rgb, write_rgb
 
 
 class AuthError(UserError, ValueError):

@@ -25,6 +25,33 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from utils.cli import (
+    add_checkpoint_args,
+    add_overrides,
+    entry_parser,
+    parse_before_imports,
+    parse_with_overrides,
+    run,
+    setup_logging,
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = entry_parser(__doc__)
+    add_overrides(p)
+    add_checkpoint_args(p)
+    p.add_argument("--onnx", type=Path, help="write the checked ONNX graph here")
+    p.add_argument("--state-dict", type=Path, help="write the bare network weights here")
+    p.add_argument("--overwrite", action="store_true", help="replace files already there")
+    args = parse_with_overrides(p, argv)
+    if args.onnx is None and args.state_dict is None:
+        p.error("nothing to do: pass --onnx OUT.onnx and/or --state-dict OUT.pth")
+    return args
+
+
+# The arguments are read first (utils.cli.parse_before_imports), then the machinery.
+parse_before_imports(__name__, parse_args)
+
 import numpy as np
 import torch
 from torch import nn
@@ -34,14 +61,6 @@ from models.text_fusion import TEXT_BRANCH_MODULES, TextImageFusion
 from networks import build_network, model_from_checkpoint
 from predict import Dehazer
 from utils.checkpoint import digest_path, save_atomic
-from utils.cli import (
-    add_checkpoint_args,
-    add_overrides,
-    entry_parser,
-    parse_with_overrides,
-    run,
-    setup_logging,
-)
 from utils.clip_domains import text_features
 from utils.errors import OutputError, OutputExistsError
 from utils.extras import require
@@ -73,19 +92,6 @@ class Deployable(nn.Module):
     def forward(self, hazy: torch.Tensor, domain: torch.Tensor | None = None) -> torch.Tensor:
         text = None if domain is None else text_features(domain, self.prompt_emb, self.mode)
         return from_model_range(self.net(to_model_range(hazy), text))
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = entry_parser(__doc__)
-    add_overrides(p)
-    add_checkpoint_args(p)
-    p.add_argument("--onnx", type=Path, help="write the checked ONNX graph here")
-    p.add_argument("--state-dict", type=Path, help="write the bare network weights here")
-    p.add_argument("--overwrite", action="store_true", help="replace files already there")
-    args = parse_with_overrides(p, argv)
-    if args.onnx is None and args.state_dict is None:
-        p.error("nothing to do: pass --onnx OUT.onnx and/or --state-dict OUT.pth")
-    return args
 
 
 def targets(args: argparse.Namespace) -> list[tuple[str, Path]]:

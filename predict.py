@@ -17,6 +17,41 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
+from utils.cli import (
+    add_checkpoint_args,
+    add_overrides,
+    entry_parser,
+    parse_before_imports,
+    parse_with_overrides,
+    positive_int,
+    run,
+    setup_logging,
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = entry_parser(__doc__)
+    p.add_argument("inputs", nargs="+", help="image files and/or folders")
+    add_overrides(p)
+    add_checkpoint_args(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--compare", action="store_true", help="also write hazy|dehazed side by side")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs already in --out")
+    p.add_argument(
+        "--max-side",
+        type=positive_int,
+        default=None,
+        help="downscale images whose longer side exceeds this before dehazing",
+    )
+    args = parse_with_overrides(p, argv, "inputs")
+    if not args.inputs:
+        p.error("no input images given")
+    return args
+
+
+# The arguments are read first (utils.cli.parse_before_imports), then the machinery.
+parse_before_imports(__name__, parse_args)
+
 import numpy as np
 import torch
 from torch import nn
@@ -25,15 +60,6 @@ from tqdm import tqdm
 from datasets import input_images
 from models.registry import memory_scale
 from networks import inference_network, model_from_checkpoint, pick_device
-from utils.cli import (
-    add_checkpoint_args,
-    add_overrides,
-    entry_parser,
-    parse_with_overrides,
-    positive_int,
-    run,
-    setup_logging,
-)
 from utils.clip_domains import classify, load_classifier, text_features
 from utils.config import Config
 from utils.distributed import DistInfo, barrier, cleanup, gather_lists, init_distributed, main_first
@@ -65,26 +91,6 @@ BYTES_PER_PIXEL: dict[tuple[str, str], int] = {
     ("cuda", "fp16"): 1300,
     ("cuda", "bf16"): 1300,
 }
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = entry_parser(__doc__)
-    p.add_argument("inputs", nargs="+", help="image files and/or folders")
-    add_overrides(p)
-    add_checkpoint_args(p)
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--compare", action="store_true", help="also write hazy|dehazed side by side")
-    p.add_argument("--overwrite", action="store_true", help="replace outputs already in --out")
-    p.add_argument(
-        "--max-side",
-        type=positive_int,
-        default=None,
-        help="downscale images whose longer side exceeds this before dehazing",
-    )
-    args = parse_with_overrides(p, argv, "inputs")
-    if not args.inputs:
-        p.error("no input images given")
-    return args
 
 
 class PredictError(UserError, RuntimeError):

@@ -20,40 +20,17 @@ from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
-import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
-
-from datasets import PairedDataset
-from networks import inference_network, model_from_checkpoint, pick_device
-from predict import check_memory
 from utils.cli import (
     add_checkpoint_args,
     add_overrides,
     entry_parser,
     non_negative_int,
+    parse_before_imports,
     parse_with_overrides,
     run,
     setup_logging,
 )
-from utils.clip_domains import split_text_features
-from utils.config import LOCATION_KEYS, WEIGHTS_KEYS, Config, config_to_dict, covers
-from utils.distributed import DistInfo, barrier, cleanup, init_distributed, main_first
-from utils.domain_labels import domain_confusion, labels_file, read_domain_labels
-from utils.errors import DataError, name_list
-from utils.evaluation import ResultsFolder, identity
-from utils.image import from_model_range, png_names
 from utils.quality import METRICS, default_metrics, parse_metric_names
-from utils.scoring import (
-    Images,
-    ScoreCache,
-    Scoring,
-    WithDigests,
-    default_workers,
-    load_scorers,
-    metric_version,
-)
-from utils.weights import weights_id
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -107,6 +84,35 @@ def _metric_names(text: str) -> list[str]:
         return parse_metric_names(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+# The arguments are read first (utils.cli.parse_before_imports), then the machinery.
+parse_before_imports(__name__, parse_args)
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from datasets import PairedDataset
+from networks import inference_network, model_from_checkpoint, pick_device
+from predict import check_memory
+from utils.clip_domains import split_text_features
+from utils.config import LOCATION_KEYS, WEIGHTS_KEYS, Config, config_to_dict, covers
+from utils.distributed import DistInfo, barrier, cleanup, init_distributed, main_first
+from utils.domain_labels import domain_confusion, labels_file, read_domain_labels
+from utils.errors import DataError, name_list
+from utils.evaluation import ResultsFolder, identity
+from utils.image import from_model_range, png_names
+from utils.scoring import (
+    Images,
+    ScoreCache,
+    Scoring,
+    WithDigests,
+    default_workers,
+    load_scorers,
+    metric_version,
+)
+from utils.weights import weights_id
 
 
 def data_to_test(args: argparse.Namespace, cfg: Config) -> tuple[Path, str]:

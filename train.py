@@ -16,61 +16,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-from torch.utils.data import DataLoader
-from torch.utils.tensorboard import SummaryWriter
-from torchvision.utils import make_grid
-from tqdm import tqdm
-
-from datasets import PairedDataset
-from datasets.synthetic import DEFAULT_ROOT, generate_if_configured
-from networks import build_network, check_names, load_weights
-from training_run import (
-    Agreed,
-    BufferSnapshot,
-    CheckpointClock,
-    RunSetup,
-    Stopped,
-    TrainState,
-    agree,
-    check_checkpointing,
-    checkpoint_to_test,
-    end_stopped,
-    make_loaders,
-    nonfinite_step,
-    parallel_model,
-    prepare_run_folder,
-    record_run,
-    resume_mode,
-    save_checkpoint,
-    save_last,
-    seed_everything,
-    spell_resume,
-    stream_seed,
-    sync_batchnorm,
-    total_epochs,
-    training_speed,
-)
-from utils.checkpoint import read_file
 from utils.cli import (
     add_overrides,
     entry_parser,
+    parse_before_imports,
     parse_with_overrides,
     positive_int,
+    resume_mode,
     run,
     setup_logging,
+    spell_resume,
 )
-from utils.clip_domains import embedding_width, split_text_features
-from utils.config import Config, dump_config, load_config
-from utils.devices import autocast
-from utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
-from utils.errors import ConfigError, DataError
-from utils.image import from_model_range, write_rgb
-from utils.losses import Criterion, build_criterion, loss_weights
-from utils.metrics import psnr, ssim
-from utils.signals import catch_stop_signals
-from utils.speed import SpeedSettings
 
 DEFAULT_CONFIG = "configs/reside6k/mixcl-s.yaml"
 
@@ -110,6 +66,56 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"one config file, got {len(args.config)}: {' '.join(args.config)}")
     args.config = args.config[0] if args.config else DEFAULT_CONFIG
     return args
+
+
+# The arguments are read first (utils.cli.parse_before_imports), then the machinery.
+parse_before_imports(__name__, parse_args)
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import make_grid
+from tqdm import tqdm
+
+from datasets import PairedDataset
+from datasets.synthetic import DEFAULT_ROOT, generate_if_configured
+from networks import build_network, check_names, load_weights
+from training_run import (
+    Agreed,
+    BufferSnapshot,
+    CheckpointClock,
+    RunSetup,
+    Stopped,
+    TrainState,
+    agree,
+    check_checkpointing,
+    checkpoint_to_test,
+    end_stopped,
+    make_loaders,
+    nonfinite_step,
+    parallel_model,
+    prepare_run_folder,
+    record_run,
+    save_checkpoint,
+    save_last,
+    seed_everything,
+    stream_seed,
+    sync_batchnorm,
+    total_epochs,
+    training_speed,
+)
+from utils.checkpoint import read_file
+from utils.clip_domains import embedding_width, split_text_features
+from utils.config import Config, dump_config, load_config
+from utils.devices import autocast
+from utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from utils.errors import ConfigError, DataError
+from utils.image import from_model_range, write_rgb
+from utils.losses import Criterion, build_criterion, loss_weights
+from utils.metrics import psnr, ssim
+from utils.signals import catch_stop_signals
+from utils.speed import SpeedSettings
 
 
 def check_config(cfg: Config) -> None:

@@ -4,7 +4,6 @@ step. train.py reads as the training loop; everything a long run needs not to lo
 here.
 """
 
-import argparse
 import json
 import math
 import os
@@ -16,7 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -42,6 +41,7 @@ from utils.checkpoint import (
     save_atomic,
     versions,
 )
+from utils.cli import Resume
 from utils.config import (
     RESUME_KEYS,
     Config,
@@ -59,10 +59,6 @@ from utils.speed import SpeedSettings, with_speed
 
 STREAMS_PER_SEED = 1_000_000  # more than any run's epochs or processes
 
-Resume = Literal["auto"] | bool
-
-RESUME_MODES: dict[str, Resume] = {"auto": "auto", "true": True, "false": False}
-
 
 class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN/inf; the run stopped before applying the step."""
@@ -74,27 +70,6 @@ class Stopped(Exception):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
-
-
-def resume_mode(text: str) -> Resume:
-    """argparse type of --resume: auto, true or false."""
-    if text not in RESUME_MODES:
-        raise argparse.ArgumentTypeError(f"expected auto, true or false, got {text!r}")
-    return RESUME_MODES[text]
-
-
-def spell_resume(argv: list[str]) -> list[str]:
-    """`--resume MODE` as `--resume=MODE`, a bare `--resume` as `--resume=true`: a value that
-    may be left out would otherwise swallow a following `key=value` override."""
-    spelled: list[str] = []
-    bare = False  # the previous argument was `--resume`
-    for arg in argv:
-        if bare and arg in RESUME_MODES:
-            spelled[-1] = f"--resume={arg}"
-        else:
-            spelled.append("--resume=true" if arg == "--resume" else arg)
-        bare = arg == "--resume"
-    return spelled
 
 
 def stream_seed(seed: int, index: int) -> int:

@@ -4,13 +4,17 @@ and the real problem of a command reported first."""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 
 from models import build_model
 from utils.cli import OVERRIDES_HELP, setup_logging
 from utils.errors import ConfigError
+from utils.image import write_rgb
 from utils.weights import sha256
 
 from . import helpers
@@ -109,3 +113,41 @@ def test_quiet_shows_warnings_but_not_notes(capsys):
     note.info("another note")
     logging.getLogger("open_clip").info("a library's note")
     assert capsys.readouterr().err == "a warning\nanother note\n"
+
+
+def _run_script(code: str, *args: str) -> list[str]:
+    """What a fresh Python process running `code` (with `args`) prints, as lines."""
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+# Runs an entry point as a script with the given arguments, then prints which heavy modules it
+# imported on the way.
+AS_SCRIPT = (
+    "import runpy, sys\n"
+    "script, sys.argv = sys.argv[1], sys.argv[1:]\n"
+    "try:\n"
+    "    runpy.run_path(script, run_name='__main__')\n"
+    "except SystemExit:\n"
+    "    pass\n"
+    "print(*sorted(m for m in ('torch', 'open_clip') if m in sys.modules))\n"
+)
+
+
+@pytest.mark.parametrize("name", ["train", "test", "predict", "compare", "demo", "export"])
+def test_help_and_usage_errors_answer_before_torch_is_imported(name):
+    assert _run_script(AS_SCRIPT, f"{name}.py", "--help")[-1] == ""
+    assert _run_script(AS_SCRIPT, f"{name}.py", "--no-such-flag") == [""]
+
+
+def test_a_network_without_clip_guidance_predicts_without_importing_open_clip(tmp_path):
+    weights, photo = tmp_path / "mixdehazenet-t.pth", tmp_path / "photo.png"
+    torch.save({"state_dict": build_model("mixdehazenet-t", depths=TINY).state_dict()}, weights)
+    write_rgb(photo, np.full((40, 48, 3), 120, np.uint8))
+    args = ["--ckpt", str(weights), "--model", "mixdehazenet-t", str(photo)]
+    args += ["--out", str(tmp_path / "out"), "model.depths=[1,1,1,1,1]", "speed.autotune=false"]
+    assert _run_script(AS_SCRIPT, "predict.py", *args)[-1] == "torch"
+    assert (tmp_path / "out" / "photo.png").is_file()

@@ -11,6 +11,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from utils.errors import UserError
 
@@ -22,6 +23,40 @@ OVERRIDES_HELP = (
     "name is not one)"
 )
 QUIET_HELP = "show warnings and errors only, not the notes the run logs"
+
+
+Resume = Literal["auto"] | bool  # train.py --resume and train.resume
+RESUME_MODES: dict[str, Resume] = {"auto": "auto", "true": True, "false": False}
+
+
+def resume_mode(text: str) -> Resume:
+    """argparse type of --resume: auto, true or false."""
+    if text not in RESUME_MODES:
+        raise argparse.ArgumentTypeError(f"expected auto, true or false, got {text!r}")
+    return RESUME_MODES[text]
+
+
+def spell_resume(argv: list[str]) -> list[str]:
+    """`--resume MODE` as `--resume=MODE`, a bare `--resume` as `--resume=true`: a value that
+    may be left out would otherwise swallow a following `key=value` override."""
+    spelled: list[str] = []
+    bare = False  # the previous argument was `--resume`
+    for arg in argv:
+        if bare and arg in RESUME_MODES:
+            spelled[-1] = f"--resume={arg}"
+        else:
+            spelled.append("--resume=true" if arg == "--resume" else arg)
+        bare = arg == "--resume"
+    return spelled
+
+
+def parse_before_imports(module: str, parse_args: Callable[[list[str] | None], object]) -> None:
+    """Read a script's command line before its heavy imports (torch, and what imports it, take
+    seconds): `--help` and a mistake in the arguments answer at once. An entry point calls it
+    with its `__name__` between its `parse_args` and those imports; imported (by a test, or a
+    spawned worker), it does nothing."""
+    if module == "__main__":
+        parse_args(None)
 
 
 def run(main: Callable[[], object]) -> None:

@@ -15,21 +15,29 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from utils.errors import MissingPackageError, WeightsError
-from utils.metrics import psnr, ssim
 
-Scorer = Callable[[torch.Tensor, "torch.Tensor | None"], float]
+if TYPE_CHECKING:  # torch is imported when a metric is built: the registry is read without it
+    import torch
+
+Scorer = Callable[["torch.Tensor", "torch.Tensor | None"], float]
 REQUIREMENTS = "requirements-metrics.txt"
 PYIQA_WEIGHTS = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/"
 
 
 def _torch_hub(sub: str) -> Callable[[], Path]:
     """A folder of torch's hub cache ($TORCH_HOME/hub, read when asked, as the libraries do)."""
-    return lambda: Path(torch.hub.get_dir()) / sub
+
+    def folder() -> Path:
+        import torch
+
+        return Path(torch.hub.get_dir()) / sub
+
+    return folder
 
 
 @dataclass(frozen=True)
@@ -113,8 +121,16 @@ def _uint8(image: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(np.round(np.clip(_hwc(image), 0, 1) * 255).astype(np.uint8))
 
 
-def _own(fn: Callable) -> Callable[[list[Path], torch.device], Scorer]:
-    return lambda paths, device: lambda image, ref: fn(image, ref).item()
+def _own(name: str) -> Callable[[list[Path], torch.device], Scorer]:
+    """This project's metric `name` of utils/metrics.py (the published protocol's)."""
+
+    def build(paths: list[Path], device: torch.device) -> Scorer:
+        from utils import metrics
+
+        fn = getattr(metrics, name)
+        return lambda image, ref: fn(image, ref).item()
+
+    return build
 
 
 def _fade(paths: list[Path], device: torch.device) -> Scorer:
@@ -137,6 +153,7 @@ def _lpips(paths: list[Path], device: torch.device) -> Scorer:
     """lpips' AlexNet v0.1: its linear layers ship in the package; the AlexNet features are
     torchvision's ImageNet weights, read from the file found here instead of downloaded."""
     import lpips
+    import torch
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torchvision's `pretrained` deprecation
@@ -214,9 +231,9 @@ _PATH = "pretrained_model_path"
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
-        Metric("psnr", "PSNR", False, True, **_PROJECT, build=_own(psnr), digits=2,
+        Metric("psnr", "PSNR", False, True, **_PROJECT, build=_own("psnr"), digits=2,
                meaning="fidelity to the ground truth, dB", eight_bit=False),
-        Metric("ssim", "SSIM", False, True, **_PROJECT, build=_own(ssim), digits=4,
+        Metric("ssim", "SSIM", False, True, **_PROJECT, build=_own("ssim"), digits=4,
                meaning="structural similarity to the ground truth", eight_bit=False),
         Metric("lpips", "LPIPS", True, True, "lpips", "lpips", _lpips, digits=4,
                meaning="perceptual distance to the ground truth (AlexNet, v0.1)",
