@@ -366,8 +366,9 @@ def score_remaining(
 ) -> dict[str, str]:
     """Score this rank's share of the images not scored yet, each row logged as it is scored;
     returns the true domain of each image (empty without a labels file)."""
-    domains, true_domains = attach_domains(ev.cfg, ev.dataset, info, ev.device)
     scored = ev.folder.scored()
+    barrier(info)  # every rank splits the same images: none is scored before all have looked
+    domains, true_domains = attach_domains(ev.cfg, ev.dataset, info, ev.device)
     todo = [i for i, n in enumerate(ev.dataset.names) if n not in scored]
     if scored and info.is_main:
         print(f"continuing in {ev.folder.out}: {len(scored)} of {len(ev.dataset)} images scored")

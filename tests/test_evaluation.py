@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -74,10 +75,22 @@ def test_a_crashed_evaluation_continues_where_it_stopped_and_ends_as_an_uninterr
     assert not (out / "per_image.csv").exists()
     with pytest.raises(OutputExistsError, match=r"unfinished evaluation that differs in metrics"):
         evaluate.main(run_args(trained, out, "--metrics", "psnr"))  # never mixed in
+    with pytest.raises(OutputExistsError, match=r"differs in config key precision\.eval"):
+        evaluate.main(run_args(trained, out, "--save-images", "precision.eval=bf16"))
     calls = network_calls(monkeypatch)
-    evaluate.main(run_args(trained, out, "--save-images"))
+    other_cache = f"clip.cache_dir={tmp_path / 'clip'}"  # where files are cached changes nothing
+    evaluate.main(run_args(trained, out, "--save-images", other_cache))
     assert len(calls) == 1  # only the image not scored yet
-    assert results_of(out) == results_of(reference)
+    got, want = results_of(out), results_of(reference)
+    tables = ("metrics.json", "manifest.json")  # metrics.json says which command wrote it
+    assert {k: v for k, v in got.items() if k not in tables} == {
+        k: v for k, v in want.items() if k not in tables
+    }
+    got, want = (json.loads(r["metrics.json"]) for r in (got, want))
+    assert (got.pop("overrides"), want.pop("overrides")) == ([other_cache], [])
+    for summary in (got, want):
+        summary["config"]["clip"].pop("cache_dir")
+    assert got == want
 
 
 def test_overwrite_keeps_the_users_files_and_the_earlier_results_until_new_ones_are_complete(
@@ -269,6 +282,7 @@ def test_torchrun_splits_the_images_and_writes_what_one_process_writes(
     trained, data_root, tmp_path
 ):
     ckpt = ["--ckpt", str(trained / "best.pth"), "speed.autotune=false"]
+    ckpt += [f"clip.cache_dir={tmp_path / 'clip'}", f"speed.cache_dir={tmp_path / 'speed'}"]
     evaluate.main([*ckpt, "--out", str(tmp_path / "one"), "--save-images"])
     photos = data_root / "test" / "hazy"
     load_entry("predict").main([*ckpt, str(photos), "--out", str(tmp_path / "one_png")])

@@ -4,9 +4,9 @@ The results are `per_image.csv`, `metrics.json`, `images/*.png` (with --save-ima
 `manifest.json`, the files test.py wrote there with their sha256. While an evaluation runs, its
 state is in the hidden folder `.in_progress/`, which belongs to test.py:
 
-- `evaluation.json`, what is evaluated (`identity`: the checkpoint's sha256, the config, the
-  metrics and their versions, the split and its files): progress of another evaluation is
-  never mixed in;
+- `evaluation.json`, what is evaluated (`identity`: the checkpoint's sha256, the config less
+  the keys that only say how files are read, such as cache folders, the metrics and their
+  versions, the split and its files): progress of another evaluation is never mixed in;
 - `rows.<rank>.jsonl`, one scored image a line, appended and flushed as it is scored, so a
   kill, a crash or an out-of-memory loses at most the images being scored;
 - `images/`, the dehazed PNGs, staged there so that earlier results stay whole until the new
@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from utils.config import READING, flatten, role_of
 from utils.errors import OutputError, OutputExistsError
 from utils.files import escape_name, existing, file_sha256, write_atomic
 from utils.image import write_rgb
@@ -54,9 +55,10 @@ def identity(
     labels: Path | None,
     save_images: bool,
 ) -> dict[str, Any]:
-    """What an evaluation is of, as JSON data: the checkpoint's sha256, the resolved config,
-    {metric: version}, the split, its files (name, size and modification time of each file in
-    `folders`), the labels file's sha256 and whether images are saved."""
+    """What an evaluation is of, as JSON data: the checkpoint's sha256, the resolved config (by
+    dotted key, less the keys that only say how files are read: another cache folder is the same
+    evaluation), {metric: version}, the split, its files (name, size and modification time of
+    each file in `folders`), the labels file's sha256 and whether images are saved."""
     files = hashlib.sha256()
     for name in names:
         for sub in folders:
@@ -65,7 +67,7 @@ def identity(
             files.update(line.encode("utf-8", "surrogateescape"))
     found = {
         "checkpoint": file_sha256(checkpoint),
-        "config": config,
+        "config": {k: v for k, v in flatten(config).items() if role_of(k) is not READING},
         "metrics": metrics,
         "split": str(split_dir.resolve()),
         "split_files": files.hexdigest(),
@@ -117,6 +119,17 @@ def _csv(rows: Sequence[dict]) -> bytes:
     return text.getvalue().encode()
 
 
+def _differences(found: dict, wanted: dict) -> list[str]:
+    """The parts of two identities that differ, config keys by name."""
+    config = [
+        k
+        for k in {**found.get("config", {}), **wanted["config"]}
+        if found.get("config", {}).get(k) != wanted["config"].get(k)
+    ]
+    parts = [k for k in wanted if k != "config" and found.get(k) != wanted[k]]
+    return parts + [f"config key {k}" for k in config]
+
+
 class ResultsFolder:
     """The results folder `out` of one evaluation, whose dehazed images are `pngs` (output file
     names, empty without --save-images)."""
@@ -135,7 +148,7 @@ class ResultsFolder:
         found = self._identity()
         other = found is not None and found != wanted
         if other and not overwrite:
-            differs = ", ".join(k for k in wanted if found.get(k) != wanted[k])
+            differs = ", ".join(_differences(found, wanted))
             raise OutputExistsError(
                 f"{self.out} holds an unfinished evaluation that differs in {differs}: repeat "
                 "its command to finish it, pass --overwrite to discard it, or choose another --out"
