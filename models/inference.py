@@ -112,6 +112,18 @@ def conv(
     )
 
 
+def add_conv_(out: torch.Tensor, x: torch.Tensor, weights: Weights) -> torch.Tensor:
+    """out += conv2d(x), in place (`out` may be a view); on the CPU one oneDNN call."""
+    weight, bias = weights
+    if x.device.type != "cpu" or not ONEDNN_FUSION:
+        return out.add_(F.conv2d(x, weight, bias))
+    dtype = out.dtype
+    geometry = ([0, 0], [1, 1], [1, 1], 1)
+    return torch.ops.mkldnn._convolution_pointwise_.binary(
+        out, x.to(dtype), weight.to(dtype), bias.to(dtype), *geometry, "add", None, None, [], None
+    )
+
+
 def rows_padded(x: torch.Tensor, start: int, stop: int, pad: int) -> torch.Tensor:
     """Rows start..stop of `x` reflect-padded by `pad` on every side: the same pixels as those
     rows of F.pad(x, (pad,) * 4, mode='reflect'), without padding the whole map."""
@@ -121,17 +133,15 @@ def rows_padded(x: torch.Tensor, start: int, stop: int, pad: int) -> torch.Tenso
     return F.pad(x[:, :, low:high], (pad, pad, top, bottom), mode="reflect")
 
 
-def empty_padded(x: torch.Tensor, pad: int, channels: int | None = None) -> torch.Tensor:
-    """An uninitialised map of x's size plus `pad` on every side, in x's memory layout and
-    the dtype x's convolutions compute in."""
+def empty_padded(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """An uninitialised map of x's size plus `pad` on every side, in x's memory layout and the
+    dtype x's convolutions compute in."""
     b, c, h, w = x.shape
-    channels_last = x.is_contiguous(memory_format=torch.channels_last)
-    return torch.empty(
-        (b, channels or c, h + 2 * pad, w + 2 * pad),
-        dtype=compute_dtype(x),
-        device=x.device,
-        memory_format=torch.channels_last if channels_last else torch.contiguous_format,
-    )
+    layout = torch.channels_last
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        layout = torch.contiguous_format
+    size = (b, c, h + 2 * pad, w + 2 * pad)
+    return torch.empty(size, dtype=compute_dtype(x), device=x.device, memory_format=layout)
 
 
 def reflect_border(padded: torch.Tensor, pad: int) -> torch.Tensor:

@@ -15,6 +15,7 @@ from torch import nn
 
 from models.common import PatchEmbed, PatchUnEmbed, SKFusion, UNetDehazer
 from models.inference import (
+    add_conv_,
     after_affine,
     after_pointwise,
     batchnorm_affine,
@@ -195,7 +196,9 @@ class MixStructureBlock(nn.Module):
         return out
 
     def _attention_inference(self, x: torch.Tensor) -> torch.Tensor:
-        """x + mlp2(the attention branches of y = norm2(x))."""
+        """x + mlp2(the attention branches of y = norm2(x)), written into x (the first half's
+        result, which nothing else reads): each strip's branches are computed before its rows
+        are overwritten."""
         h, w = x.shape[-2:]
         step = self._strip_rows(x)
         scale, shift = batchnorm_affine(self.norm2)
@@ -217,15 +220,14 @@ class MixStructureBlock(nn.Module):
         gates = torch.cat([self.Wg[1:](pooled), self.ca[1:](pooled), torch.ones_like(pooled)], 1)
         weight, bias = conv_weights(self.mlp2[0])
         hidden, last = (weight * gates, bias), conv_weights(self.mlp2[2])
-        out = empty_padded(x, 0)
         for r in range(0, h, step):
             rows = slice(r, min(r + step, h))
             y = torch.addcmul(shift, x[:, :, rows], scale)
             v = conv(value[:, :, r : rows.stop + 2], depthwise, groups=x.shape[1])
             p = conv(conv(x[:, :, rows], pa_in, act="gelu"), pa_out, act="sigmoid")
             branches = torch.cat([v, y, p * y], dim=1)
-            out[:, :, rows] = conv(conv(branches, hidden, act="gelu"), last, add=x[:, :, rows])
-        return out
+            add_conv_(x[:, :, rows], conv(branches, hidden, act="gelu"), last)
+        return x
 
 
 class BasicLayer(nn.Module):

@@ -11,6 +11,7 @@ from torch import nn
 from models import build_model, inference
 from models.common import SKFusion
 from models.inference import (
+    add_conv_,
     after_affine,
     after_pointwise,
     batchnorm_affine,
@@ -79,6 +80,22 @@ def test_conv_applies_its_activation_or_addition(monkeypatch, fused, act):
         ).abs().max() <= FP32_TOL
     with pytest.raises(ValueError, match="not both"):
         conv(x, weights, act="gelu", add=other)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["onednn", "unfused"])
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+def test_add_conv_adds_into_rows_of_a_map(monkeypatch, fused, channels_last):
+    monkeypatch.setattr(inference, "ONEDNN_FUSION", fused and inference.ONEDNN_FUSION)
+    torch.manual_seed(0)
+    layout = CHANNELS_LAST if channels_last else torch.contiguous_format
+    out = torch.randn(1, 6, 9, 10).contiguous(memory_format=layout)
+    x = torch.randn(1, 4, 3, 10).contiguous(memory_format=layout)
+    weights = (torch.randn(6, 4, 1, 1), torch.randn(6))
+    expected = out.clone()
+    expected[:, :, 2:5] += F.conv2d(x, *weights)
+    with torch.no_grad():
+        add_conv_(out[:, :, 2:5], x, weights)
+    assert (out - expected).abs().max() <= FP32_TOL
 
 
 def test_conv_computes_in_autocasts_dtype():
