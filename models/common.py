@@ -89,7 +89,7 @@ class SKFusion(nn.Module):
             out = out + feat * attn[:, i]
         return out
 
-    def plus_first_of_conv(self, x: torch.Tensor, skip: torch.Tensor, conv: nn.Conv2d):
+    def with_conv_skip(self, x: torch.Tensor, skip: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
         """self([x, conv(skip)]) + x for a 1x1 `conv`, without autograd and without storing
         conv(skip): the pooled sum is x's mean plus conv of skip's mean (conv is affine), and
         the fusion's weight of conv(skip) scales conv's weights."""
@@ -143,7 +143,7 @@ class UNetDehazer(nn.Module):
     """
 
     min_side: int  # inputs are padded to at least this side (see padded_size)
-    fold_skips = False  # the inference path of the skip connections (SKFusion.plus_first_of_conv)
+    fold_skips = False  # the inference path of the skip connections (SKFusion.with_conv_skip)
     patch_embed: nn.Module
     layer1: nn.Module
     patch_merge1: nn.Module
@@ -184,7 +184,7 @@ class UNetDehazer(nn.Module):
     ) -> torch.Tensor:
         """fusion([x, conv(skip)]) + x: the skip connection of the up stages."""
         if self.fold_skips and not self.training and not torch.is_grad_enabled():
-            return fusion.plus_first_of_conv(x, skip, conv)
+            return fusion.with_conv_skip(x, skip, conv)
         return fusion([x, conv(skip)]) + x
 
     def forward_features(self, x: torch.Tensor, text_feature: torch.Tensor | None) -> torch.Tensor:

@@ -51,9 +51,9 @@ class MixStructureBlock(nn.Module):
         fused_dwconv: with autograd, run the three dilated depthwise convs as one grouped conv
             (same numbers, one kernel instead of three pads, three convs and a cat; the
             parameters stay the three upstream tensors). On CPU it measures no faster.
-        strips: without autograd (inference), run both halves over strips of rows after the
-            parts that need the whole map (BatchNorm, pooling, the padded input), so the 3*dim
-            and 4*dim channel intermediates exist for one strip at a time, not the whole image.
+        strips: in eval mode without autograd, the inference path (`_forward_inference`):
+            folded, fused and over strips of rows, so the 3*dim and 4*dim channel
+            intermediates exist for one strip at a time, not the whole image.
     """
 
     # Values (pixels x channels) of the widest intermediate (4*dim channels) of one strip of the
@@ -153,9 +153,9 @@ class MixStructureBlock(nn.Module):
         norm1, conv1 and conv2 are affine and conv2 pads by reflection, so they are one 5x5
         convolution; norm2 is folded into the convolutions that read it, and the image's gates
         Wg and ca into mlp2's first layer; activations and residual additions are part of
-        their convolutions (models.inference.conv). Everything runs over strips of rows; only
-        the padded inputs of the depthwise convolutions, the first half's result (the pooled
-        branches need its mean) and the output are whole maps.
+        their convolutions (models.inference.conv). Everything runs over strips of rows; the
+        whole maps are the padded inputs of the depthwise convolutions and the first half's
+        result (the pooled branches need its mean), into which the second half adds.
         """
         if x.shape[0] > 1:
             return torch.cat([self._forward_inference(image[None]) for image in x])
@@ -184,8 +184,10 @@ class MixStructureBlock(nn.Module):
         entry = after_affine(entry, *batchnorm_affine(self.norm1))
         padded = empty_padded(x, 9)
         for r in range(0, h, step):
-            n = min(step, h - r)
-            padded[:, :, 9 + r : 9 + r + n, 9 : 9 + w] = conv(rows_padded(x, r, r + n, 2), entry)
+            rows = slice(r, min(r + step, h))
+            padded[:, :, 9 + r : 9 + rows.stop, 9 : 9 + w] = conv(
+                rows_padded(x, r, rows.stop, 2), entry
+            )
         reflect_border(padded, 9)
         hidden, last = conv_weights(self.mlp[0]), conv_weights(self.mlp[2])
         out = empty_padded(x, 0)
@@ -205,15 +207,13 @@ class MixStructureBlock(nn.Module):
         value_in = after_affine(conv_weights(self.Wv[0]), scale, shift)
         value = empty_padded(x, 1)
         for r in range(0, h, step):
-            n = min(step, h - r)
-            value[:, :, 1 + r : 1 + r + n, 1 : 1 + w] = conv(x[:, :, r : r + n], value_in)
+            rows = slice(r, min(r + step, h))
+            value[:, :, 1 + r : 1 + rows.stop, 1 : 1 + w] = conv(x[:, :, rows], value_in)
         reflect_border(value, 1)
 
-        pa_in, pa_out = (
-            after_affine(conv_weights(self.pa[0]), scale, shift),
-            conv_weights(self.pa[2]),
-        )
         depthwise = conv_weights(self.Wv[1])
+        pa_in = after_affine(conv_weights(self.pa[0]), scale, shift)
+        pa_out = conv_weights(self.pa[2])
         dtype = compute_dtype(x)
         scale, shift = scale[:, None, None].to(dtype), shift[:, None, None].to(dtype)
         pooled = torch.addcmul(shift, x.mean((2, 3), keepdim=True), scale)  # y's mean
@@ -259,7 +259,8 @@ class MixDehazeNet(UNetDehazer):
         fused_dwconv: see MixStructureBlock.
         channels_last: run on channels-last (NHWC) activations, which oneDNN's depthwise and
             1x1 convolutions on CPU compute several times faster (same numbers).
-        strips: see MixStructureBlock (inference memory).
+        strips: see MixStructureBlock (the inference path); it also folds each skip
+            connection's 1x1 conv into its fusion (SKFusion.with_conv_skip).
         in_chans, out_chans: image channels and head channels (K and B: 1 + 3).
     """
 

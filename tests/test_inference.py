@@ -153,5 +153,5 @@ def test_skip_fusion_without_the_stored_skip_conv(batch):
     x, skip = torch.randn(batch, 24, 7, 9), torch.randn(batch, 24, 7, 9)
     with torch.no_grad():
         expected = fusion([x, skip_conv(skip)]) + x
-        got = fusion.plus_first_of_conv(x, skip, skip_conv)
+        got = fusion.with_conv_skip(x, skip, skip_conv)
     assert (got - expected).abs().max() <= FP32_TOL
