@@ -17,7 +17,9 @@ dehazing of one random image, uint8 pixels to the [0, 1] output (CLIP's classifi
 same for all, left out), after one warm-up call. Peak memory is the high-water mark of resident
 memory from the warm-up call to the last timed call, minus the resident size with the model
 loaded (bench.common.measure with `include_warmup`): memory an engine keeps between calls, such
-as ONNX Runtime's arena, counts.
+as ONNX Runtime's arena, counts. An engine whose peak, predicted from its largest earlier case
+of the same model (resident size plus peak per pixel), exceeds half the memory available is
+skipped and marked so (ONNX Runtime at 2048x2048 on a 23 GiB machine).
 
 Share of matmul: the model's FLOPs (bench.params.count_macs at the image's size, 2 FLOPs per
 MAC) per second of the engine, over the FLOPs per second of a 4096x4096 fp32 torch.matmul on
@@ -42,6 +44,7 @@ import numpy as np
 import torch
 
 from bench.common import (
+    MIB,
     add_timing_args,
     fmt,
     measure,
@@ -58,6 +61,7 @@ from models import build_model
 from predict import Dehazer
 from utils.extras import require
 from utils.image import uint8_to_tensor
+from utils.memory import available_memory
 
 # A random CLIP of the paper's architecture (nothing to download, the paper's text width).
 CLIP = ["clip.arch=ViT-B-32", "clip.pretrained=null"]
@@ -65,6 +69,7 @@ FP32 = "speed.predict_precision=none"
 ENGINES = ("predict.py (fp32)", "predict.py (default)", "ONNX Runtime (fp32)")
 DEFAULT_CASES = ("mixcl-t:512", "mixcl-t:1024", "mixcl-t:2048", "mixcl-s:1024")
 MATMUL_SIDE = 4096
+MEMORY_MARGIN = 0.5  # share of the available memory one engine may take (a shared machine)
 
 
 def parse_case(text: str) -> tuple[str, tuple[int, int]]:
@@ -122,8 +127,24 @@ def matmul_gflops(threads: int) -> float:
     return 2 * MATMUL_SIDE**3 / seconds / 1e9
 
 
-def run_case(model: str, hw: tuple[int, int], args: argparse.Namespace) -> dict[str, Any]:
-    """Export the case's random weights, make auto's measurements, time every engine."""
+def predicted_bytes(earlier: list[dict[str, Any]], engine: str, model: str, pixels: int) -> int:
+    """The whole process's peak for `pixels`, from the engine's largest earlier case of the same
+    model: its resident size with the model loaded plus its peak per pixel, scaled (0 without
+    one)."""
+    sizes = [c for c in earlier if c["model"] == model and engine in c["results"]]
+    if not sizes:
+        return 0
+    case = max(sizes, key=lambda c: c["size"][0] * c["size"][1])
+    r = case["results"][engine]
+    per_pixel = r["peak_mib"] * MIB / (case["size"][0] * case["size"][1])
+    return int(r["baseline_mib"] * MIB + per_pixel * pixels)
+
+
+def run_case(
+    model: str, hw: tuple[int, int], args: argparse.Namespace, earlier: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Export the case's random weights, make auto's measurements, time every engine whose
+    predicted peak (from `earlier` cases) fits in MEMORY_MARGIN of the memory available."""
     with tempfile.TemporaryDirectory() as tmp:
         weights, graph = Path(tmp) / "weights.pth", Path(tmp) / "model.onnx"
         torch.manual_seed(0)
@@ -137,41 +158,52 @@ def run_case(model: str, hw: tuple[int, int], args: argparse.Namespace) -> dict[
         export_onnx(dehazer, graph)
         del dehazer
         paths = {ENGINES[0]: weights, ENGINES[1]: weights, ENGINES[2]: graph}
-        results = {
-            engine: run_isolated(
-                run_engine,
-                engine,
-                path,
-                model,
-                hw,
-                overrides.get(engine, []),
-                args.repeats,
-                args.threads,
+        results, skipped = {}, {}
+        for engine, path in paths.items():
+            need = predicted_bytes(earlier, engine, model, hw[0] * hw[1])
+            if need > MEMORY_MARGIN * available_memory():
+                skipped[engine] = f"predicted peak {need / 2**30:.1f} GiB"
+                print(f"{model} {size_label(hw)} {engine}: skipped ({skipped[engine]})")
+                continue
+            extra = overrides.get(engine, [])
+            results[engine] = run_isolated(
+                run_engine, engine, path, model, hw, extra, args.repeats, args.threads
             )
-            for engine, path in paths.items()
-        }
-    return {"model": model, "size": list(hw), "speed": chosen, "results": results}
+    return {
+        "model": model,
+        "size": list(hw),
+        "speed": chosen,
+        "results": results,
+        "skipped": skipped,
+    }
 
 
 def rows(case: dict[str, Any], gflops: float) -> list[dict[str, str]]:
     model, (h, w) = case["model"], case["size"]
     flops = 2 * count_macs(model, (h, w))
     results = case["results"]
-    onnx, fp32 = results[ENGINES[2]], results[ENGINES[0]]
+    onnx, fp32 = results.get(ENGINES[2], {}), results.get(ENGINES[0], {})
     table = []
-    for engine, r in results.items():
+    for engine in ENGINES:
         precision = case["speed"].get(engine, {}).get("precision", "none")
+        row = {
+            "model": model,
+            "size": size_label((h, w)),
+            "engine": engine if engine != ENGINES[1] else f"{engine}, {precision}",
+        }
+        if engine not in results:
+            table.append({**row, "median s": f"skipped: {case['skipped'][engine]}"})
+            continue
+        r = results[engine]
         table.append(
             {
-                "model": model,
-                "size": size_label((h, w)),
-                "engine": engine if engine != ENGINES[1] else f"{engine}, {precision}",
+                **row,
                 "median s": fmt(r["median_s"], ".2f"),
                 "spread": fmt(r["spread"], ".0%"),
                 "peak MiB": fmt(r["peak_mib"], ".0f"),
                 "B/px": fmt(r["peak_mib"] * 2**20 / (h * w), ".0f"),
-                "time x ONNX Runtime": fmt(ratio(r["median_s"], onnx["median_s"]), ".2f"),
-                "memory x predict fp32": fmt(ratio(r["peak_mib"], fp32["peak_mib"]), ".2f"),
+                "time x ONNX Runtime": fmt(ratio(r["median_s"], onnx.get("median_s", 0)), ".2f"),
+                "memory x predict fp32": fmt(ratio(r["peak_mib"], fp32.get("peak_mib", 0)), ".2f"),
                 "share of matmul": fmt(flops / r["median_s"] / (gflops * 1e9), ".0%"),
                 "load": "{:.1f}-{:.1f}".format(*r["load"]),
             }
@@ -188,7 +220,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
 
     gflops = run_isolated(matmul_gflops, args.threads)
-    cases = [run_case(model, hw, args) for model, hw in args.cases]
+    cases: list[dict[str, Any]] = []
+    for model, hw in args.cases:
+        cases.append(run_case(model, hw, args, cases))
     table = [row for case in cases for row in rows(case, gflops)]
     ort = require("onnxruntime", "bench_onnx").__version__
     title = (
