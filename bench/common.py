@@ -134,36 +134,47 @@ def _peak_rss(after_reset: bool) -> int:
 
 
 def measure(
-    setup: Callable[[], Callable[[], Any]], repeats: int, device: torch.device | None = None
+    setup: Callable[[], Callable[[], Any]],
+    repeats: int,
+    device: torch.device | None = None,
+    include_warmup: bool = False,
 ) -> dict[str, Any]:
     """Time the call `setup()` returns, after one warm-up call, and the peak memory it adds.
 
-    On CPU run this in a fresh process (`run_isolated`) so that the peak is this setting's.
+    The peak is that of the timed calls over the memory in use just before them, or with
+    `include_warmup` that of the warm-up call and the timed calls over the memory in use with
+    the model loaded (so that memory kept between calls counts). On CPU run this in a fresh
+    process (`run_isolated`) so that the peak is this setting's.
     """
     device = device or torch.device("cpu")
     call = setup()
+    if include_warmup:
+        baseline, method = _start_peak(device)
     call()
     synchronize(device)
     gc.collect()
-    if device.type == "cuda":
-        baseline = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        method = "torch.cuda.max_memory_allocated"
-    else:
-        baseline = _resident_bytes()
-        was_reset = _reset_peak_rss()
-        method = "VmHWM after reset" if was_reset else "ru_maxrss (not reset)"
+    if not include_warmup:
+        baseline, method = _start_peak(device)
     times = time_calls(call, repeats, warmup=0, device=device)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
     else:
-        peak = _peak_rss(was_reset)
+        peak = _peak_rss(method == "VmHWM after reset")
     return {
         **summarize(times),
         "peak_mib": (peak - baseline) / MIB,
         "baseline_mib": baseline / MIB,
         "peak_method": method,
     }
+
+
+def _start_peak(device: torch.device) -> tuple[int, str]:
+    """The memory in use now, after resetting the peak counter; how the peak will be read."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device), "torch.cuda.max_memory_allocated"
+    baseline = _resident_bytes()
+    return baseline, "VmHWM after reset" if _reset_peak_rss() else "ru_maxrss (not reset)"
 
 
 def free_cuda_memory() -> None:

@@ -4,8 +4,9 @@ MACs come from torch.utils.flop_counter.FlopCounterMode (MACs = FLOPs / 2) on a 
 traced on the meta device (no compute). It counts convolutions (depthwise ones included), matrix
 products, the fusion's attention and DehazeFormer's window attention; it does not count
 element-wise ops, BatchNorm, softmax, pooling, padding or PixelShuffle. The model is traced
-with the separate depthwise convs and the explicit attention, so the count is the
-architecture's work, not the zero taps of the fused depthwise kernel.
+with the separate depthwise convs, the explicit attention and without the inference path's
+folded layers, so the count is the architecture's work, not the zero taps of the fused
+depthwise kernel.
 
 Usage: python -m bench.params [--markdown] [--size 256] [--json docs/results/params.json]
 
@@ -34,12 +35,18 @@ def macs_column(size: int) -> str:
     return f"GMACs @ {size}x{size}"
 
 
-def count_macs(name: str, size: int) -> int:
-    """MACs of one forward pass on a (1, 3, size, size) image."""
+def count_macs(name: str, size: int | tuple[int, int]) -> int:
+    """MACs of one forward pass on a (1, 3, size, size) or (1, 3, height, width) image."""
+    h, w = (size, size) if isinstance(size, int) else size
     with torch.device("meta"):
-        separate = {"fused_dwconv": False} if "fused_dwconv" in speed_options(name) else {}
-        model = build_model(name, attention="explicit", **separate).eval()
-        hazy = torch.zeros(1, 3, size, size)
+        # the architecture's layers one after another: no grouped or folded kernels
+        plain = {"fused_dwconv": False, "strips": False}
+        model = build_model(
+            name,
+            attention="explicit",
+            **{k: v for k, v in plain.items() if k in speed_options(name)},
+        ).eval()
+        hazy = torch.zeros(1, 3, h, w)
         text = torch.zeros(1, 1, 512) if model.needs_text else None
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(hazy, text)

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from models.inference import conv as fused_conv
+from models.inference import conv_weights
 from models.registry import FUSION_MODES
 from models.text_fusion import TextImageFusion
 
@@ -87,6 +89,19 @@ class SKFusion(nn.Module):
             out = out + feat * attn[:, i]
         return out
 
+    def with_conv_skip(self, x: torch.Tensor, skip: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+        """self([x, conv(skip)]) + x for a 1x1 `conv`, without autograd and without storing
+        conv(skip): the pooled sum is x's mean plus conv of skip's mean (conv is affine), and
+        the fusion's weight of conv(skip) scales conv's weights."""
+        if x.shape[0] > 1 or self.height != 2:
+            return self([x, conv(skip)]) + x
+        pooled = self.avg_pool(x) + conv(self.avg_pool(skip))
+        attn = torch.softmax(self.mlp(pooled).reshape(1, 2, x.shape[1], 1, 1), dim=1)
+        weight, bias = conv_weights(conv)
+        scale = attn[0, 1, :, 0, 0]
+        scaled = (weight * scale[:, None, None, None], bias * scale)
+        return fused_conv(skip, scaled, add=x * (attn[:, 0] + 1))
+
 
 def _reflect_index(size: int, length: int, device: torch.device) -> torch.Tensor:
     """Indices of a side of `size` pixels reflected at its end, repeatedly, to `length`.
@@ -128,6 +143,7 @@ class UNetDehazer(nn.Module):
     """
 
     min_side: int  # inputs are padded to at least this side (see padded_size)
+    fold_skips = False  # the inference path of the skip connections (SKFusion.with_conv_skip)
     patch_embed: nn.Module
     layer1: nn.Module
     patch_merge1: nn.Module
@@ -163,15 +179,23 @@ class UNetDehazer(nn.Module):
         """The padded image, fused with its text feature when the network has fusion."""
         return self.text_emb(x, text_feature) if self.needs_text else x
 
+    def skip_fusion(
+        self, fusion: nn.Module, x: torch.Tensor, skip: torch.Tensor, conv: nn.Module
+    ) -> torch.Tensor:
+        """fusion([x, conv(skip)]) + x: the skip connection of the up stages."""
+        if self.fold_skips and not self.training and not torch.is_grad_enabled():
+            return fusion.with_conv_skip(x, skip, conv)
+        return fusion([x, conv(skip)]) + x
+
     def forward_features(self, x: torch.Tensor, text_feature: torch.Tensor | None) -> torch.Tensor:
         x = self.layer1(self.patch_embed(self.embed_input(x, text_feature)))
         skip1 = x
         x = self.layer2(self.patch_merge1(x))
         skip2 = x
         x = self.patch_split1(self.layer3(self.patch_merge2(x)))
-        x = self.fusion1([x, self.skip2(skip2)]) + x
+        x = self.skip_fusion(self.fusion1, x, skip2, self.skip2)
         x = self.patch_split2(self.layer4(x))
-        x = self.fusion2([x, self.skip1(skip1)]) + x
+        x = self.skip_fusion(self.fusion2, x, skip1, self.skip1)
         return self.patch_unembed(self.layer5(x))
 
     def forward(self, hazy: torch.Tensor, text_feature: torch.Tensor | None = None) -> torch.Tensor:

@@ -14,6 +14,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.common import PatchEmbed, PatchUnEmbed, SKFusion, UNetDehazer
+from models.inference import (
+    add_conv_,
+    after_affine,
+    after_pointwise,
+    batchnorm_affine,
+    compute_dtype,
+    conv,
+    conv_weights,
+    empty_padded,
+    reflect_border,
+    rows_padded,
+)
 
 EMBED_DIMS = (24, 48, 96, 48, 24)
 # Side of the padded input that every stage can reflect-pad: the 1/4-scale stage pads by 9.
@@ -39,14 +51,15 @@ class MixStructureBlock(nn.Module):
         fused_dwconv: with autograd, run the three dilated depthwise convs as one grouped conv
             (same numbers, one kernel instead of three pads, three convs and a cat; the
             parameters stay the three upstream tensors). On CPU it measures no faster.
-        strips: without autograd (inference), run both halves over strips of rows after the
-            parts that need the whole map (BatchNorm, pooling, the padded input), so the 3*dim
-            and 4*dim channel intermediates exist for one strip at a time, not the whole image.
+        strips: in eval mode without autograd, the inference path (`_forward_inference`):
+            folded, fused and over strips of rows, so the 3*dim and 4*dim channel
+            intermediates exist for one strip at a time, not the whole image.
     """
 
-    # Pixels per strip of the inference path: small enough for the intermediates to stay in
+    # Values (pixels x channels) of the widest intermediate (4*dim channels) of one strip of the
+    # inference path: small enough for it to stay in the allocator's reused memory and mostly in
     # cache, large enough for each convolution call to be efficient.
-    STRIP_PIXELS = 2**15
+    STRIP_VALUES = 2**21
 
     def __init__(self, dim: int, fused_dwconv: bool = False, strips: bool = True) -> None:
         super().__init__()
@@ -111,20 +124,6 @@ class MixStructureBlock(nn.Module):
         x = F.conv2d(x, mlp_weight, first.bias)
         return self.mlp[2](self.mlp[1](x))
 
-    def _dwconvs_on_padded(self, padded: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-        """The three dilated depthwise convs of a map reflect-padded by 9 on every side.
-
-        Kernel k (dilation 3) with padding p reads a crop of `padded` with 9 - p rows and
-        columns removed from each side; `rows` x `cols` is the output size.
-        """
-        outs = []
-        for conv in (self.conv3_19, self.conv3_13, self.conv3_7):
-            off = 9 - conv.padding[0]
-            crop = padded[:, :, off : off + rows + 2 * conv.padding[0], off:]
-            crop = crop[:, :, :, : cols + 2 * conv.padding[1]]
-            outs.append(F.conv2d(crop, conv.weight, conv.bias, dilation=3, groups=conv.groups))
-        return torch.cat(outs, dim=1)
-
     def _epa_inputs(
         self, y: torch.Tensor, v: torch.Tensor, g: torch.Tensor, c: torch.Tensor
     ) -> torch.Tensor:
@@ -132,8 +131,8 @@ class MixStructureBlock(nn.Module):
         return torch.cat([v * g, c * y, self.pa(y) * y], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.strips and not torch.is_grad_enabled():
-            return self._forward_strips(x)
+        if self.strips and not self.training and not torch.is_grad_enabled():
+            return self._forward_inference(x)
         identity = x
         x = self.conv2(self.conv1(self.norm1(x)))
         multi_scale = self._multi_scale_fused if self.fused_dwconv else self._multi_scale_separate
@@ -144,26 +143,91 @@ class MixStructureBlock(nn.Module):
         x = self._epa_inputs(y, self.Wv(y), self.Wg(y), self.ca(y))
         return identity + self.mlp2(x)
 
-    def _forward_strips(self, x: torch.Tensor) -> torch.Tensor:
-        """The same computation, with the wide per-pixel parts run strip by strip."""
-        h, w = x.shape[-2:]
-        step = max(1, self.STRIP_PIXELS // (w * x.shape[0]))
-        padded = F.pad(self.conv2(self.conv1(self.norm1(x))), (9, 9, 9, 9), mode="reflect")
-        mid = torch.empty_like(x)
-        for r in range(0, h, step):
-            n = min(step, h - r)
-            multi = self._dwconvs_on_padded(padded[:, :, r : r + n + 18], n, w)
-            mid[:, :, r : r + n] = x[:, :, r : r + n] + self.mlp(multi)
-        del padded
+    def _strip_rows(self, x: torch.Tensor) -> int:
+        return max(1, self.STRIP_VALUES // (4 * x.shape[1] * x.shape[-1]))
 
-        y = self.norm2(mid)
-        v, g, c = self.Wv(y), self.Wg(y), self.ca(y)
-        out = torch.empty_like(mid)
+    def _forward_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """The same computation in eval mode without autograd: folded, fused, in strips, one
+        image at a time.
+
+        norm1, conv1 and conv2 are affine and conv2 pads by reflection, so they are one 5x5
+        convolution; norm2 is folded into the convolutions that read it, and the image's gates
+        Wg and ca into mlp2's first layer; activations and residual additions are part of
+        their convolutions (models.inference.conv). Everything runs over strips of rows; the
+        whole maps are the padded inputs of the depthwise convolutions and the first half's
+        result (the pooled branches need its mean), into which the second half adds.
+        """
+        if x.shape[0] > 1:
+            return torch.cat([self._forward_inference(image[None]) for image in x])
+        return self._attention_inference(self._multi_scale_inference(x))
+
+    def _dwconvs_on_padded(self, padded: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+        """The three dilated depthwise convs of `rows` rows of a map reflect-padded by 9.
+
+        Kernel k (dilation 3) with padding p reads the rows of `padded` from 9 - p on, and its
+        output's columns from 9 - p on are the map's: whole rows of a channels-last map are one
+        block of memory, so only the output is cropped, by the concatenation's copy.
+        """
+        outs = []
+        for layer in (self.conv3_19, self.conv3_13, self.conv3_7):
+            off = 9 - layer.padding[0]
+            crop = padded[:, :, off : off + rows + 2 * layer.padding[0]]
+            out = conv(crop, conv_weights(layer), dilation=3, groups=layer.groups)
+            outs.append(out[..., off : off + cols])
+        return torch.cat(outs, dim=1)
+
+    def _multi_scale_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """x + mlp(the three depthwise convs of conv2(conv1(norm1(x))))."""
+        h, w = x.shape[-2:]
+        step = self._strip_rows(x)
+        entry = after_pointwise(conv_weights(self.conv2), conv_weights(self.conv1))
+        entry = after_affine(entry, *batchnorm_affine(self.norm1))
+        padded = empty_padded(x, 9)
         for r in range(0, h, step):
-            rows = slice(r, r + step)
-            branches = self._epa_inputs(y[:, :, rows], v[:, :, rows], g, c)
-            out[:, :, rows] = mid[:, :, rows] + self.mlp2(branches)
+            rows = slice(r, min(r + step, h))
+            padded[:, :, 9 + r : 9 + rows.stop, 9 : 9 + w] = conv(
+                rows_padded(x, r, rows.stop, 2), entry
+            )
+        reflect_border(padded, 9)
+        hidden, last = conv_weights(self.mlp[0]), conv_weights(self.mlp[2])
+        out = empty_padded(x, 0)
+        for r in range(0, h, step):
+            rows = slice(r, min(r + step, h))
+            multi = self._dwconvs_on_padded(padded[:, :, r : rows.stop + 18], rows.stop - r, w)
+            out[:, :, rows] = conv(conv(multi, hidden, act="gelu"), last, add=x[:, :, rows])
         return out
+
+    def _attention_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """x + mlp2(the attention branches of y = norm2(x)), written into x (the first half's
+        result, which nothing else reads): each strip's branches are computed before its rows
+        are overwritten."""
+        h, w = x.shape[-2:]
+        step = self._strip_rows(x)
+        scale, shift = batchnorm_affine(self.norm2)
+        value_in = after_affine(conv_weights(self.Wv[0]), scale, shift)
+        value = empty_padded(x, 1)
+        for r in range(0, h, step):
+            rows = slice(r, min(r + step, h))
+            value[:, :, 1 + r : 1 + rows.stop, 1 : 1 + w] = conv(x[:, :, rows], value_in)
+        reflect_border(value, 1)
+
+        depthwise = conv_weights(self.Wv[1])
+        pa_in = after_affine(conv_weights(self.pa[0]), scale, shift)
+        pa_out = conv_weights(self.pa[2])
+        dtype = compute_dtype(x)
+        scale, shift = scale[:, None, None].to(dtype), shift[:, None, None].to(dtype)
+        pooled = torch.addcmul(shift, x.mean((2, 3), keepdim=True), scale)  # y's mean
+        gates = torch.cat([self.Wg[1:](pooled), self.ca[1:](pooled), torch.ones_like(pooled)], 1)
+        weight, bias = conv_weights(self.mlp2[0])
+        hidden, last = (weight * gates, bias), conv_weights(self.mlp2[2])
+        for r in range(0, h, step):
+            rows = slice(r, min(r + step, h))
+            y = torch.addcmul(shift, x[:, :, rows], scale)
+            v = conv(value[:, :, r : rows.stop + 2], depthwise, groups=x.shape[1])
+            p = conv(conv(x[:, :, rows], pa_in, act="gelu"), pa_out, act="sigmoid")
+            branches = torch.cat([v, y, p * y], dim=1)
+            add_conv_(x[:, :, rows], conv(branches, hidden, act="gelu"), last)
+        return x
 
 
 class BasicLayer(nn.Module):
@@ -195,7 +259,8 @@ class MixDehazeNet(UNetDehazer):
         fused_dwconv: see MixStructureBlock.
         channels_last: run on channels-last (NHWC) activations, which oneDNN's depthwise and
             1x1 convolutions on CPU compute several times faster (same numbers).
-        strips: see MixStructureBlock (inference memory).
+        strips: see MixStructureBlock (the inference path); it also folds each skip
+            connection's 1x1 conv into its fusion (SKFusion.with_conv_skip).
         in_chans, out_chans: image channels and head channels (K and B: 1 + 3).
     """
 
@@ -218,6 +283,7 @@ class MixDehazeNet(UNetDehazer):
         if len(depths) != len(EMBED_DIMS):
             raise ValueError(f"depths needs {len(EMBED_DIMS)} entries, got {list(depths)}")
         self.channels_last = channels_last
+        self.fold_skips = strips
         dims = EMBED_DIMS
 
         self.patch_embed = PatchEmbed(1, self.embed_chans, dims[0], kernel_size=3)

@@ -69,7 +69,7 @@ def test_inference_strips_equal_whole_maps(monkeypatch, batch, hw):
     model = randomize(build_model("mixcl-t", depths=TINY))
     x, t = image(*hw, batch=batch), text(batch=batch)
     whole = model(x, t).detach()
-    monkeypatch.setattr(MixStructureBlock, "STRIP_PIXELS", 7 * hw[1] * batch)
+    monkeypatch.setattr(MixStructureBlock, "STRIP_VALUES", 7 * 4 * 24 * hw[1])
     with torch.inference_mode():
         strips = model(x, t)
     assert (strips - whole).abs().max() <= FP32_TOL
