@@ -85,7 +85,7 @@ from utils.speed import speed_for
 # (docs/PERFORMANCE.md); other backbones scale it by their registry entry's memory_scale.
 BYTES_PER_PIXEL: dict[tuple[str, str], int] = {
     ("cpu", "none"): 1300,  # measured 720-870 for every variant; 460-700 since the folded path
-    ("cpu", "bf16"): 2300,  # mixcl-s: 1500 where bf16 is emulated (AVX2); native not measured
+    ("cpu", "bf16"): 2300,  # mixcl-s: 1500 where bf16 is emulated (AVX2); 413-1160 native
     # Not measured yet: the CPU's fp32 figure until bench/gpu_check.sh has run on a GPU.
     ("cuda", "none"): 1300,
     ("cuda", "fp16"): 1300,

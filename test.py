@@ -140,8 +140,9 @@ def results_dir(args: argparse.Namespace, root: Path, split: str, changes: dict)
     settings = []
     for key, (old, new) in sorted(changes.items()):
         if covers(WEIGHTS_KEYS, key):
-            if weights_id(key, new) != weights_id(key, old):
-                settings.append(f"{key}={weights_id(key, new)}")
+            named = weights_id(key, new)
+            if named != weights_id(key, old):
+                settings.append(f"{key}={named}")
         elif not covers(LOCATION_KEYS, key):
             settings.append(f"{key}={new}")
     if settings:
@@ -373,7 +374,8 @@ def score_remaining(
     if scored and info.is_main:
         print(f"continuing in {ev.folder.out}: {len(scored)} of {len(ev.dataset)} images scored")
     mine = WithDigests(ev.dataset, todo[info.rank :: info.world_size])
-    loader = DataLoader(mine, batch_size=1, num_workers=min(4, ev.cfg.data.num_workers))
+    workers = min(4, ev.cfg.data.num_workers, len(mine))  # none that would decode nothing
+    loader = DataLoader(mine, batch_size=1, num_workers=workers)
     split = ev.dataset.split_dir
     shown = tqdm(
         loader,

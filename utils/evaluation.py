@@ -121,13 +121,11 @@ def _csv(rows: Sequence[dict]) -> bytes:
 
 def _differences(found: dict, wanted: dict) -> list[str]:
     """The parts of two identities that differ, config keys by name."""
-    config = [
-        k
-        for k in {**found.get("config", {}), **wanted["config"]}
-        if found.get("config", {}).get(k) != wanted["config"].get(k)
-    ]
+    old, new = found.get("config", {}), wanted["config"]
     parts = [k for k in wanted if k != "config" and found.get(k) != wanted[k]]
-    return parts + [f"config key {k}" for k in config]
+    return parts + [
+        f"config key {k}" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)
+    ]
 
 
 class ResultsFolder:

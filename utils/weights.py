@@ -11,11 +11,12 @@ addresses hold their digests; torchvision's ResNet-152) is that tag.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+
+from utils.files import file_sha256
 
 RANDOM = "random"  # clip.pretrained null: the randomly initialised CLIP (tests only)
 # The weights the CR loss loads without loss.resnet_weights: torchvision's ResNet152_Weights
@@ -42,11 +43,7 @@ def sha256(path: Path) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def _file_id(value: str, known: Callable[[], dict[str, str]]) -> str:
