@@ -66,7 +66,9 @@ def open_and_upload(page, url: str, path) -> None:
     page.goto(url)
     page.wait_for_selector("#dehaze")
     page.set_input_files("#photo input[type=file]", str(path))
-    page.get_by_text(path.name).filter(visible=True).first.wait_for()  # a hidden copy may be first
+    # The uploaded file's row (its name is labelled; the text is split into stem and extension).
+    # The name in the upload's progress text is gone once the upload ends, however fast.
+    page.locator("#photo").get_by_label(path.name, exact=True).wait_for()
     page.click("#dehaze")
 
 
