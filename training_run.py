@@ -28,8 +28,8 @@ from datasets import PairedDataset
 from datasets.resumable import (
     LoaderWorkers,
     ResumableSampler,
+    StopSafeLoader,
     collate_with_rng,
-    ignore_stop_signals,
 )
 from networks import tune_speed
 from utils.checkpoint import (
@@ -276,7 +276,7 @@ def make_loaders(
     )
     sampler, workers = ResumableSampler(base), LoaderWorkers(d.num_workers)
     common = {"num_workers": d.num_workers, "pin_memory": torch.cuda.is_available()}
-    train_loader = DataLoader(
+    train_loader = StopSafeLoader(
         train_set,
         batch_size=per_rank,
         sampler=sampler,
@@ -291,9 +291,7 @@ def make_loaders(
     # whole images ("test") go one at a time, as in test.py.
     val_shard = Subset(val_set, range(info.rank, len(val_set), info.world_size))
     val_batch = per_rank if d.valid_mode == "valid" else 1
-    val_loader = DataLoader(
-        val_shard, batch_size=val_batch, worker_init_fn=ignore_stop_signals, **common
-    )
+    val_loader = StopSafeLoader(val_shard, batch_size=val_batch, **common)
     return Loaders(train_loader, val_loader, sampler, workers)
 
 

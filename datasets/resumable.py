@@ -11,9 +11,8 @@ the state in which it makes its next batch. The resumed loader's worker j makes 
 so it starts from the state of worker (k + j) % N. numpy's global RNG, which no transform
 here uses, is not carried.
 
-Workers also ignore the stop signals: the main process handles them (utils.signals) and shuts
-the workers down; torch's workers would otherwise die of a SIGTERM sent to the process group,
-which fails the batch being waited for before the checkpoint is written.
+Workers also ignore the stop signals (StopSafeLoader): the main process handles them
+(utils.signals) and shuts the workers down.
 """
 
 from __future__ import annotations
@@ -21,14 +20,21 @@ from __future__ import annotations
 import itertools
 import random
 import signal
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from typing import Any
 
 import torch
-from torch.utils.data import DistributedSampler, RandomSampler, Sampler, get_worker_info
+from torch.utils.data import (
+    DataLoader,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+    get_worker_info,
+)
 from torch.utils.data.dataloader import default_collate
 
-from utils.signals import STOP_SIGNALS
+from utils.signals import STOP_SIGNALS, stop_signals_blocked
 
 WORKER_RNG = "worker_rng"  # the batch key of the RNG state its worker had after making it
 
@@ -53,10 +59,32 @@ class ResumableSampler(Sampler[int]):
             self.base.set_epoch(epoch)
 
 
-def ignore_stop_signals(worker_id: int) -> None:
-    """A loader worker's start (worker_init_fn): stop signals are the main process's."""
+def _start_worker(init: Callable[[int], None] | None, worker_id: int) -> None:
+    """A StopSafeLoader worker's start: ignore the stop signals, then unblock them (one that
+    arrived since the fork is dropped), then the loader's own worker_init_fn."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    if init is not None:
+        init(worker_id)
+
+
+class StopSafeLoader(DataLoader):
+    """A DataLoader whose workers leave the stop signals to the main process, which finishes
+    the step, writes the checkpoint and shuts them down. A torch worker dies of a SIGTERM sent
+    to the process group (`kill -- -PGID`, scancel), and the batch being waited for fails
+    before the checkpoint is written. The workers start with the signals blocked, as no
+    worker_init_fn runs early enough: torch's own SIGTERM handler is set before it. (Workers
+    forked by a forkserver inherit the server's signal mask instead.)"""
+
+    def __init__(
+        self, *args: Any, worker_init_fn: Callable[[int], None] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, worker_init_fn=partial(_start_worker, worker_init_fn), **kwargs)
+
+    def __iter__(self) -> Any:
+        with stop_signals_blocked():  # while this starts the workers
+            return super().__iter__()
 
 
 def collate_with_rng(samples: list[Any]) -> Any:
@@ -93,9 +121,8 @@ class LoaderWorkers:
         return None
 
     def init_worker(self, worker_id: int) -> None:
-        """worker_init_fn: ignore stop signals; in a resumed epoch, take over the RNG state of
-        the worker that made this worker's first batch in the uninterrupted epoch."""
-        ignore_stop_signals(worker_id)
+        """worker_init_fn: in a resumed epoch, take over the RNG state of the worker that made
+        this worker's first batch in the uninterrupted epoch."""
         if not self.skip:
             return
         original = (self.skip + worker_id) % self.num_workers

@@ -3,15 +3,23 @@ draws inside them, of the uninterrupted epoch: with and without loader workers."
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 from types import SimpleNamespace
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+from torch.utils.data import Dataset, DistributedSampler, RandomSampler
+from torch.utils.data._utils import signal_handling
 
-from datasets.resumable import WORKER_RNG, LoaderWorkers, ResumableSampler, collate_with_rng
+from datasets.resumable import (
+    WORKER_RNG,
+    LoaderWorkers,
+    ResumableSampler,
+    StopSafeLoader,
+    collate_with_rng,
+)
 from utils.signals import STOP_SIGNALS
 
 SAMPLES, BATCH = 24, 2
@@ -35,7 +43,7 @@ def epoch(num_workers: int, skip: int = 0, saved: dict | None = None, stop: int 
     generator = torch.Generator().manual_seed(7)  # as train_epoch reseeds it every epoch
     sampler = ResumableSampler(RandomSampler(Draws(), generator=generator))
     workers = LoaderWorkers(num_workers)
-    loader = DataLoader(
+    loader = StopSafeLoader(
         Draws(),
         batch_size=BATCH,
         sampler=sampler,
@@ -123,14 +131,11 @@ def test_set_epoch_leaves_a_random_sampler_to_its_generator():
 
 @pytest.fixture
 def as_a_worker():
-    """init_worker run in this process: its RNG states and signal handlers put back after."""
+    """init_worker run in this process: its RNG states put back after."""
     saved = random.getstate(), torch.get_rng_state()
-    handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     yield
     random.setstate(saved[0])
     torch.set_rng_state(saved[1])
-    for s, handler in handlers.items():
-        signal.signal(s, handler)
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 3 workers on 2 cores
@@ -160,10 +165,43 @@ def test_a_resumed_worker_without_a_saved_state_is_seeded_as_torch_seeds_it(
     assert torch.equal(torch.rand(3), torch.rand(3, generator=torch.Generator().manual_seed(1002)))
 
 
-def test_loader_workers_ignore_the_stop_signals(as_a_worker):
-    """The main process handles them and shuts its workers down."""
-    LoaderWorkers(2).init_worker(0)
-    assert {signal.getsignal(s) for s in STOP_SIGNALS} == {signal.SIG_IGN}
+def blocked_stop_signals() -> set[int]:
+    return set(STOP_SIGNALS) & signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+class SignalState(Dataset):
+    """Each sample: whether its worker ignores the stop signals and no longer blocks them."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        ignored = {signal.getsignal(s) for s in STOP_SIGNALS} == {signal.SIG_IGN}
+        return torch.tensor(ignored and not blocked_stop_signals())
+
+
+def test_loader_workers_leave_the_stop_signals_to_the_main_process():
+    """The main process handles them and shuts its workers down; it blocks them only while
+    the workers start."""
+    loader = StopSafeLoader(SignalState(), batch_size=2, num_workers=2)
+    batches = iter(loader)
+    assert not blocked_stop_signals()
+    assert all(bool(b.all()) for b in batches)
+
+
+def test_a_stop_signal_while_a_worker_starts_does_not_kill_it(monkeypatch):
+    """SIGTERM to the process group (`kill -- -PGID`, scancel) can reach a worker after torch
+    set its own SIGTERM handler and before any worker_init_fn runs; the worker dies of it, and
+    with it the batch training waits for before writing its checkpoint."""
+    torch_handlers = signal_handling._set_worker_signal_handlers
+
+    def then_signalled() -> None:
+        torch_handlers()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(signal_handling, "_set_worker_signal_handlers", then_signalled)
+    loader = StopSafeLoader(SignalState(), batch_size=2, num_workers=2)
+    assert all(bool(b.all()) for b in loader)
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")

@@ -9,7 +9,13 @@ import time
 
 import pytest
 
-from utils.signals import STOP_SIGNALS, catch_stop_signals, exit_code, requeue_slurm_job
+from utils.signals import (
+    STOP_SIGNALS,
+    catch_stop_signals,
+    exit_code,
+    requeue_slurm_job,
+    stop_signals_blocked,
+)
 
 
 @pytest.mark.parametrize("signum", STOP_SIGNALS)
@@ -41,6 +47,18 @@ def test_outside_the_main_thread_the_handlers_stay_as_they_are():
     thread.start()
     thread.join(timeout=120)
     assert seen == [(0, before)]
+
+
+def test_a_stop_signal_held_back_while_loader_workers_start_is_handled_after():
+    """The run still stops at the next step, with its checkpoint."""
+    with catch_stop_signals() as stop:
+        with stop_signals_blocked():
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.signum == 0
+        deadline = time.monotonic() + 120  # the handler runs in the main thread, soon
+        while stop.signum != signal.SIGTERM and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stop.signum == signal.SIGTERM
 
 
 def test_the_exit_code_is_the_shells_for_a_process_ended_by_the_signal():

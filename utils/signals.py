@@ -46,6 +46,18 @@ def catch_stop_signals() -> Iterator[StopRequest]:
             signal.signal(s, handler)
 
 
+@contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Hold STOP_SIGNALS back from this thread while the block runs; one that arrives waits and
+    is handled after. A process forked meanwhile starts with them blocked, so it can choose
+    what to do with them before any arrives (datasets.resumable.StopSafeLoader)."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def exit_code(signum: int) -> int:
     """The shell's convention for a process ended by a signal: 130 for SIGINT, 143 for SIGTERM."""
     return 128 + signum
