@@ -48,9 +48,10 @@ def catch_stop_signals() -> Iterator[StopRequest]:
 
 @contextmanager
 def stop_signals_blocked() -> Iterator[None]:
-    """Hold STOP_SIGNALS back from this thread while the block runs; one that arrives waits and
-    is handled after. A process forked meanwhile starts with them blocked, so it can choose
-    what to do with them before any arrives (datasets.resumable.StopSafeLoader)."""
+    """Block STOP_SIGNALS in this thread while the block runs; one that arrives meanwhile is
+    still handled (another thread takes it, or this one after the block). A process forked
+    meanwhile starts with them blocked, so it can choose what to do with them before any
+    arrives (datasets.resumable.StopSafeLoader)."""
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
