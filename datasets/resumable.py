@@ -82,7 +82,7 @@ class StopSafeLoader(DataLoader):
     ) -> None:
         super().__init__(*args, worker_init_fn=partial(_start_worker, worker_init_fn), **kwargs)
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Any]:
         with stop_signals_blocked():  # while this starts the workers
             return super().__iter__()
 
