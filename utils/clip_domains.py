@@ -444,7 +444,7 @@ class DomainCache:
         return {n: feats[i : i + 1] for i, n in enumerate(self.names)}
 
 
-def weights_id(pretrained: str | None) -> str:
+def _record_weights(pretrained: str | None) -> str:
     """What identifies CLIP weights in a cache record: the tag, or the file's sha256."""
     if not pretrained:
         return f"random-init(seed={RANDOM_INIT_SEED})"
@@ -526,7 +526,7 @@ def _record(clip: ClipConfig, device: str | torch.device) -> dict:
     quick = quick_gelu_for(clip.arch, clip.pretrained, clip.quick_gelu)
     return {
         "arch": clip.arch,
-        "weights": weights_id(clip.pretrained),
+        "weights": _record_weights(clip.pretrained),
         "activation": "QuickGELU" if quick else "GELU",
         "precision": clip_precision(clip.precision, device),
         "domains": list(clip.domains),
